@@ -1,0 +1,42 @@
+# One entry point for people and CI. `make test` and `make demo` are the README's quickstart.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := constraints.txt
+
+.PHONY: test demo install lint typecheck layers unit schema bench clean
+
+$(BIN)/ranvier: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	touch $(BIN)/ranvier
+
+install: $(BIN)/ranvier
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy
+
+layers: install
+	$(BIN)/lint-imports
+
+unit: install
+	$(BIN)/pytest
+
+test: lint typecheck layers unit
+
+schema: install
+	$(BIN)/ranvier schema > manifests/schema/axon.schema.json
+
+demo: install
+	$(BIN)/python -m ranvier.demo
+
+bench: install
+	$(BIN)/python bench/bus.py --quick
+
+clean:
+	rm -rf $(VENV) .ranvier .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Doing: action requests are claimed once and carried out by a backend."""

@@ -1,0 +1,1 @@
+"""Backends run tasks: `local` (processes on this machine) and `kubernetes`."""

@@ -1,0 +1,63 @@
+"""The `ranvier` command line: one typer app, command groups registered from `ranvier.commands`.
+
+User mistakes surface as `RanvierError` and are printed as one line on stderr with a non-zero
+exit; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from events.errors import RanvierError
+
+app = typer.Typer(
+    name="ranvier",
+    help="Event-driven sensor engine for ML operations (Myelin Axon files on NATS JetStream).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# Each module defines `register(app: typer.Typer) -> None`. Add a line to add a command group.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+@app.command()
+def version() -> None:
+    """Print ranvier's version."""
+    from ranvier import __version__
+
+    typer.echo(__version__)
+
+
+@app.callback()
+def _root() -> None:
+    """Event-driven sensor engine for ML operations (Myelin Axon files on NATS JetStream)."""
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script exits with it)."""
+    try:
+        app(args=argv, prog_name="ranvier")
+    except SystemExit as exc:  # typer's standalone mode ends every run with SystemExit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except RanvierError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

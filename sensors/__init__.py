@@ -1,0 +1,1 @@
+"""Deciding: the Axon format, the condition language and the pure rules engine."""

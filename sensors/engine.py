@@ -1,0 +1,1 @@
+"""PURE rules engine: step(state, event, now) -> (state, decisions). No I/O imports."""

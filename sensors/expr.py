@@ -1,0 +1,1 @@
+"""Safe condition language: {{metric}} templates and a PromQL subset. Never eval()."""
