@@ -807,14 +807,14 @@ class _Parser:
                 nxt.pos,
             )
         right_value = self.need_value(self.expression(prec + 1), f"{op!r}")
+        if op == "/" and isinstance(right_value, Number) and right_value.value == 0:
+            raise self.fail("division by zero", tok.pos)
         pos, end = left_value.pos, right_value.end
         if op in _COMPARE:
             return Compare(
                 op, self.operand(left_value), self.operand(right_value), pos=pos, end=end
             )
         if isinstance(left_value, Number) and isinstance(right_value, Number):
-            if op == "/" and right_value.value == 0:
-                raise self.fail("division by zero", tok.pos)
             return Number(_ARITH[op](left_value.value, right_value.value), pos=pos, end=end)
         return Binary(op, left_value, right_value, pos=pos, end=end)
 
@@ -1073,6 +1073,8 @@ class _Parser:
                 raise self.fail("by/without given twice", self.peek().pos)
             grouping, without = self.grouping()
             end = self.toks[self.i - 1].end
+        if grouping == () and not without:
+            grouping = None  # `by ()` aggregates over everything, like no clause at all
         return Aggregate(tok.text, arg, param, grouping, without, pos=tok.pos, end=end)
 
     def argument(self, kind: str, what: str) -> Arg:
@@ -1255,7 +1257,8 @@ def _render(node: Node, pins: _Pins) -> str:
                 word = "without" if node.without else "by"
                 clause = f" {word} ({', '.join(node.grouping)})"
             param = f"{_render(node.param, pins)}, " if node.param is not None else ""
-            return f"{node.op}{clause} ({param}{_render(node.arg, pins)})"
+            space = " " if clause else ""
+            return f"{node.op}{clause}{space}({param}{_render(node.arg, pins)})"
         case Binary():
             prec = _INFIX[node.op]
             left = _render(node.left, pins)
