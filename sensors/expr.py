@@ -58,6 +58,7 @@ __all__ = [
     "format_duration",
     "parse_condition",
     "render_prometheus",
+    "scrape_problems",
     "validate_for_scrape",
 ]
 
@@ -1342,9 +1343,11 @@ def _scrape_problems(node: Node) -> list[ExprError]:
     return problems
 
 
+def scrape_problems(query: Query) -> list[ExprError]:
+    """Every construct of `query` the built-in scrape source cannot evaluate (empty when fine)."""
+    return _scrape_problems(query.expr)
+
+
 def validate_for_scrape(cond: Condition) -> list[ExprError]:
     """Every construct of `cond` the built-in scrape source cannot evaluate (empty when fine)."""
-    problems: list[ExprError] = []
-    for query in cond.queries:
-        problems += _scrape_problems(query.expr)
-    return problems
+    return [problem for query in cond.queries for problem in scrape_problems(query)]
