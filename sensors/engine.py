@@ -1,1 +1,1390 @@
-"""PURE rules engine: step(state, event, now) -> (state, decisions). No I/O imports."""
+"""The PURE rules engine: (state, event, now) in, decisions and action requests out.
+
+Everything ranvier decides happens here, as plain functions over plain data: no I/O, no clock
+reads (`now` is always an argument), no randomness. That is what makes a dry-run replay give the
+same answers as the live runtime, and what lets the runtime retry a batch after a crash and get
+the same action keys: `sensor_run_id` is a uuid5 of the event id and the sensor, and an action's
+idempotency key is derived from it.
+
+Shape (kopf's causes: data in, decisions out):
+
+* `EngineState` holds, per Axon, the compiled spec with its indexes (never persisted; rebuilt
+  from the spec) and the mutable state: alert phases and metric values, conditions' values,
+  active and recently finished sensor runs, recently seen lifecycle edges, maxRuns windows.
+  `dump_axon()` / `load_axon()` turn one Axon's state into canonical JSON and back, because the
+  runtime stores one KV key per Axon with compare-and-set.
+* `submit()` applies a new spec generation (or a deletion), `step()` applies one event,
+  `tick()` applies the passing of time (an Alert's `for` elapsing, `keepFiringFor` or a
+  cooldown running out). Each returns a `StepResult`: decision records and action requests in a
+  deterministic order (spec order of sensors and triggers).
+* These functions MUTATE the `EngineState` in place (for speed); the runtime keeps its own copy
+  of the persisted state and rebuilds from KV when a batch fails. Their result depends only on
+  (state, arguments): the same state and event always give the same result.
+
+Indexes (issue 4, item 2), built on submit, so an event's cost does not grow with the sensors it
+cannot concern: lifecycle triggers by (task, phase); Alert triggers and Metric conditions by query
+key and by (sensor, name); Rest and Calendar by sensor; active runs by sensor_run_id.
+
+Decision records: an event yields one record per (sensor, trigger) it could concern, and one per
+sensor run it advances, so "why did (not) this fire" always has an answer. An event that concerns
+nothing (another Axon, a metric nobody reads) yields none; an event that cannot be read (unknown
+type, invalid payload) yields no record but `StepResult.ignored` saying why (a decision needs an
+Axon and a sensor, which such an event may not have). `fired` is true exactly when the record
+requested actions (a run started, advanced to its next step, or retried an action).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, cast
+
+from pydantic import ValidationError
+
+from events.errors import RanvierError
+from events.model import (
+    AXON,
+    CALENDAR,
+    LIFECYCLE,
+    METRIC,
+    REST,
+    ActionRequest,
+    AxonData,
+    CalendarData,
+    DecisionData,
+    Event,
+    LifecycleData,
+    MetricData,
+    PlannedAction,
+    RestData,
+    canonical_json,
+    format_time,
+)
+from sensors.expr import Condition, ExprError, parse_condition
+from sensors.spec import (
+    ActionKind,
+    ActionSpec,
+    AlertTrigger,
+    Axon,
+    CalendarTrigger,
+    LifecycleTrigger,
+    RestTrigger,
+    Sensor,
+)
+
+__all__ = [
+    "FINISHED_RUNS_LIMIT",
+    "SEEN_EDGES_LIMIT",
+    "STATE_VERSION",
+    "EngineError",
+    "EngineState",
+    "StepResult",
+    "axon_key",
+    "next_deadline",
+    "sensor_run_id",
+    "step",
+    "submit",
+    "tick",
+]
+
+STATE_VERSION: Final = 1
+SEEN_EDGES_LIMIT: Final = 1024
+"""Lifecycle edges (task, run, phase) remembered per Axon for edge-triggering; oldest go first."""
+FINISHED_RUNS_LIMIT: Final = 512
+"""Finished sensor runs remembered per Axon, to say "already finished" rather than "unknown"."""
+
+_RUN_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://ranvier.dev/sensor-run")
+_EDGE_SEP: Final = "\x1f"  # unit separator: cannot occur in task names, rarely in run ids
+
+AlertPhase = Literal["inactive", "pending", "firing"]
+RunPhase = Literal["Running", "Succeeded", "Failed"]
+ActionPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+
+class EngineError(RanvierError, ValueError):
+    """A spec or a stored state the engine cannot use as it is."""
+
+
+def axon_key(namespace: str, name: str) -> str:
+    """The key one Axon's state is stored under: `namespace/name`."""
+    return f"{namespace}/{name}"
+
+
+def sensor_run_id(event_id: str, sensor: str, trigger: str | None = None) -> str:
+    """The run a firing starts: uuid5 of (event id, sensor), so reprocessing gives the same run.
+
+    `trigger` is added only for firings that time causes (an Alert's `for` elapsing on a tick):
+    their event is the one that started the pending episode, which two triggers can share.
+    """
+    name = f"{event_id}\n{sensor}" if trigger is None else f"{event_id}\n{sensor}\n{trigger}"
+    return str(uuid.uuid5(_RUN_NAMESPACE, name))
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one submit/step/tick decided: records to publish, actions to request, keys to write."""
+
+    decisions: tuple[DecisionData, ...] = ()
+    actions: tuple[ActionRequest, ...] = ()
+    touched: tuple[str, ...] = ()
+    """Axon keys (`axon_key`) whose state changed: write these back."""
+    deleted: tuple[str, ...] = ()
+    """Axon keys whose state is gone (the Axon was deleted): delete these."""
+    ignored: str | None = None
+    """Why the event was ignored as a whole (unknown type, invalid payload, stale generation)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pure helpers
+
+
+def _seconds(now: datetime) -> float:
+    """Seconds since the epoch; naive datetimes are taken as UTC."""
+    return (now if now.tzinfo is not None else now.replace(tzinfo=UTC)).timestamp()
+
+
+def _when(seconds: float) -> str:
+    return format_time(datetime.fromtimestamp(seconds, UTC))
+
+
+def _dur(seconds: float) -> str:
+    millis = round(seconds * 1000)
+    if millis % 1000:
+        return f"{millis}ms" if millis < 1000 else f"{seconds:g}s"
+    whole = millis // 1000
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, whole = divmod(whole, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+def _num(value: float) -> str:
+    return repr(value)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.blake2b(canonical_json(value), digest_size=12).hexdigest()
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled spec: what the engine derives once per generation (never persisted)
+
+
+@dataclass(frozen=True, slots=True)
+class _Action:
+    """One action of a step, with its request parameters prepared."""
+
+    kind: ActionKind
+    task: str
+    retry_limit: int
+    backoff: float
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Alert:
+    """An Alert trigger with its conditions parsed."""
+
+    name: str
+    condition: Condition
+    resolve: Condition | None
+    for_: float
+    keep_firing_for: float
+    cooldown: float
+    keys: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Cond:
+    """A Metric condition with its condition parsed."""
+
+    name: str
+    condition: Condition
+    keys: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sensor:
+    """A sensor as the engine uses it."""
+
+    name: str
+    position: int
+    concurrency: str
+    max_runs: tuple[int, float] | None
+    steps: tuple[tuple[_Action, ...], ...]
+    triggers: tuple[str, ...]
+    alerts: Mapping[str, _Alert]
+    rest: tuple[str, ...]
+    calendar: tuple[str, ...]
+    conditions: tuple[_Cond, ...]
+    trigger_prints: Mapping[str, str]
+    condition_prints: Mapping[str, str]
+    tasks_print: str
+    max_runs_print: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Something a metric value feeds: an Alert trigger or a Metric condition of a sensor."""
+
+    sensor: _Sensor
+    name: str
+    alert: _Alert | None
+    cond: _Cond | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """One generation of an Axon's spec and its indexes."""
+
+    name: str
+    namespace: str
+    key: str
+    digest: str
+    sensors: Mapping[str, _Sensor]
+    order: tuple[_Sensor, ...]
+    triggerless: tuple[_Sensor, ...]
+    by_lifecycle: Mapping[tuple[str, str], tuple[tuple[_Sensor, str], ...]]
+    by_metric: Mapping[str, tuple[_Target, ...]]
+    by_target: Mapping[tuple[str, str], tuple[_Target, ...]]
+
+
+def _parse(text: str, where: str) -> Condition:
+    try:
+        return parse_condition(text)
+    except ExprError as exc:
+        raise EngineError(f"{where}: {exc}", hint="run `ranvier validate` on the Axon") from None
+
+
+def _action(spec: ActionSpec) -> _Action:
+    params: dict[str, Any] = {}
+    if spec.env:
+        params["env"] = [_dump(e) for e in spec.env]
+    if spec.deployer is not None:
+        params["deployer"] = _dump(spec.deployer)
+    retry = spec.retry
+    return _Action(
+        kind=spec.kind,
+        task=spec.task_name,
+        retry_limit=retry.limit if retry is not None else 0,
+        backoff=retry.backoff if retry is not None else 0.0,
+        params=params,
+    )
+
+
+def _compile_sensor(sensor: Sensor, position: int) -> _Sensor:
+    where = f"sensor {sensor.name!r}"
+    alerts: dict[str, _Alert] = {}
+    rest: list[str] = []
+    calendar: list[str] = []
+    for trigger in sensor.triggers:
+        if isinstance(trigger, AlertTrigger):
+            cond = _parse(trigger.condition, f"{where} trigger {trigger.name!r}")
+            resolve = (
+                _parse(trigger.resolve, f"{where} trigger {trigger.name!r} resolve")
+                if trigger.resolve is not None
+                else None
+            )
+            keys = {q.key for q in cond.queries}
+            if resolve is not None:
+                keys.update(q.key for q in resolve.queries)
+            alerts[trigger.name] = _Alert(
+                name=trigger.name,
+                condition=cond,
+                resolve=resolve,
+                for_=trigger.for_,
+                keep_firing_for=trigger.keep_firing_for,
+                cooldown=trigger.cooldown,
+                keys=frozenset(keys),
+            )
+        elif isinstance(trigger, RestTrigger):
+            rest.append(trigger.name)
+        elif isinstance(trigger, CalendarTrigger):
+            calendar.append(trigger.name)
+    conditions = []
+    for c in sensor.conditions:
+        parsed = _parse(c.condition, f"{where} condition {c.name!r}")
+        conditions.append(_Cond(c.name, parsed, frozenset(q.key for q in parsed.queries)))
+    return _Sensor(
+        name=sensor.name,
+        position=position,
+        concurrency=sensor.concurrency,
+        max_runs=(sensor.max_runs.count, sensor.max_runs.per) if sensor.max_runs else None,
+        steps=tuple(tuple(_action(a) for a in group) for group in sensor.steps),
+        triggers=tuple(t.name for t in sensor.triggers),
+        alerts=alerts,
+        rest=tuple(rest),
+        calendar=tuple(calendar),
+        conditions=tuple(conditions),
+        trigger_prints={t.name: _digest(_dump(t)) for t in sensor.triggers},
+        condition_prints={c.name: _digest(_dump(c)) for c in sensor.conditions},
+        tasks_print=_digest([_dump(a) for group in sensor.steps for a in group]),
+        max_runs_print=_digest(_dump(sensor.max_runs) if sensor.max_runs else None),
+    )
+
+
+def _compile(axon: Axon) -> _Compiled:
+    name, namespace = axon.metadata.name, axon.metadata.namespace
+    order = tuple(_compile_sensor(s, i) for i, s in enumerate(axon.spec.sensors))
+    by_lifecycle: dict[tuple[str, str], list[tuple[_Sensor, str]]] = {}
+    by_metric: dict[str, list[_Target]] = {}
+    by_target: dict[tuple[str, str], list[_Target]] = {}
+    for compiled, sensor in zip(order, axon.spec.sensors, strict=True):
+        for trigger in sensor.triggers:
+            if isinstance(trigger, LifecycleTrigger):
+                by_lifecycle.setdefault((trigger.task, trigger.condition), []).append(
+                    (compiled, trigger.name)
+                )
+        targets = [_Target(compiled, a.name, a, None) for a in compiled.alerts.values()]
+        targets += [_Target(compiled, c.name, None, c) for c in compiled.conditions]
+        for target in targets:
+            keys = target.alert.keys if target.alert else cast(_Cond, target.cond).keys
+            for key in sorted(keys):
+                by_metric.setdefault(key, []).append(target)
+            by_target.setdefault((compiled.name, target.name), []).append(target)
+    return _Compiled(
+        name=name,
+        namespace=namespace,
+        key=axon_key(namespace, name),
+        digest=_digest(_dump(axon)),
+        sensors={s.name: s for s in order},
+        order=order,
+        triggerless=tuple(s for s in order if not s.triggers),
+        by_lifecycle={k: tuple(v) for k, v in by_lifecycle.items()},
+        by_metric={k: tuple(v) for k, v in by_metric.items()},
+        by_target={k: tuple(v) for k, v in by_target.items()},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutable state (JSON-serialisable per Axon)
+
+
+@dataclass(slots=True)
+class _AlertState:
+    """Where one Alert trigger is in inactive -> pending -> firing, and the values it read."""
+
+    phase: AlertPhase = "inactive"
+    since: float | None = None
+    since_event: str | None = None
+    clear_since: float | None = None
+    clear_event: str | None = None
+    held_until: float | None = None
+    last_fired: float | None = None
+    values: dict[str, float] = field(default_factory=dict)
+
+    def is_default(self) -> bool:
+        return self.phase == "inactive" and self.last_fired is None and not self.values
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"phase": self.phase, "values": self.values}
+        for name in ("since", "since_event", "clear_since", "clear_event", "held_until"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.last_fired is not None:
+            out["last_fired"] = self.last_fired
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _AlertState:
+        return cls(
+            phase=data["phase"],
+            since=data.get("since"),
+            since_event=data.get("since_event"),
+            clear_since=data.get("clear_since"),
+            clear_event=data.get("clear_event"),
+            held_until=data.get("held_until"),
+            last_fired=data.get("last_fired"),
+            values={str(k): float(v) for k, v in data.get("values", {}).items()},
+        )
+
+
+@dataclass(slots=True)
+class _ActionState:
+    """One action of a run's current step."""
+
+    attempt: int = 1
+    phase: ActionPhase = "Pending"
+
+
+@dataclass(slots=True)
+class _RunState:
+    """An active sensor run: which step it is at and how its actions are doing."""
+
+    id: str
+    sensor: str
+    trigger: str | None
+    event_id: str
+    generation: int
+    started: float
+    step: int
+    actions: list[_ActionState]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "sensor": self.sensor,
+            "trigger": self.trigger,
+            "event_id": self.event_id,
+            "generation": self.generation,
+            "started": self.started,
+            "step": self.step,
+            "actions": [[a.attempt, a.phase] for a in self.actions],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _RunState:
+        return cls(
+            id=data["id"],
+            sensor=data["sensor"],
+            trigger=data["trigger"],
+            event_id=data["event_id"],
+            generation=data["generation"],
+            started=data["started"],
+            step=data["step"],
+            actions=[_ActionState(int(a), p) for a, p in data["actions"]],
+        )
+
+
+@dataclass(slots=True)
+class _SensorState:
+    """One sensor's state: alerts, condition values, active runs, maxRuns window."""
+
+    fired_generation: int | None = None
+    alerts: dict[str, _AlertState] = field(default_factory=dict)
+    conditions: dict[str, dict[str, float]] = field(default_factory=dict)
+    active: list[str] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)
+
+    def alert(self, name: str) -> _AlertState:
+        st = self.alerts.get(name)
+        if st is None:
+            st = self.alerts[name] = _AlertState()
+        return st
+
+    def to_json(self) -> dict[str, Any] | None:
+        out: dict[str, Any] = {}
+        if self.fired_generation is not None:
+            out["fired_generation"] = self.fired_generation
+        alerts = {k: v.to_json() for k, v in self.alerts.items() if not v.is_default()}
+        if alerts:
+            out["alerts"] = alerts
+        conditions = {k: v for k, v in self.conditions.items() if v}
+        if conditions:
+            out["conditions"] = conditions
+        if self.active:
+            out["active"] = self.active
+        if self.starts:
+            out["starts"] = self.starts
+        return out or None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _SensorState:
+        return cls(
+            fired_generation=data.get("fired_generation"),
+            alerts={k: _AlertState.from_json(v) for k, v in data.get("alerts", {}).items()},
+            conditions={
+                k: {str(q): float(x) for q, x in v.items()}
+                for k, v in data.get("conditions", {}).items()
+            },
+            active=[str(r) for r in data.get("active", [])],
+            starts=[float(t) for t in data.get("starts", [])],
+        )
+
+
+@dataclass(slots=True)
+class _AxonState:
+    """Everything the engine knows about one Axon: its compiled spec and its mutable state."""
+
+    spec: _Compiled
+    generation: int
+    sensors: dict[str, _SensorState]
+    runs: dict[str, _RunState] = field(default_factory=dict)
+    finished: list[tuple[str, str, str]] = field(default_factory=list)
+    finished_index: dict[str, tuple[str, str]] = field(default_factory=dict)
+    seen: list[str] = field(default_factory=list)
+    seen_index: set[str] = field(default_factory=set)
+
+    def sensor_state(self, name: str) -> _SensorState:
+        st = self.sensors.get(name)
+        if st is None:
+            st = self.sensors[name] = _SensorState()
+        return st
+
+    def finish(self, run: _RunState, phase: RunPhase, why: str) -> None:
+        self.runs.pop(run.id, None)
+        st = self.sensors.get(run.sensor)
+        if st is not None and run.id in st.active:
+            st.active.remove(run.id)
+        self.finished.append((run.id, phase, why))
+        self.finished_index[run.id] = (phase, why)
+        if len(self.finished) > FINISHED_RUNS_LIMIT:
+            old = self.finished.pop(0)
+            self.finished_index.pop(old[0], None)
+
+    def see(self, edge: str) -> bool:
+        """Remember a lifecycle edge; False when it was already seen."""
+        if edge in self.seen_index:
+            return False
+        self.seen.append(edge)
+        self.seen_index.add(edge)
+        if len(self.seen) > SEEN_EDGES_LIMIT:
+            self.seen_index.discard(self.seen.pop(0))
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        sensors = {}
+        for name, st in self.sensors.items():
+            dumped = st.to_json()
+            if dumped is not None:
+                sensors[name] = dumped
+        return {
+            "version": STATE_VERSION,
+            "axon": self.spec.name,
+            "namespace": self.spec.namespace,
+            "generation": self.generation,
+            "spec": self.spec.digest,
+            "sensors": sensors,
+            "runs": {k: v.to_json() for k, v in self.runs.items()},
+            "finished": [list(f) for f in self.finished],
+            "seen": self.seen,
+        }
+
+
+class EngineState:
+    """All sensor, trigger and run state of the Axons the engine knows, keyed by `axon_key`."""
+
+    __slots__ = ("_axons",)
+
+    def __init__(self) -> None:
+        self._axons: dict[str, _AxonState] = {}
+
+    def keys(self) -> tuple[str, ...]:
+        """The Axons known, as sorted `axon_key`s."""
+        return tuple(sorted(self._axons))
+
+    def generation(self, namespace: str, name: str) -> int | None:
+        """The generation applied for an Axon, or None if the engine does not know it."""
+        ax = self._axons.get(axon_key(namespace, name))
+        return ax.generation if ax is not None else None
+
+    def dump_axon(self, axon: Axon | str) -> bytes:
+        """One Axon's state as canonical JSON (sorted keys, compact): what the runtime stores."""
+        key = (
+            axon if isinstance(axon, str) else axon_key(axon.metadata.namespace, axon.metadata.name)
+        )
+        ax = self._axons.get(key)
+        if ax is None:
+            raise EngineError(f"no state for Axon {key!r}", hint="submit it first")
+        return canonical_json(ax.to_json())
+
+    def load_axon(self, axon: Axon, data: bytes) -> None:
+        """Restore one Axon's state from `dump_axon` bytes, with indexes rebuilt from `axon`.
+
+        `axon` must be the spec the state was dumped with (its digest is checked): load the
+        generation the state names, then `submit` any newer one so changes are reconciled.
+        """
+        import json  # local: only loading needs it, and it is not I/O
+
+        spec = _compile(axon)
+        try:
+            raw = json.loads(data)
+            if raw.get("version") != STATE_VERSION:
+                raise EngineError(
+                    f"state of Axon {spec.key!r} has version {raw.get('version')!r}, "
+                    f"this engine reads version {STATE_VERSION}"
+                )
+            if raw["spec"] != spec.digest:
+                raise EngineError(
+                    f"state of Axon {spec.key!r} (generation {raw['generation']}) was written "
+                    "for a different spec",
+                    hint="load it with that generation's spec, then submit the new one",
+                )
+            ax = _AxonState(
+                spec=spec,
+                generation=int(raw["generation"]),
+                sensors={k: _SensorState.from_json(v) for k, v in raw["sensors"].items()},
+                runs={k: _RunState.from_json(v) for k, v in raw["runs"].items()},
+                finished=[(str(a), str(b), str(c)) for a, b, c in raw["finished"]],
+                seen=[str(e) for e in raw["seen"]],
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, EngineError):
+                raise
+            raise EngineError(f"state of Axon {spec.key!r} is unreadable: {exc}") from None
+        ax.finished_index = {f[0]: (f[1], f[2]) for f in ax.finished}
+        ax.seen_index = set(ax.seen)
+        self._axons[spec.key] = ax
+
+
+# ---------------------------------------------------------------------------------------------
+# One call's output
+
+
+class _Out:
+    """Collects one call's decisions and actions, in the order they were decided."""
+
+    __slots__ = ("actions", "decisions", "fired", "now", "touched")
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.decisions: list[DecisionData] = []
+        self.actions: list[ActionRequest] = []
+        self.touched: dict[str, None] = {}
+        self.fired: set[tuple[str, str, str]] = set()
+
+    def decide(
+        self,
+        ax: _AxonState,
+        event_id: str,
+        sensor: str,
+        trigger: str | None,
+        *,
+        matched: bool,
+        fired: bool,
+        reason: str,
+        run_id: str | None = None,
+        planned: Sequence[PlannedAction] = (),
+    ) -> None:
+        self.touched[ax.spec.key] = None
+        self.decisions.append(
+            DecisionData.model_construct(
+                axon=ax.spec.name,
+                namespace=ax.spec.namespace,
+                event_id=event_id,
+                sensor=sensor,
+                trigger=trigger,
+                matched=matched,
+                fired=fired,
+                reason=reason,
+                sensor_run_id=run_id,
+                actions=list(planned),
+            )
+        )
+
+    def result(self, deleted: Sequence[str] = (), ignored: str | None = None) -> StepResult:
+        return StepResult(
+            decisions=tuple(self.decisions),
+            actions=tuple(self.actions),
+            touched=tuple(k for k in self.touched if k not in deleted),
+            deleted=tuple(deleted),
+            ignored=ignored,
+        )
+
+
+def _request(
+    out: _Out, ax: _AxonState, run: _RunState, *, index: int, action: _Action, attempt: int
+) -> PlannedAction:
+    not_before = None
+    if attempt > 1 and action.backoff > 0:
+        not_before = datetime.fromtimestamp(out.now + action.backoff, UTC)
+    out.actions.append(
+        ActionRequest.model_construct(
+            axon=ax.spec.name,
+            namespace=ax.spec.namespace,
+            sensor=run.sensor,
+            sensor_run_id=run.id,
+            generation=run.generation,
+            step=run.step,
+            index=index,
+            attempt=attempt,
+            kind=action.kind,
+            task=action.task,
+            params=dict(action.params),
+            not_before=not_before,
+        )
+    )
+    return PlannedAction.model_construct(kind=action.kind, task=action.task, step=run.step)
+
+
+def _start_step(out: _Out, ax: _AxonState, sensor: _Sensor, run: _RunState) -> list[PlannedAction]:
+    group = sensor.steps[run.step]
+    run.actions = [_ActionState() for _ in group]
+    return [_request(out, ax, run, index=i, action=a, attempt=1) for i, a in enumerate(group)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Firing a sensor: conditions (AND), concurrency, maxRuns, then a new run
+
+
+def _conditions_block(sensor: _Sensor, st: _SensorState) -> str | None:
+    for cond in sensor.conditions:
+        values = st.conditions.get(cond.name, {})
+        verdict = cond.condition.evaluate(values)
+        if verdict is True:
+            continue
+        if verdict is None:
+            missing = sorted(k for k in cond.keys if k not in values)
+            what = f"no value for {', '.join(missing)}" if missing else "value unknown"
+            return f"condition {cond.name!r} is unknown ({what})"
+        shown = ", ".join(f"{k}={_num(values[k])}" for k in sorted(cond.keys) if k in values)
+        return f"condition {cond.name!r} is false ({cond.condition.text}; {shown})"
+    return None
+
+
+def _fire(
+    out: _Out,
+    ax: _AxonState,
+    sensor: _Sensor,
+    *,
+    trigger: str | None,
+    event_id: str,
+    run_id: str,
+    why: str,
+) -> None:
+    """Try to start a run of `sensor`; record one decision either way."""
+    st = ax.sensor_state(sensor.name)
+    fired_key = (ax.spec.key, sensor.name, event_id)
+
+    def skip(reason: str) -> None:
+        out.decide(
+            ax, event_id, sensor.name, trigger, matched=True, fired=False, reason=f"{why}; {reason}"
+        )
+
+    if fired_key in out.fired:
+        return skip("not fired: the sensor already fired for this event")
+    if run_id in ax.runs or run_id in ax.finished_index:
+        return skip(f"not fired: run {run_id} was already started for this event")
+    blocked = _conditions_block(sensor, st)
+    if blocked is not None:
+        return skip(f"not fired: {blocked}")
+    if st.active and sensor.concurrency == "Forbid":
+        return skip(f"not fired: run {st.active[0]} is still active (concurrency Forbid)")
+    if sensor.max_runs is not None:
+        count, per = sensor.max_runs
+        st.starts = [t for t in st.starts if t > out.now - per]
+        if len(st.starts) >= count:
+            return skip(
+                f"not fired: maxRuns {count} per {_dur(per)} reached "
+                f"(next allowed at {_when(st.starts[0] + per)})"
+            )
+        st.starts.append(out.now)
+    replaced = ""
+    if st.active and sensor.concurrency == "Replace":
+        old = list(st.active)
+        for rid in old:
+            ax.finish(ax.runs[rid], "Failed", f"replaced by run {run_id}")
+        replaced = f" (replaced run {', '.join(old)})"
+    run = _RunState(
+        id=run_id,
+        sensor=sensor.name,
+        trigger=trigger,
+        event_id=event_id,
+        generation=ax.generation,
+        started=out.now,
+        step=0,
+        actions=[],
+    )
+    ax.runs[run_id] = run
+    st.active.append(run_id)
+    out.fired.add(fired_key)
+    planned = _start_step(out, ax, sensor, run)
+    out.decide(
+        ax,
+        event_id,
+        sensor.name,
+        trigger,
+        matched=True,
+        fired=True,
+        reason=f"{why}; fired: run started at step 0{replaced}",
+        run_id=run_id,
+        planned=planned,
+    )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Submit: a new generation, or a deletion
+
+
+def submit(
+    state: EngineState, axon: Axon, generation: int, event: Event, now: datetime
+) -> StepResult:
+    """Apply `axon` as spec `generation` (or delete it), on the `ranvier.axon` event `event`.
+
+    A new generation keeps the state of sensors, triggers and conditions that did not change
+    and resets what did (a run of a sensor whose steps changed is ended), with one decision per
+    sensor saying which; sensors without triggers then fire once for the generation. A stale or
+    already applied generation changes nothing (`ignored` says why). May raise `EngineError`
+    when the spec has a condition that does not parse (the loader refuses such files).
+    """
+    out = _Out(_seconds(now))
+    key = axon_key(axon.metadata.namespace, axon.metadata.name)
+    old = state._axons.get(key)
+    deleting = event.type == AXON and event.data.get("action") == "deleted"
+    if deleting:
+        if old is None:
+            return out.result(ignored=f"Axon {key!r} is not known; nothing to delete")
+        for sensor in old.spec.order:
+            out.decide(
+                old,
+                event.id,
+                sensor.name,
+                None,
+                matched=True,
+                fired=False,
+                reason=f"Axon deleted: state of the sensor dropped "
+                f"({len(old.sensors.get(sensor.name, _SensorState()).active)} active run(s))",
+            )
+        del state._axons[key]
+        return out.result(deleted=(key,))
+    if old is not None and generation <= old.generation:
+        return out.result(
+            ignored=f"generation {generation} of Axon {key!r} is not newer than the "
+            f"applied generation {old.generation}"
+        )
+    spec = _compile(axon)
+    ax = _AxonState(spec=spec, generation=generation, sensors={})
+    if old is not None:
+        ax.runs, ax.finished, ax.finished_index = old.runs, old.finished, old.finished_index
+        ax.seen, ax.seen_index = old.seen, old.seen_index
+    state._axons[key] = ax
+    for sensor in spec.order:
+        prior = old.spec.sensors.get(sensor.name) if old is not None else None
+        if old is None or prior is None:
+            reason = f"generation {generation}: new sensor"
+        else:
+            reason = f"generation {generation}: " + _reconcile(
+                ax, old, prior, sensor, old.sensors.get(sensor.name)
+            )
+        out.decide(ax, event.id, sensor.name, None, matched=True, fired=False, reason=reason)
+    if old is not None:
+        for prior in old.spec.order:
+            if prior.name in spec.sensors:
+                continue
+            dropped = old.sensors.get(prior.name, _SensorState()).active
+            for rid in dropped:
+                run = old.runs.get(rid)
+                if run is not None:
+                    ax.finish(run, "Failed", f"sensor removed in generation {generation}")
+            out.decide(
+                ax,
+                event.id,
+                prior.name,
+                None,
+                matched=True,
+                fired=False,
+                reason=f"generation {generation}: sensor removed, its state dropped",
+            )
+    for sensor in spec.triggerless:
+        st = ax.sensor_state(sensor.name)
+        if st.fired_generation == generation:
+            continue
+        st.fired_generation = generation
+        _fire(
+            out,
+            ax,
+            sensor,
+            trigger=None,
+            event_id=event.id,
+            run_id=sensor_run_id(event.id, sensor.name),
+            why=f"no triggers: runs once per generation (generation {generation} submitted)",
+        )
+    out.touched[key] = None
+    return out.result()
+
+
+def _reconcile(
+    ax: _AxonState, old: _AxonState, prior: _Sensor, sensor: _Sensor, st: _SensorState | None
+) -> str:
+    """Carry one sensor's state into a new generation; returns what was kept and reset."""
+    st = st if st is not None else _SensorState()
+    new = _SensorState(fired_generation=st.fired_generation, active=st.active, starts=st.starts)
+    reset: list[str] = []
+    for name in sensor.triggers:
+        if prior.trigger_prints.get(name) == sensor.trigger_prints[name]:
+            if name in st.alerts:
+                new.alerts[name] = st.alerts[name]
+        elif name in prior.trigger_prints:
+            reset.append(f"trigger {name!r} changed")
+        else:
+            reset.append(f"trigger {name!r} added")
+    reset += [f"trigger {n!r} removed" for n in prior.triggers if n not in sensor.trigger_prints]
+    for name, print_ in sensor.condition_prints.items():
+        if prior.condition_prints.get(name) == print_:
+            if name in st.conditions:
+                new.conditions[name] = st.conditions[name]
+        elif name in prior.condition_prints:
+            reset.append(f"condition {name!r} changed")
+        else:
+            reset.append(f"condition {name!r} added")
+    reset += [
+        f"condition {n!r} removed"
+        for n in prior.condition_prints
+        if n not in sensor.condition_prints
+    ]
+    if prior.max_runs_print != sensor.max_runs_print:
+        new.starts = []
+        reset.append("maxRuns changed (window reset)")
+    if prior.tasks_print != sensor.tasks_print:
+        ended = list(new.active)
+        for rid in ended:
+            run = old.runs.get(rid)
+            if run is not None:
+                ax.finish(
+                    run, "Failed", f"the sensor's tasks changed in generation {ax.generation}"
+                )
+        new.active = []
+        reset.append("tasks changed" + (f" (ended run {', '.join(ended)})" if ended else ""))
+    if prior.concurrency != sensor.concurrency:
+        reset.append(f"concurrency now {sensor.concurrency}")
+    ax.sensors[sensor.name] = new
+    if not reset:
+        return "unchanged, state kept"
+    return "changed: " + "; ".join(reset) + "; the rest of its state kept"
+
+
+# ---------------------------------------------------------------------------------------------
+# Step: one event
+
+
+def step(state: EngineState, event: Event, now: datetime) -> StepResult:
+    """Apply one event; never raises for a bad event (`StepResult.ignored` says why)."""
+    out = _Out(_seconds(now))
+    if event.type not in _HANDLERS:
+        return out.result(ignored=f"event type {event.type!r} is not one the engine reads")
+    data = event.data
+    axon = data.get("axon")
+    namespace = data.get("namespace", "default")
+    if not isinstance(axon, str) or not isinstance(namespace, str):
+        return out.result(ignored=f"event {event.id} ({event.type}) names no Axon")
+    ax = state._axons.get(axon_key(namespace, axon))
+    if event.type == AXON:
+        return _step_axon(state, out, ax, event)
+    if ax is None:
+        return out.result()  # an Axon this engine does not know: concerns nothing here
+    try:
+        payload = _PAYLOADS[event.type].model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(payload)"
+        return out.result(ignored=f"event {event.id} ({event.type}): {where}: {err['msg']}")
+    _HANDLERS[event.type](out, ax, event.id, payload)
+    return out.result()
+
+
+def _step_axon(state: EngineState, out: _Out, ax: _AxonState | None, event: Event) -> StepResult:
+    try:
+        payload = AxonData.model_validate(event.data)
+    except ValidationError:
+        return out.result(ignored=f"event {event.id} (ranvier.axon) has an invalid payload")
+    if payload.action == "deleted" and ax is not None:
+        for sensor in ax.spec.order:
+            out.decide(
+                ax,
+                event.id,
+                sensor.name,
+                None,
+                matched=True,
+                fired=False,
+                reason="Axon deleted: state of the sensor dropped",
+            )
+        del state._axons[ax.spec.key]
+        return out.result(deleted=(ax.spec.key,))
+    return out.result(
+        ignored="ranvier.axon events are applied with submit(), which is given the spec"
+    )
+
+
+def _lifecycle(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:
+    data = cast(LifecycleData, payload)
+    if data.sensor_run_id is not None:
+        _advance(out, ax, event_id, data)
+    matches = ax.spec.by_lifecycle.get((data.task, data.phase))
+    if not matches:
+        return
+    fresh = ax.see(_EDGE_SEP.join((data.task, data.run_id, data.phase)))
+    why = f"task {data.task} run {data.run_id} {data.phase}"
+    for sensor, trigger in matches:
+        if not fresh:
+            out.decide(
+                ax,
+                event_id,
+                sensor.name,
+                trigger,
+                matched=True,
+                fired=False,
+                reason=f"{why} was already seen (lifecycle triggers fire once per run and phase)",
+            )
+            continue
+        _fire(
+            out,
+            ax,
+            sensor,
+            trigger=trigger,
+            event_id=event_id,
+            run_id=sensor_run_id(event_id, sensor.name),
+            why=why,
+        )
+
+
+def _advance(out: _Out, ax: _AxonState, event_id: str, data: LifecycleData) -> None:
+    """Move a sensor run along on a lifecycle event of one of its actions."""
+    rid = cast(str, data.sensor_run_id)
+    run = ax.runs.get(rid)
+    name = run.sensor if run is not None else data.sensor
+
+    def note(reason: str, *, fired: bool = False, planned: Sequence[PlannedAction] = ()) -> None:
+        if name is not None:
+            out.decide(
+                ax,
+                event_id,
+                name,
+                None,
+                matched=run is not None,
+                fired=fired,
+                reason=reason,
+                run_id=rid,
+                planned=planned,
+            )
+
+    if run is None:
+        done = ax.finished_index.get(rid)
+        if done is not None:
+            return note(f"ignored: run {rid} already finished ({done[0]}: {done[1]})")
+        return note(f"ignored: no active run {rid}")
+    sensor = ax.spec.sensors.get(run.sensor)
+    if sensor is None:  # pragma: no cover - runs of removed sensors are ended on submit
+        return note(f"ignored: sensor {run.sensor!r} is not in the spec")
+    if data.step != run.step:
+        return note(f"ignored: event for step {data.step}, the run is at step {run.step}")
+    if data.index >= len(run.actions):
+        return note(f"ignored: step {run.step} has no action {data.index}")
+    act = run.actions[data.index]
+    spec = sensor.steps[run.step][data.index]
+    what = f"step {run.step} action {data.index} ({spec.kind} {spec.task}) attempt {data.attempt}"
+    if data.attempt != act.attempt:
+        return note(f"ignored: {what} is not the current attempt ({act.attempt})")
+    if act.phase in ("Succeeded", "Failed"):
+        return note(f"ignored: {what} already {act.phase}")
+    act.phase = data.phase
+    if data.phase in ("Pending", "Running"):
+        return note(f"{what} {data.phase}")
+    if data.phase == "Failed":
+        if act.attempt <= spec.retry_limit:
+            act.attempt += 1
+            act.phase = "Pending"
+            planned = [_request(out, ax, run, index=data.index, action=spec, attempt=act.attempt)]
+            wait = f" after {_dur(spec.backoff)} backoff" if spec.backoff > 0 else ""
+            return note(
+                f"{what} Failed; retrying: attempt {act.attempt} of {spec.retry_limit + 1}{wait}",
+                fired=True,
+                planned=planned,
+            )
+        detail = f": {data.message}" if data.message else ""
+        ax.finish(run, "Failed", f"{what} Failed{detail}")
+        return note(f"{what} Failed{detail}; run Failed")
+    waiting = sum(1 for a in run.actions if a.phase != "Succeeded")
+    if waiting:
+        return note(f"{what} Succeeded; waiting for {waiting} more action(s) of step {run.step}")
+    if run.step + 1 < len(sensor.steps):
+        run.step += 1
+        planned = _start_step(out, ax, sensor, run)
+        return note(
+            f"{what} Succeeded; step {run.step - 1} done, step {run.step} started",
+            fired=True,
+            planned=planned,
+        )
+    ax.finish(run, "Succeeded", f"all {len(sensor.steps)} step(s) succeeded")
+    return note(f"{what} Succeeded; run Succeeded")
+
+
+def _metric(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:
+    data = cast(MetricData, payload)
+    value = data.value
+    known = value is not None and not data.stale and math.isfinite(value)
+    if data.sensor is not None and data.trigger is not None:
+        targets = ax.spec.by_target.get((data.sensor, data.trigger), ())
+        if not targets:
+            out.decide(
+                ax,
+                event_id,
+                data.sensor,
+                data.trigger,
+                matched=False,
+                fired=False,
+                reason=f"ignored: sensor {data.sensor!r} has no Alert trigger or Metric "
+                f"condition named {data.trigger!r}",
+            )
+            return
+        relevant = [t for t in targets if data.name in _keys(t)]
+        if not relevant:
+            out.decide(
+                ax,
+                event_id,
+                data.sensor,
+                data.trigger,
+                matched=False,
+                fired=False,
+                reason=f"ignored: {data.trigger!r} reads no query {data.name!r}",
+            )
+            return
+    else:
+        relevant = list(ax.spec.by_metric.get(data.name, ()))
+        if not relevant:
+            return
+    shown = f"{data.name}={_num(cast(float, value))}" if known else f"{data.name} unknown"
+    # Record every value first, so an Alert sees the condition values of the same event.
+    for target in relevant:
+        st = ax.sensor_state(target.sensor.name)
+        values = (
+            st.alert(target.name).values
+            if target.alert
+            else st.conditions.setdefault(target.name, {})
+        )
+        if known:
+            values[data.name] = cast(float, value)
+        else:
+            values.pop(data.name, None)
+    for target in relevant:
+        if target.alert is None:
+            out.decide(
+                ax,
+                event_id,
+                target.sensor.name,
+                None,
+                matched=False,
+                fired=False,
+                reason=f"value for condition {target.name!r} recorded ({shown})",
+            )
+            continue
+        _alert(out, ax, target.sensor, target.alert, event_id=event_id, shown=shown, timed=False)
+
+
+def _keys(target: _Target) -> frozenset[str]:
+    return target.alert.keys if target.alert is not None else cast(_Cond, target.cond).keys
+
+
+def _alert(
+    out: _Out,
+    ax: _AxonState,
+    sensor: _Sensor,
+    alert: _Alert,
+    *,
+    event_id: str,
+    shown: str,
+    timed: bool,
+) -> None:
+    """Run one Alert trigger's state machine at `out.now`; on ticks, record only transitions."""
+    st = ax.sensor_state(sensor.name).alert(alert.name)
+    now = out.now
+    cond = alert.condition.evaluate(st.values)
+
+    def note(reason: str) -> None:
+        out.decide(
+            ax,
+            event_id,
+            sensor.name,
+            alert.name,
+            matched=True,
+            fired=False,
+            reason=f"{shown}: {reason}" if shown else reason,
+        )
+
+    if st.phase == "firing":
+        if alert.resolve is not None:
+            clear = alert.resolve.evaluate(st.values)
+            test, met = f"resolve condition {alert.resolve.text}", "holds"
+        else:
+            clear = None if cond is None else not cond
+            test, met = f"condition {alert.condition.text}", "no longer holds"
+        if clear is None:
+            return None if timed else note(f"firing; {test} is unknown, no transition")
+        if not clear:
+            st.clear_since = st.clear_event = None
+            return None if timed else note("firing; the alert still holds")
+        if alert.keep_firing_for > 0:
+            if st.clear_since is None:
+                st.clear_since, st.clear_event = now, event_id
+            until = st.clear_since + alert.keep_firing_for
+            if now < until:
+                return (
+                    None
+                    if timed
+                    else note(
+                        f"firing; resolves at {_when(until)} unless it holds again "
+                        f"(keepFiringFor {_dur(alert.keep_firing_for)})"
+                    )
+                )
+        st.phase, st.clear_since, st.clear_event = "inactive", None, None
+        return note(f"{test} {met}: firing -> resolved -> inactive")
+    if cond is None:
+        if timed:
+            return None
+        missing = sorted(q.key for q in alert.condition.queries if q.key not in st.values)
+        what = f"no value for {', '.join(missing)}" if missing else "value unknown"
+        return note(f"condition {alert.condition.text} is unknown ({what}); no transition")
+    if not cond:
+        if st.phase == "pending":
+            st.phase, st.since, st.since_event, st.held_until = "inactive", None, None, None
+            return note(f"condition {alert.condition.text} is false: pending -> inactive")
+        return None if timed else note(f"condition {alert.condition.text} is false; inactive")
+    became = ""
+    if st.phase == "inactive":
+        st.phase, st.since, st.since_event = "pending", now, event_id
+        became = "inactive -> pending"
+    since = cast(float, st.since)
+    due = since + alert.for_
+    if now < due:
+        return (
+            None
+            if timed
+            else note(
+                f"condition {alert.condition.text} holds: {became or 'pending'}; fires at "
+                f"{_when(due)} if it still holds (for {_dur(alert.for_)})"
+            )
+        )
+    if st.last_fired is not None and now < st.last_fired + alert.cooldown:
+        until = st.last_fired + alert.cooldown
+        first = st.held_until is None
+        st.held_until = until
+        if timed and not first:
+            return None
+        return note(
+            f"condition {alert.condition.text} holds, but not fired: cooldown "
+            f"{_dur(alert.cooldown)} after the firing at {_when(st.last_fired)} "
+            f"(pending until {_when(until)})"
+        )
+    cause = event_id  # on a tick, tick() passes the event that started the pending episode
+    st.phase, st.last_fired = "firing", now
+    st.since = st.since_event = st.held_until = None
+    edge = "inactive -> firing" if became else "pending -> firing"
+    if alert.for_ > 0 and not became:
+        edge += f" (held for {_dur(now - since)})"
+    run_id = sensor_run_id(cause, sensor.name, alert.name if timed else None)
+    _fire(
+        out,
+        ax,
+        sensor,
+        trigger=alert.name,
+        event_id=cause,
+        run_id=run_id,
+        why=f"{shown}: {edge}" if shown else edge,
+    )
+    return None
+
+
+def _rest(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:
+    data = cast(RestData, payload)
+    _named(out, ax, event_id, name=data.sensor, trigger=data.trigger, kind="Rest")
+
+
+def _calendar(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:
+    data = cast(CalendarData, payload)
+    _named(out, ax, event_id, name=data.sensor, trigger=data.trigger, kind="Calendar")
+
+
+def _named(
+    out: _Out, ax: _AxonState, event_id: str, *, name: str, trigger: str | None, kind: str
+) -> None:
+    """Rest and Calendar events name the sensor (and maybe the trigger) they fire."""
+    sensor = ax.spec.sensors.get(name)
+
+    def miss(reason: str) -> None:
+        out.decide(ax, event_id, name, trigger, matched=False, fired=False, reason=reason)
+
+    if sensor is None:
+        return miss(f"ignored: the Axon has no sensor named {name!r}")
+    names = sensor.rest if kind == "Rest" else sensor.calendar
+    if trigger is None:
+        if not names:
+            return miss(f"ignored: sensor {name!r} has no {kind} trigger")
+        trigger = names[0]
+    elif trigger not in names:
+        return miss(f"ignored: sensor {name!r} has no {kind} trigger named {trigger!r}")
+    _fire(
+        out,
+        ax,
+        sensor,
+        trigger=trigger,
+        event_id=event_id,
+        run_id=sensor_run_id(event_id, name),
+        why=f"{kind} event",
+    )
+    return None
+
+
+_Handler = Callable[[_Out, _AxonState, str, Any], None]
+_HANDLERS: Final[dict[str, _Handler]] = {
+    LIFECYCLE: _lifecycle,
+    METRIC: _metric,
+    REST: _rest,
+    CALENDAR: _calendar,
+    AXON: _lifecycle,  # never called: step() routes ranvier.axon events to _step_axon first
+}
+_PAYLOADS: Final[dict[str, Any]] = {
+    LIFECYCLE: LifecycleData,
+    METRIC: MetricData,
+    REST: RestData,
+    CALENDAR: CalendarData,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Time
+
+
+def _deadline(alert: _Alert, st: _AlertState) -> float | None:
+    if st.phase == "pending":
+        if st.held_until is not None:
+            return st.held_until
+        return cast(float, st.since) + alert.for_
+    if st.phase == "firing" and st.clear_since is not None:
+        return st.clear_since + alert.keep_firing_for
+    return None
+
+
+def _armed(state: EngineState) -> Iterable[tuple[_AxonState, _Sensor, _Alert, float]]:
+    for key in sorted(state._axons):
+        ax = state._axons[key]
+        for sensor in ax.spec.order:
+            st = ax.sensors.get(sensor.name)
+            if st is None or not st.alerts:
+                continue
+            for name, alert in sensor.alerts.items():
+                ast = st.alerts.get(name)
+                if ast is None:
+                    continue
+                due = _deadline(alert, ast)
+                if due is not None:
+                    yield ax, sensor, alert, due
+
+
+def tick(state: EngineState, now: datetime) -> StepResult:
+    """Apply the passing of time: fire alerts whose `for` or cooldown elapsed, resolve those
+    whose `keepFiringFor` ran out. Records only what changed."""
+    out = _Out(_seconds(now))
+    for ax, sensor, alert, due in list(_armed(state)):
+        if due > out.now:
+            continue
+        ast = ax.sensors[sensor.name].alerts[alert.name]
+        cause = ast.since_event if ast.phase == "pending" else ast.clear_event
+        _alert(
+            out,
+            ax,
+            sensor,
+            alert,
+            event_id=cause or "tick",
+            shown=f"tick at {_when(out.now)}",
+            timed=True,
+        )
+    return out.result()
+
+
+def next_deadline(state: EngineState) -> datetime | None:
+    """When `tick` could next change something (None: nothing is waiting on time).
+
+    It may lie in the past when a due alert waits for a value that is currently unknown.
+    """
+    dues = [due for *_, due in _armed(state)]
+    return datetime.fromtimestamp(min(dues), UTC) if dues else None
