@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 
 # Each module defines `register(app: typer.Typer) -> None`. Add a line to add a command group.
-COMMAND_MODULES: tuple[str, ...] = ("ranvier.commands.axon",)
+COMMAND_MODULES: tuple[str, ...] = ("ranvier.commands.axon", "ranvier.commands.serving")
 
 
 def _register_all() -> None:

@@ -1,0 +1,474 @@
+"""The model server: a user's class behind Seldon-style HTTP, as Myelin deploys it.
+
+Users write a plain class (`predict(X, feature_names)`, optionally `send_feedback(features,
+feature_names, reward, truth)`, `tags()`, `metrics()`) and never touch HTTP. The class is
+loaded once, before the port opens, so `GET /health` answering 200 means "loaded". `predict`
+runs in a worker thread because it may be slow (a GPT-2 `generate` takes seconds) and must not
+stall the event loop; an `async def predict` is awaited directly. A class that raises gets a
+500 with the reason and the server keeps serving; a malformed request gets a 400.
+
+Loading a class (`ranvier serve CLASS`):
+- `Class`: the file `Class.py` in the working directory defines `class Class` (Myelin's
+  `MODEL_NAME` convention);
+- `module.Class` or `module:Class`: `import module` (the working directory is on the path);
+- the constructor receives `model_path=DIR` when it has a `model_path` parameter (or `**kwargs`),
+  otherwise nothing.
+
+Each app owns a `CollectorRegistry`, so `/metrics` shows this server's numbers only: requests,
+feedback, reward sum, latency, and what the class reports through `executors.serving.sdk`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import json
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from events.errors import RanvierError
+from executors.serving import protocol, sdk
+from executors.serving.protocol import (
+    ErrorResponse,
+    Feedback,
+    Meta,
+    ProtocolError,
+    SeldonMessage,
+)
+
+log = structlog.get_logger(__name__)
+
+
+class ModelLoadError(RanvierError):
+    """The user's model class could not be found, imported or constructed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading the user's class
+
+
+def _import_file(path: Path, module_name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_class(spec: str, search_dir: Path) -> type:
+    """The class named by `spec` (`Class`, `module.Class` or `module:Class`) from `search_dir`."""
+    if ":" in spec:
+        module_name, _, class_name = spec.partition(":")
+    elif "." in spec:
+        module_name, _, class_name = spec.rpartition(".")
+    else:
+        module_name, class_name = spec, spec
+    if not module_name or not class_name.isidentifier():
+        raise ModelLoadError(
+            f"invalid model class {spec!r}", hint="give Class, module.Class or module:Class"
+        )
+    if str(search_dir) not in sys.path:
+        sys.path.insert(0, str(search_dir))
+    try:
+        file = search_dir / f"{module_name}.py"
+        if file.is_file():
+            module = _import_file(file, module_name)
+        else:
+            module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(
+            f"no module {module_name!r} for model class {spec!r}",
+            hint=f"put {module_name}.py in {search_dir} or give module:Class",
+        ) from exc
+    except Exception as exc:
+        raise ModelLoadError(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise ModelLoadError(
+            f"module {module_name!r} has no class {class_name!r}",
+            hint="name the class like its file, as Myelin's MODEL_NAME, or give module:Class",
+        )
+    if not callable(getattr(cls, "predict", None)):
+        raise ModelLoadError(f"class {spec!r} has no predict(X, feature_names) method")
+    return cls
+
+
+def instantiate(cls: type, model_path: Path | None) -> object:
+    """An instance of `cls`, given `model_path=` when its constructor accepts it."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        params = []  # type: ignore[assignment]  # builtins without a signature take no model_path
+    accepts = any(p.name == "model_path" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    try:
+        if accepts and model_path is not None:
+            return cls(model_path=str(model_path))
+        return cls()
+    except Exception as exc:
+        raise ModelLoadError(
+            f"constructing {cls.__name__} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAPI helpers (shared with the router)
+
+
+def request_body_spec(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` documenting a body we parse ourselves (JSON, or a form's `json=`)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": ref},
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"json": {"type": "string"}},
+                        "required": ["json"],
+                    }
+                },
+            },
+        }
+    }
+
+
+def install_openapi(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Make `app.openapi()` include `models` in components (bodies documented by hand)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, routes=app.routes, description=app.description
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                generated = model.model_json_schema(
+                    by_alias=True, ref_template="#/components/schemas/{model}"
+                )
+                for name, sub in generated.pop("$defs", {}).items():
+                    components.setdefault(name, sub)
+                components.setdefault(model.__name__, generated)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The request is not a valid message."},
+    500: {"model": ErrorResponse, "description": "The model raised; the reason says why."},
+}
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """A JSON answer (NaN and infinities refused: they are not JSON)."""
+    return Response(
+        json.dumps(body, allow_nan=False, separators=(",", ":")).encode(),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+def error_response(status: int, reason: str) -> Response:
+    """A JSON error answer with `status.reason`."""
+    return JSONResponse(protocol.error_body(status, reason), status_code=status)
+
+
+# ---------------------------------------------------------------------------------------------
+# The app
+
+
+class _ModelMetrics:
+    """The server's own Prometheus metrics."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]) -> None:
+        names = [*sdk.LABELS]
+        self.labels = labels
+        self.requests = Counter(
+            "ranvier_model_requests",
+            "Requests answered, by endpoint and HTTP code.",
+            [*names, "endpoint", "code"],
+            registry=registry,
+        )
+        self.feedback = Counter(
+            "ranvier_model_feedback", "Feedback messages received.", names, registry=registry
+        )
+        self.reward = Gauge(
+            "ranvier_model_feedback_reward_sum",
+            "Sum of the rewards received (a gauge: rewards may be negative).",
+            names,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "ranvier_model_predict_seconds",
+            "Time spent in the model's predict().",
+            names,
+            registry=registry,
+        )
+
+    def count(self, endpoint: str, code: int) -> None:
+        self.requests.labels(**self.labels, endpoint=endpoint, code=str(code)).inc()
+
+
+def _apply_user_metrics(sink: sdk.MetricSink, reported: Any) -> list[protocol.Metric]:
+    """Record what a class's `metrics()` returned (Seldon's list of {type, key, value})."""
+    if not reported:
+        return []
+    out = [protocol.Metric.model_validate(item) for item in reported]
+    for metric in out:
+        if metric.type == "COUNTER":
+            sink.counter(metric.key, metric.value)
+        else:
+            sink.gauge(metric.key, metric.value)
+    return out
+
+
+class ModelService:
+    """One loaded model: calls it off the event loop and keeps its metrics."""
+
+    def __init__(
+        self, model: object, *, name: str, version: str, labels: dict[str, str] | None
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.registry = CollectorRegistry(auto_describe=True)
+        values = labels if labels is not None else sdk.default_labels()
+        self.labels = {**values, "model": values.get("model") or name}
+        self.sink = sdk.MetricSink(self.registry, self.labels)
+        sdk.install(self.sink)
+        self.stats = _ModelMetrics(self.registry, self.labels)
+        self._predict: Callable[..., Any] = model.predict  # type: ignore[attr-defined]  # checked on load
+        self._send_feedback: Callable[..., Any] | None = getattr(model, "send_feedback", None)
+        self._tags: Callable[[], Any] | None = getattr(model, "tags", None)
+        self._metrics: Callable[[], Any] | None = getattr(model, "metrics", None)
+        self._is_async = inspect.iscoroutinefunction(self._predict)
+
+    def meta(self, puid: str | None) -> Meta:
+        """The `meta` of an answer: tags, reported metrics, who answered."""
+        reported = _apply_user_metrics(self.sink, self._metrics()) if self._metrics else []
+        tag_values = protocol.to_plain(self._tags()) if self._tags else {}
+        return Meta(
+            puid=puid,
+            tags=tag_values if isinstance(tag_values, dict) else {"tags": tag_values},
+            metrics=reported,
+            model_name=self.name,
+            model_version=self.version or None,
+            request_path={self.name: self.version},
+        )
+
+    def _timed_predict(self, x: Any, names: list[str]) -> Any:
+        started = time.perf_counter()
+        output = self._predict(x, names)
+        self.stats.latency.labels(**self.labels).observe(time.perf_counter() - started)
+        return output
+
+    def _answer(self, output: Any, form: protocol.Form, puid: str | None) -> dict[str, Any]:
+        return protocol.answer(output, form, meta=self.meta(puid))
+
+    async def _in_thread(self, func: Callable[..., Any], *args: Any) -> Any:
+        token = sdk.bind(self.sink)
+        try:
+            return await run_in_threadpool(func, *args)
+        finally:
+            sdk.unbind(token)
+
+    async def predict(self, request: Request) -> Response:
+        """POST /predict."""
+        try:
+            message = protocol.parse_message(
+                await request.body(), request.headers.get("content-type", "")
+            )
+        except ProtocolError as exc:
+            self.stats.count("predict", 400)
+            return error_response(400, str(exc))
+        x, names = protocol.features(message)
+        puid = message.meta.puid if message.meta else None
+        try:
+            if self._is_async:
+                started = time.perf_counter()
+                output = await self._predict(x, names)
+                self.stats.latency.labels(**self.labels).observe(time.perf_counter() - started)
+            else:
+                output = await self._in_thread(self._timed_predict, x, names)
+            body = await self._in_thread(self._answer, output, message.form(), puid)
+            response = json_response(body)
+        except Exception as exc:
+            log.exception("model.predict_failed", model=self.name, version=self.version)
+            self.stats.count("predict", 500)
+            return error_response(500, f"predict failed: {type(exc).__name__}: {exc}")
+        self.stats.count("predict", 200)
+        return response
+
+    async def feedback(self, request: Request) -> Response:
+        """POST /send-feedback."""
+        try:
+            feedback = protocol.parse_feedback(
+                await request.body(), request.headers.get("content-type", "")
+            )
+        except ProtocolError as exc:
+            self.stats.count("send-feedback", 400)
+            return error_response(400, str(exc))
+        self.stats.feedback.labels(**self.labels).inc()
+        if feedback.reward is not None:
+            self.stats.reward.labels(**self.labels).inc(feedback.reward)
+        result: Any = None
+        if self._send_feedback is not None:
+            x, names = protocol.features(feedback.request) if feedback.request else (None, [])
+            truth = protocol.features(feedback.truth)[0] if feedback.truth else None
+            try:
+                result = await self._in_thread(
+                    self._send_feedback, x, names, feedback.reward, truth
+                )
+                response = json_response(
+                    protocol.answer(result if result is not None else [], "ndarray")
+                )
+            except Exception as exc:
+                log.exception("model.feedback_failed", model=self.name, version=self.version)
+                self.stats.count("send-feedback", 500)
+                return error_response(500, f"send_feedback failed: {type(exc).__name__}: {exc}")
+        else:
+            response = json_response(protocol.answer([], "ndarray"))
+        self.stats.count("send-feedback", 200)
+        return response
+
+    async def health(self) -> dict[str, str]:
+        """GET /health: answering at all means loaded."""
+        return {"status": "ok", "model": self.name, "version": self.version}
+
+    async def metrics(self) -> Response:
+        """GET /metrics."""
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_model_app(
+    model: object,
+    *,
+    name: str,
+    version: str = "",
+    labels: dict[str, str] | None = None,
+) -> FastAPI:
+    """The HTTP app serving `model` (already constructed); metrics in its own registry."""
+    service = ModelService(model, name=name, version=version, labels=labels)
+    app = FastAPI(
+        title="ranvier model server",
+        version=version or "0",
+        description=f"Seldon-style REST API around the model class {name}.",
+        separate_input_output_schemas=False,
+    )
+    install_openapi(app, [SeldonMessage, Feedback, ErrorResponse])
+    app.add_api_route(
+        "/predict",
+        service.predict,
+        methods=["POST"],
+        response_model=None,
+        responses={200: {"model": SeldonMessage, "description": "The answer."}, **ERROR_RESPONSES},
+        openapi_extra=request_body_spec(SeldonMessage),
+        summary="Predict",
+    )
+    app.add_api_route(
+        "/send-feedback",
+        service.feedback,
+        methods=["POST"],
+        response_model=None,
+        responses={
+            200: {"model": SeldonMessage, "description": "Acknowledged."},
+            **ERROR_RESPONSES,
+        },
+        openapi_extra=request_body_spec(Feedback),
+        summary="Send feedback",
+    )
+    app.add_api_route("/health", service.health, summary="Health: 200 once the model is loaded")
+    app.add_api_route(
+        "/metrics", service.metrics, summary="Prometheus metrics", response_class=Response
+    )
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# Running an app on a port
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on host:port (port 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RanvierError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            hint="choose another --port, or 0 for a free one",
+        ) from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """The http:// URL a bound socket serves."""
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+async def serve_app(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    on_listening: Callable[[str], Awaitable[None] | None] | None = None,
+) -> None:
+    """Serve an ASGI app with uvicorn until stopped (SIGINT/SIGTERM); reports the bound URL."""
+    sock = bind_socket(host, port)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30
+    )
+    server = uvicorn.Server(config)
+
+    async def announce() -> None:
+        # uvicorn exposes start-up only as a flag, so poll it
+        while not server.started and not server.should_exit:  # noqa: ASYNC110 -- see above
+            await asyncio.sleep(0.01)
+        if server.started:
+            url = url_of(sock)
+            log.info("serving.listening", url=url)
+            if on_listening is not None:
+                result = on_listening(url)
+                if inspect.isawaitable(result):
+                    await result
+
+    announcer = asyncio.create_task(announce())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        announcer.cancel()
+        sock.close()

@@ -1,0 +1,72 @@
+"""`ranvier serve CLASS`: run a user's model class as a Seldon-style model server.
+
+This is what a deploy task runs (one process per model version) and what a user runs by
+hand to try a class before deploying it. The class is loaded before the port opens, so a
+bad class is a one-line error and a running server is a healthy one. The line
+`ranvier: listening on URL` on stdout tells scripts and tests the bound port (`--port 0`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from events.errors import RanvierError
+
+
+def serve(  # noqa: PLR0917 -- typer maps each parameter to a CLI option
+    model_class: Annotated[
+        str,
+        typer.Argument(
+            metavar="CLASS",
+            help="Class, module.Class or module:Class (Class alone: the file Class.py).",
+            show_default=False,
+        ),
+    ],
+    model_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--model-path", help="Model directory, passed as model_path= if the class takes it."
+        ),
+    ] = None,
+    port: Annotated[
+        int, typer.Option("--port", help="Port to listen on; 0 picks a free one.")
+    ] = 9000,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    workdir: Annotated[
+        Path | None,
+        typer.Option("--workdir", help="Directory holding the class's file (default: current)."),
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option("--model-version", help="Version shown in meta (default: RANVIER_VERSION)."),
+    ] = None,
+) -> None:
+    """Serve a model class over HTTP: POST /predict, POST /send-feedback, GET /health, /metrics."""
+    from executors.serving.server import create_model_app, instantiate, load_class, serve_app
+
+    if not 0 <= port <= 65535:
+        raise RanvierError(f"invalid --port {port}", hint="use 0..65535")
+    if model_path is not None and not model_path.exists():
+        raise RanvierError(f"--model-path {model_path} does not exist", hint="give a directory")
+    search_dir = (workdir or Path.cwd()).resolve()
+    cls = load_class(model_class, search_dir)
+    model = instantiate(cls, model_path)
+    name = os.environ.get("RANVIER_MODEL") or cls.__name__
+    app = create_model_app(
+        model, name=name, version=version or os.environ.get("RANVIER_VERSION", "")
+    )
+
+    def announce(url: str) -> None:
+        typer.echo(f"ranvier: listening on {url}")
+
+    asyncio.run(serve_app(app, host, port, on_listening=announce))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` to the CLI."""
+    app.command(name="serve")(serve)
