@@ -207,7 +207,9 @@ class MetricData(Payload):
 
     name: str = Field(min_length=1, description="Metric name, or the condition query's key.")
     labels: dict[str, str] = Field(default_factory=dict, description="Series labels.")
-    value: float | None = Field(description="The value; null when it is unknown (stale).")
+    value: float | None = Field(
+        None, description="The value; null or absent when it is unknown (stale)."
+    )
     sample_time: UtcDatetime | None = Field(None, description="When the value was sampled.")
     source: str = Field("user", description="scrape, prometheus, or user.")
     sensor: str | None = Field(None, description="The sensor whose condition this answers.")
