@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeAlias
@@ -46,6 +47,7 @@ from sensors.expr import (
 
 __all__ = [
     "LOOKBACK",
+    "STALE",
     "Labels",
     "SeriesStore",
     "evaluate_query",
@@ -54,6 +56,10 @@ __all__ = [
 
 LOOKBACK = 300.0
 """How far back an instant selector looks for a series' latest sample, in seconds."""
+
+_STALE_BYTES = struct.pack("<Q", 0x7FF0000000000002)
+STALE: float = struct.unpack("<d", _STALE_BYTES)[0]
+"""Prometheus' staleness marker: a NaN with a distinct bit pattern; see SeriesStore.mark_stale."""
 
 Labels: TypeAlias = tuple[tuple[str, str], ...]
 """A series' labels without its metric name, sorted by label name."""
@@ -109,6 +115,27 @@ class SeriesStore:
             samples.popleft()
         return True
 
+    def mark_stale(self, timestamp: float, labels: Mapping[str, str]) -> int:
+        """End every series whose labels include `labels` (e.g. a target that stopped answering).
+
+        Like Prometheus' staleness markers: from `timestamp` on, an instant selector finds no
+        value for these series (instead of the last one for five more minutes), and range
+        functions ignore the marker. A later sample revives the series. Returns how many
+        series were marked.
+        """
+        wanted = tuple(labels.items())
+        marked = 0
+        for by_labels in self._series.values():
+            for key, samples in by_labels.items():
+                if samples and timestamp <= samples[-1][0]:
+                    continue
+                if samples and _is_stale(samples[-1][1]):
+                    continue
+                if all(pair in key for pair in wanted):
+                    samples.append((timestamp, STALE))
+                    marked += 1
+        return marked
+
     def prune(self, now: float) -> None:
         """Drop samples older than `now - retention` and series left without samples."""
         horizon = now - self.retention
@@ -136,10 +163,14 @@ class SeriesStore:
             yield labels, samples
 
 
+def _is_stale(value: float) -> bool:
+    return value != value and struct.pack("<d", value) == _STALE_BYTES  # noqa: PLR0124  # cheap NaN test first
+
+
 def _latest(samples: deque[Sample], start: float, end: float) -> float | None:
     for timestamp, value in reversed(samples):
         if timestamp <= end:
-            return value if timestamp > start else None
+            return None if timestamp <= start or _is_stale(value) else value
     return None
 
 
@@ -148,7 +179,7 @@ def _window(samples: deque[Sample], start: float, end: float) -> list[Sample]:
     for sample in reversed(samples):
         if sample[0] <= start:
             break
-        if sample[0] <= end:
+        if sample[0] <= end and not _is_stale(sample[1]):
             picked.append(sample)
     picked.reverse()
     return picked

@@ -257,3 +257,22 @@ def test_store_refuses_new_series_beyond_its_bound() -> None:
 )
 def test_window_seconds(condition: str, seconds: float) -> None:
     assert window_seconds(parse_condition(condition).queries) == seconds
+
+
+def test_stale_series_have_no_instant_value_until_scraped_again() -> None:
+    store = _store(
+        ("x", {"instance": "a"}, [(100, 1.0)]),
+        ("x", {"instance": "b"}, [(100, 2.0)]),
+    )
+    assert store.mark_stale(150, {"instance": "a"}) == 1
+    assert store.mark_stale(160, {"instance": "a"}) == 0  # already stale
+    assert _value("sum(x)", store, 140) == 3.0  # before the marker
+    assert _value("sum(x)", store, 170) == 2.0
+    assert _value('x{instance="a"}', store, 170) is None
+    assert _value('last_over_time(x{instance="a"}[1h])', store, 170) == 1.0
+    assert _value('count_over_time(x{instance="a"}[1h])', store, 170) == 1.0
+    assert not store.add("x", {"instance": "a"}, 9.0, 150)  # not before the marker
+    assert store.add("x", {"instance": "a"}, 5.0, 200)
+    assert _value("sum(x)", store, 200) == 7.0
+    assert store.mark_stale(300, {}) == 2
+    assert _value("sum(x)", store, 300) is None
