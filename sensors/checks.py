@@ -299,7 +299,7 @@ def _check_dag(loc: Loc, r: int, models: list[str], nodes: Sequence[DagNode]) ->
                     (*dloc, n, "dependencies", k),
                     f"dependency {dep!r} is not a model of this DAG{did_you_mean(dep, in_dag)}",
                 )
-    cycle = _find_cycle({n.model: [d for d in n.dependencies if d in in_dag] for n in nodes})
+    cycle = find_cycle({n.model: [d for d in n.dependencies if d in in_dag] for n in nodes})
     if cycle:
         first = in_dag.index(cycle[0])
         yield Finding(
@@ -309,7 +309,7 @@ def _check_dag(loc: Loc, r: int, models: list[str], nodes: Sequence[DagNode]) ->
         )
 
 
-def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
     """A cycle in `graph` as [a, b, ..., a], or None; iterative DFS, in graph order."""
     white, grey, black = 0, 1, 2
     color = dict.fromkeys(graph, white)

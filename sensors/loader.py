@@ -188,7 +188,12 @@ class _Loader(yaml.SafeLoader):
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-_STR_TAG = "tag:yaml.org,2002:str"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MAP_TAG = "tag:yaml.org,2002:map"
+
+
+def _tag_refused(tag: str) -> str:
+    return f"YAML tag {tag!r} is not allowed; ranvier reads safe YAML only"
 
 
 class _Document:
@@ -207,9 +212,9 @@ class _Document:
     # -- composing ---------------------------------------------------------------------------
 
     def compose(self, text: str) -> yaml.MappingNode:
-        loader = _Loader(text)
-        self._loader = loader
         try:
+            loader = _Loader(text)
+            self._loader = loader
             node = loader.get_single_node()
         except _Refused as exc:
             raise self._fatal(exc.mark, exc.message) from None
@@ -231,7 +236,7 @@ class _Document:
                         line,
                         column,
                         "",
-                        f"character {exc.character!r} is not allowed in YAML",
+                        f"character U+{exc.character:04X} is not allowed in YAML; remove it",
                     )
                 ]
             ) from None
@@ -258,7 +263,8 @@ class _Document:
             data = self._value(root, (), frozenset())
         except _Refused as exc:
             raise self._fatal(exc.mark, exc.message) from None
-        assert isinstance(data, dict)  # root is a MappingNode
+        if not isinstance(data, dict):  # a tagged root (`!!str` on the mapping) was refused
+            raise SpecError(self.issues)
         return data
 
     def _value(self, node: yaml.Node, loc: Loc, stack: frozenset[int]) -> Any:
@@ -274,6 +280,9 @@ class _Document:
         self.values[loc] = node
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, loc)
+        if node.tag not in (_SEQ_TAG, _MAP_TAG):
+            self._add(node.start_mark, loc, _tag_refused(node.tag))
+            return None
         inner = stack | {id(node)}
         if isinstance(node, yaml.SequenceNode):
             return [self._value(child, (*loc, i), inner) for i, child in enumerate(node.value)]
@@ -285,7 +294,10 @@ class _Document:
         try:
             value = self._loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
-            self._add(node.start_mark, loc, _yaml_message(exc))
+            message = _yaml_message(exc)
+            if "could not determine a constructor" in message:
+                message = _tag_refused(node.tag)
+            self._add(node.start_mark, loc, message)
             return None
         if isinstance(value, str) and "{{" in value:
             self.templated.append((loc, node))
@@ -486,7 +498,8 @@ def _describe(node: yaml.Node) -> str:
 def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
     problem = exc.problem or str(exc)
     context = f" {exc.context}" if exc.context else ""
-    return f"invalid YAML: {problem}{context}".replace("\n", " ")
+    hint = " (check the indentation)" if "expected <block end>" in problem else ""
+    return f"invalid YAML: {problem}{context}{hint}".replace("\n", " ")
 
 
 def _friendly(error: ErrorDetails, loc: Loc, data: dict[str, Any]) -> str:
@@ -516,6 +529,11 @@ def _friendly(error: ErrorDetails, loc: Loc, data: dict[str, Any]) -> str:
         return f"expected a mapping, found {_kind_of(error.get('input'))}"
     if kind == "string_type":
         return f"expected a string, found {_kind_of(error.get('input'))}"
+    if kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}:
+        bound = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">"}
+        op = bound.get(kind, "<")
+        limit = next(iter(ctx.values()), "")
+        return f"{error.get('input')!r} is out of range; it must be {op} {limit}"
     if kind == "too_short" and isinstance(error.get("input"), list):
         return f"needs at least {ctx.get('min_length', 1)} item(s)"
     return message

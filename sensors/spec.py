@@ -27,6 +27,7 @@ from pydantic import (
     PlainSerializer,
     Tag,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -683,21 +684,34 @@ class CalendarTrigger(_Model):
     interval: Duration | None = Field(None, description="Fixed interval between firings.")
     timezone: str = Field("UTC", description="IANA time zone of the schedule.")
 
-    @model_validator(mode="after")
-    def _check(self) -> CalendarTrigger:
-        _exactly_one(self, {"schedule": "schedule", "interval": "interval"}, "a Calendar trigger")
-        if self.schedule is not None and not croniter.is_valid(self.schedule):
-            raise ValueError(
-                f"invalid cron schedule {self.schedule!r}; use five fields like '0 3 * * *'"
-            )
-        if self.interval is not None and self.interval <= 0:
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"invalid cron schedule {value!r}; use five fields like '0 3 * * *'")
+        return value
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
             raise ValueError("interval must be greater than 0")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
         try:
-            ZoneInfo(self.timezone)
+            ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(
-                f"unknown timezone {self.timezone!r}; use an IANA name like 'Europe/Paris'"
+                f"unknown timezone {value!r}; use an IANA name like 'Europe/Paris'"
             ) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CalendarTrigger:
+        _exactly_one(self, {"schedule": "schedule", "interval": "interval"}, "a Calendar trigger")
         return self
 
 
@@ -938,11 +952,12 @@ class MaxRuns(_Model):
     count: int = Field(ge=1, description="Runs allowed in the window.")
     per: Duration = Field(description="Window length.")
 
-    @model_validator(mode="after")
-    def _positive(self) -> MaxRuns:
-        if self.per <= 0:
+    @field_validator("per")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
             raise ValueError("per must be greater than 0")
-        return self
+        return value
 
 
 class Sensor(_Model):
