@@ -14,6 +14,17 @@ The parser accepts the PromQL a real Prometheus would evaluate for us (known fun
 aggregations, `offset`); `validate_for_scrape` reports what the built-in `scrape` source cannot
 evaluate. Constructs outside that (subqueries, `@`, `bool`, vector matching, `%`, `^`, `unless`)
 are rejected by the parser with an `ExprError` naming the construct and its column.
+
+Grammar (loosest binding first; `and` binds tighter than `or`, comparisons do not chain):
+
+    condition  := condition "or" condition | condition "and" condition | "not" condition
+                | value CMP value | "(" condition ")"              CMP: < <= > >= == !=
+    value      := value ("+" | "-" | "*" | "/") value | "-" value | "(" value ")" | NUMBER
+                | selector | FUNCTION "(" args ")" | AGG [grouping] "(" [param ","] value ")"
+                  [grouping]
+    selector   := (NAME | "{{" NAME "}}") ["{" label ("="|"!="|"=~"|"!~") STRING, ... "}"]
+                  ["[" DURATION "]"] ["offset" DURATION]     (a range only as a function arg)
+    grouping   := ("by" | "without") "(" label, ... ")"
 """
 
 from __future__ import annotations
@@ -231,16 +242,34 @@ class Compare:
     right: Operand
     pos: int = _span()
     end: int = _span()
+    # Precomputed once so that `evaluate`, run for every metric event, is a few lookups.
+    _fn: Callable[[float, float], bool] = field(init=False, compare=False, repr=False)
+    _left_key: str | None = field(init=False, compare=False, repr=False)
+    _left_const: float = field(init=False, compare=False, repr=False)
+    _right_key: str | None = field(init=False, compare=False, repr=False)
+    _right_const: float = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_fn", _COMPARE[self.op])
+        for side, operand in (("_left", self.left), ("_right", self.right)):
+            if isinstance(operand, Query):
+                object.__setattr__(self, side + "_key", operand.key)
+                object.__setattr__(self, side + "_const", math.nan)
+            else:
+                object.__setattr__(self, side + "_key", None)
+                object.__setattr__(self, side + "_const", operand)
 
     def evaluate(self, values: Mapping[str, float]) -> bool | None:
         """True/False, or None when either side is unknown (missing or NaN)."""
-        left = self.left if isinstance(self.left, float) else values.get(self.left.key)
+        key = self._left_key
+        left = self._left_const if key is None else values.get(key)
         if left is None or isnan(left):
             return None
-        right = self.right if isinstance(self.right, float) else values.get(self.right.key)
+        key = self._right_key
+        right = self._right_const if key is None else values.get(key)
         if right is None or isnan(right):
             return None
-        return _COMPARE[self.op](left, right)
+        return self._fn(left, right)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from events.errors import RanvierError
 from sensors.expr import (
     Condition,
     ExprError,
+    Selector,
     evaluate,
     format_duration,
     parse_condition,
@@ -446,3 +447,15 @@ def test_generated_queries_round_trip_through_their_key(value: str, op: str) -> 
         again = parse_condition(f"{query.key} > 0")
         assert again.queries[0].key == query.key
         assert again.queries[0].metric_names == query.metric_names
+
+
+def test_conditions_survive_pickling() -> None:
+    cond = parse_condition("{{a}} < 1 and x{j=~'a.*'} > 2")
+    copy: Condition = pickle.loads(pickle.dumps(cond))
+    assert copy.key == cond.key
+    values = {"a": 0.0, 'x{j=~"a.*"}': 3.0}
+    assert copy.evaluate(values) is True
+    selector = copy.queries[1].expr
+    assert isinstance(selector, Selector)
+    assert selector.matchers[0].matches("abc")
+    assert not selector.matchers[0].matches("cab")
