@@ -36,9 +36,11 @@ def at(seconds: float) -> datetime:
 
 
 def make_axon(sensors: str, name: str = AXON) -> Axon:
-    """An Axon with the container tasks of TASKS and the given `sensors:` YAML list."""
+    """An Axon with the tasks of TASKS (Train trains, the others are containers) and `sensors`."""
     tasks = "\n".join(
-        f"    - {{name: {t}, container: {{image: busybox, command: [echo, {t}]}}}}" for t in TASKS
+        f"    - {{name: {t}, {'train' if t == 'Train' else 'container'}: "
+        f"{{image: busybox, command: [echo, {t}]}}}}"
+        for t in TASKS
     )
     body = textwrap.indent(textwrap.dedent(sensors).strip(), "    ")
     text = (
