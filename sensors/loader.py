@@ -25,6 +25,7 @@ from pydantic_core import ErrorDetails
 
 from events.errors import RanvierError
 from sensors.checks import ConditionRef, Finding, Loc, check_axon, conditions, did_you_mean
+from sensors.expr import ExprError, parse_condition, validate_for_scrape
 from sensors.spec import TRIGGER_TYPES, UNION_TAGS, Axon
 
 MAX_BYTES = 1024 * 1024
@@ -138,8 +139,10 @@ def load_axon_text(text: str, filename: str = "<string>") -> Axon:
         raise SpecError(doc.issues) from None
     for finding in check_axon(axon):
         doc.add_finding(finding)
+    metrics = axon.spec.metrics
+    scrape = metrics is None or metrics.source == "scrape"
     for ref in conditions(axon):
-        doc.check_condition(ref)
+        doc.check_condition(ref, scrape=scrape)
     if doc.issues:
         raise SpecError(doc.issues)
     return axon
@@ -395,13 +398,17 @@ class _Document:
             offset = _offset_in(node, finding.offset)
         self._add(node.start_mark if node else None, finding.loc, finding.message, offset)
 
-    def check_condition(self, ref: ConditionRef) -> None:
-        from sensors.expr import ExprError, parse_condition
-
+    def check_condition(self, ref: ConditionRef, *, scrape: bool) -> None:
+        """Parse a condition; with the scrape source, also refuse what it cannot evaluate."""
         try:
-            parse_condition(ref.text)
+            condition = parse_condition(ref.text)
         except ExprError as exc:
-            self.add_finding(Finding(ref.loc, exc.message, offset=max(exc.column - 1, 0)))
+            problems = [exc]
+        else:
+            problems = validate_for_scrape(condition) if scrape else []
+        for problem in problems:
+            offset = max(problem.column - 1, 0)
+            self.add_finding(Finding(ref.loc, problem.message, offset=offset))
 
     def add_validation_error(self, error: ErrorDetails, data: dict[str, Any]) -> None:
         raw = error["loc"]
