@@ -109,6 +109,11 @@ class RunRecord:
     action_key: str | None = None
     version: int | None = None
     model_path: str | None = None
+    request: dict[str, Any] | None = None
+
+    def action(self) -> ActionRequest | None:
+        """The action request the run was started for (to report its Failed lifecycle)."""
+        return None if self.request is None else ActionRequest.model_validate(self.request)
 
 
 @dataclass(frozen=True)
@@ -340,12 +345,16 @@ class LocalBackend:
         git_timeout: float = GIT_TIMEOUT,
         base_env: Mapping[str, str] | None = None,
     ) -> None:
+        """`base_env` (default: this process's environment) is what every task inherits."""
         self.state_dir = Path(state_dir).resolve()
         self.nats_url = nats_url
         self.grace = grace
         self.git = git
         self.git_timeout = git_timeout
-        self.base_env = dict(os.environ if base_env is None else base_env)
+        # Tasks inherit the executor's environment minus ranvier's own settings (they may hold
+        # credentials); the variables a task needs are set per run.
+        inherited = os.environ if base_env is None else base_env
+        self.base_env = {k: v for k, v in inherited.items() if not k.startswith("RANVIER_")}
         self._live: dict[str, _Live] = {}
         self._clone_locks: dict[Path, asyncio.Lock] = {}
         self._closed = False
@@ -533,6 +542,7 @@ class LocalBackend:
             action_key=request.idempotency_key,
             version=plan.version,
             model_path=str(plan.model_path) if plan.model_path else None,
+            request=request.model_dump(mode="json"),
         )
         live = _Live(record)
         self._live[run_id] = live

@@ -72,7 +72,9 @@ def request(task: str, kind: ActionKind = "resourceExecutor", **params: Any) -> 
 
 
 @pytest.fixture
-def backend(tmp_path: Path) -> LocalBackend:
+def backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalBackend:
+    monkeypatch.setenv("RANVIER_NATS_PASSWORD", "secret")  # must not reach tasks
+    monkeypatch.setenv("RANVIER_NATS_URL", "nats://wrong:1")  # the backend's own url wins
     return LocalBackend(tmp_path / "state", nats_url="nats://127.0.0.1:4999", grace=0.5)
 
 
@@ -105,7 +107,8 @@ async def wait_for_file(path: Path, lines: int = 1) -> list[str]:
 ENV_DUMP = """
     import json, os, sys
     keys = ["DATA_PATH", "MODEL_PATH", "DATA_PATH_Prep", "DATA_PATH_Train", "TASK_ID",
-            "TASK_NAME", "AXON_NAME", "NAMESPACE", "RANVIER_NATS_URL", "GREETING", "EXTRA"]
+            "TASK_NAME", "AXON_NAME", "NAMESPACE", "RANVIER_NATS_URL", "GREETING", "EXTRA",
+            "RANVIER_NATS_PASSWORD"]
     print(json.dumps({"cwd": os.getcwd(), **{k: os.environ.get(k) for k in keys}}))
     print("to stderr", file=sys.stderr)
 """
@@ -154,6 +157,7 @@ async def test_success_with_env_and_log(
         "RANVIER_NATS_URL": "nats://127.0.0.1:4999",
         "GREETING": "hi",
         "EXTRA": "x",
+        "RANVIER_NATS_PASSWORD": None,
     }
     assert [s.run_id for s in started] == ["run-1"]
     assert not alive(started[0].pid)
@@ -537,6 +541,9 @@ async def test_recover_after_an_executor_crash(
     assert not lost["Ends"].killed
     assert "process gone" in lost["Ends"].message
     assert lost["Ends"].record.run_id == "Ends-run"
+    action = lost["Ends"].record.action()
+    assert action is not None
+    assert (action.task, action.sensor_run_id, action.kind) == ("Ends", "r", "resourceExecutor")
     assert list(records.glob("*.json")) == []
     assert await LocalBackend(state).recover() == []
 
