@@ -396,8 +396,8 @@ class Bus:
         current = info.config
         if (
             current.subjects != config.subjects
-            or current.max_age != config.max_age
-            or current.duplicate_window != config.duplicate_window
+            or (current.max_age or 0) != (config.max_age or 0)
+            or (current.duplicate_window or 0) != (config.duplicate_window or 0)
         ):
             await self.js.update_stream(config)
             log.info("bus.stream_updated", stream=config.name)
@@ -593,7 +593,7 @@ class Bus:
             return
         config = api.ConsumerConfig(**_deliver_policy(since))
         sub = await self.js.subscribe(
-            filter_subject or (info.config.subjects or [">"])[0],
+            filter_subject or _stream_subjects(stream),
             stream=stream,
             ordered_consumer=True,
             config=config,
@@ -622,6 +622,41 @@ class Bus:
                     yield Replayed(seq, raw, event, meta.timestamp)
                 if seq >= last or meta.num_pending == 0:
                     return
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def follow(
+        self,
+        *,
+        since: int | datetime | None = None,
+        filter_subject: str | None = None,
+        stream: str = subjects.EVENTS_STREAM,
+    ) -> AsyncIterator[Replayed]:
+        """Events as they arrive (from `since`, else only new ones), until the caller stops."""
+        policy = (
+            {"deliver_policy": api.DeliverPolicy.NEW} if since is None else _deliver_policy(since)
+        )
+        sub = await self.js.subscribe(
+            filter_subject or _stream_subjects(stream),
+            stream=stream,
+            ordered_consumer=True,
+            config=api.ConsumerConfig(**policy),
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=None)
+                except nats.errors.TimeoutError:
+                    continue
+                meta = msg.metadata
+                raw = bytes(msg.data)
+                try:
+                    event = Event.from_json(raw)
+                except EventError as exc:
+                    log.warning("bus.follow_skipped", seq=meta.sequence.stream, error=str(exc))
+                    continue
+                yield Replayed(int(meta.sequence.stream), raw, event, meta.timestamp)
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
@@ -803,6 +838,15 @@ class KVChange(NamedTuple):
     initial: bool
 
 
+def _stream_subjects(stream: str) -> str:
+    """The subject filter that covers a whole ranvier stream."""
+    return {
+        subjects.EVENTS_STREAM: subjects.EVENTS_SUBJECTS,
+        subjects.ACTIONS_STREAM: subjects.ACTIONS_SUBJECTS,
+        subjects.DECISIONS_STREAM: subjects.DECISIONS_SUBJECTS,
+    }.get(stream, ">")
+
+
 def _deliver_policy(since: int | datetime | None) -> dict[str, Any]:
     if since is None:
         return {"deliver_policy": api.DeliverPolicy.ALL}
@@ -817,11 +861,12 @@ class _Callbacks:
     def __init__(self, url: str) -> None:
         self.url = url
         self.failures: list[BaseException] = []
+        self.connected = False  # errors before the first connect are raised, not logged
         self.closing = False
 
     async def error(self, exc: Exception) -> None:
         self.failures.append(exc)
-        if not self.closing:
+        if self.connected and not self.closing:
             log.warning("bus.error", url=self.url, error=repr(exc))
 
     async def disconnected(self) -> None:
@@ -842,8 +887,9 @@ async def _open(options: ConnectOptions) -> tuple[Client, _Callbacks]:
         "servers": options.servers,
         "name": options.name,
         "connect_timeout": options.connect_timeout,
-        "reconnect_time_wait": options.reconnect_wait,
-        "max_reconnect_attempts": options.max_reconnect_attempts,
+        # nats-py tries each server until it is over max_reconnect_attempts (1: twice).
+        "reconnect_time_wait": 0.05,
+        "max_reconnect_attempts": 1,
         "allow_reconnect": False,
         "error_cb": cb.error,
         "disconnected_cb": cb.disconnected,
@@ -872,11 +918,16 @@ async def _open(options: ConnectOptions) -> tuple[Client, _Callbacks]:
         ):
             raise _auth_error(options) from None
         raise ConnectError(
-            f"cannot reach a NATS server at {options.url} ({_reason(exc)})", hint=START_HINT
+            f"cannot reach a NATS server at {options.url} "
+            f"({_reason(cb.failures[-1] if cb.failures else exc)})",
+            hint=START_HINT,
         ) from None
     # Connected: from now on a lost connection is retried rather than fatal. nats-py reads
     # these options at reconnect time, so enabling them after the first connect is safe.
     nc.options["allow_reconnect"] = True
+    nc.options["max_reconnect_attempts"] = options.max_reconnect_attempts
+    nc.options["reconnect_time_wait"] = options.reconnect_wait
+    cb.connected = True
     return nc, cb
 
 

@@ -23,7 +23,11 @@ app = typer.Typer(
 )
 
 # Each module defines `register(app: typer.Typer) -> None`. Add a line to add a command group.
-COMMAND_MODULES: tuple[str, ...] = ("ranvier.commands.axon", "ranvier.commands.serving")
+COMMAND_MODULES: tuple[str, ...] = (
+    "ranvier.commands.axon",
+    "ranvier.commands.serving",
+    "ranvier.commands.events",
+)
 
 
 def _register_all() -> None:

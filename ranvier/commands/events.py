@@ -1,0 +1,564 @@
+"""`ranvier server` and `ranvier events ...`: the bus from a shell.
+
+These commands are thin: parsing flags, then one call into `events.bus`. What they add is the
+user-facing contract: every command takes the same connection flags (falling back to
+`RANVIER_*` and the state dir's `nats.url`), errors are one line, and `export` writes the stored
+bytes exactly so that export -> import -> export is byte-identical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import IO, Annotated, Final, TypeVar
+
+import structlog
+import typer
+from pydantic import ValidationError
+
+from events import model, subjects
+from events.bus import Bus, ConnectError, Outgoing
+from events.errors import RanvierError
+from events.model import PAYLOAD_TYPES, Event, EventError
+from events.server import EmbeddedServer
+from ranvier.settings import Settings, remove_url_file, write_url_file
+
+T = TypeVar("T")
+
+SOURCE: Final = "ranvier/cli"
+EVENT_KINDS: Final = ("lifecycle", "metric", "rest", "calendar", "axon")
+MAX_REPORTED: Final = 20  # bad import lines reported before "... and N more"
+
+events_app = typer.Typer(
+    name="events",
+    help="Publish, follow, export, import and replay events on the bus.",
+    no_args_is_help=True,
+)
+
+# -- connection flags, shared by every command that connects -------------------------------
+
+NatsUrl = Annotated[
+    str | None, typer.Option("--nats-url", help="NATS URL(s), comma-separated [RANVIER_NATS_URL].")
+]
+User = Annotated[str | None, typer.Option("--user", help="NATS user [RANVIER_USER].")]
+Password = Annotated[
+    str | None, typer.Option("--password", help="NATS password [RANVIER_PASSWORD].")
+]
+Token = Annotated[str | None, typer.Option("--token", help="NATS token [RANVIER_TOKEN].")]
+Creds = Annotated[
+    Path | None, typer.Option("--creds", help="NATS .creds file [RANVIER_CREDS_FILE].")
+]
+NkeySeed = Annotated[
+    Path | None, typer.Option("--nkey", help="File with an nkey seed [RANVIER_NKEY_SEED].")
+]
+TlsCa = Annotated[
+    Path | None, typer.Option("--tls-ca", help="CA bundle for TLS [RANVIER_TLS_CA_FILE].")
+]
+StateDir = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help="State directory (default ./.ranvier) [RANVIER_STATE_DIR]."),
+]
+Since = Annotated[
+    str | None,
+    typer.Option("--since", help="Start at: a duration ago (10m, 2h, 1d), RFC 3339, or a seq."),
+]
+Until = Annotated[str | None, typer.Option("--until", help="Stop at: duration ago or RFC 3339.")]
+Axon = Annotated[str | None, typer.Option("--axon", help="Only this Axon's events.")]
+Kind = Annotated[
+    str | None, typer.Option("--type", help="Only this event type (e.g. lifecycle, metric).")
+]
+
+
+def _settings(
+    *,
+    nats_url: str | None,
+    user: str | None,
+    password: str | None,
+    token: str | None,
+    creds: Path | None,
+    nkey: Path | None,
+    tls_ca: Path | None,
+    state_dir: Path | None,
+) -> Settings:
+    return Settings.from_flags(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds_file=creds,
+        nkey_seed=nkey,
+        tls_ca_file=tls_ca,
+        state_dir=state_dir,
+    )
+
+
+def configure_logging() -> None:
+    """Logs go to stderr (stdout carries data, e.g. `events export`), at RANVIER_LOG_LEVEL."""
+    level = os.environ.get("RANVIER_LOG_LEVEL", "warning").upper()
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level, logging.WARNING)
+        ),
+    )
+
+
+def _run(coro: Awaitable[T]) -> T:
+    """Run a command's coroutine; Ctrl-C ends it quietly with the conventional exit code."""
+    configure_logging()
+
+    async def wrapped() -> T:
+        return await coro
+
+    try:
+        return asyncio.run(wrapped())
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+# -- pure helpers (unit-tested) ------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """`90s`, `10m`, `1h30m`, `2d` as a timedelta; None if `text` is not a duration."""
+    text = text.strip()
+    if not text:
+        return None
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            return None
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    return timedelta(seconds=total) if pos == len(text) else None
+
+
+def parse_when(text: str, *, flag: str, now: datetime, allow_seq: bool = True) -> int | datetime:
+    """A `--since`/`--until` value: a stream sequence, a duration ago, or an RFC 3339 time."""
+    text = text.strip()
+    if allow_seq and text.isdigit():
+        return int(text)
+    ago = parse_duration(text)
+    if ago is not None:
+        return now - ago
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        what = "a duration like 10m, an RFC 3339 time" + (" or a sequence" if allow_seq else "")
+        raise RanvierError(f"{flag}: expected {what}, got {text!r}") from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def event_type(name: str) -> str:
+    """`lifecycle` or `ranvier.lifecycle` -> `ranvier.lifecycle`; unknown types are errors."""
+    full = name if name.startswith(f"{subjects.PREFIX}.") else f"{subjects.PREFIX}.{name}"
+    if full not in PAYLOAD_TYPES:
+        known = ", ".join(sorted(t.removeprefix(f"{subjects.PREFIX}.") for t in PAYLOAD_TYPES))
+        raise RanvierError(f"unknown event type {name!r}", hint=f"known types: {known}")
+    return full
+
+
+def events_filter(axon: str | None, kind: str | None) -> str:
+    """The subject filter over the events stream for `--axon` and `--type`."""
+    if kind is not None:
+        short = event_type(kind).removeprefix(f"{subjects.PREFIX}.")
+        if short not in EVENT_KINDS:
+            raise RanvierError(
+                f"--type {kind}: {short} events are not in the events stream",
+                hint=f"choose one of {', '.join(EVENT_KINDS)}",
+            )
+        kind = short
+    return subjects.events_filter(axon, kind)
+
+
+def build_event(type_: str, axon: str, data: str, event_id: str | None) -> Event:
+    """An event from `events publish` flags, its data validated against the typed payload."""
+    full = event_type(type_)
+    try:
+        fields = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise RanvierError(f"--data is not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(fields, dict):
+        raise RanvierError("--data must be a JSON object")
+    if fields.get("axon", axon) != axon:
+        raise RanvierError(f"--data says axon {fields['axon']!r} but --axon is {axon!r}")
+    try:
+        payload = PAYLOAD_TYPES[full].model_validate({**fields, "axon": axon})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise RanvierError(f"--data for {full}: {where}: {err['msg']}") from None
+    return payload.to_event(source=SOURCE, id=event_id)
+
+
+def check_line(line: bytes) -> tuple[Outgoing | None, str | None]:
+    """One line of an import file: what to publish, or what is wrong with it."""
+    try:
+        event = Event.from_json(line)
+        subject = event.nats_subject
+    except EventError as exc:
+        return None, exc.message
+    return Outgoing(subject, line, event.id), None
+
+
+def read_import_file(path: Path) -> list[Outgoing]:
+    """Every event of a JSON-lines file, or a RanvierError naming the bad lines (all of them)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RanvierError(f"cannot read {path}: {exc.strerror}") from None
+    items: list[Outgoing] = []
+    bad: list[str] = []
+    for number, text in enumerate(raw.split(b"\n"), start=1):
+        line = text.rstrip(b"\r")
+        if not line.strip():
+            continue
+        item, problem = check_line(line)
+        if item is not None:
+            items.append(item)
+        else:
+            bad.append(f"{path}:{number}: error: {problem}")
+    if bad:
+        for message in bad[:MAX_REPORTED]:
+            typer.echo(message, err=True)
+        if len(bad) > MAX_REPORTED:
+            typer.echo(f"{path}: ... and {len(bad) - MAX_REPORTED} more", err=True)
+        raise RanvierError(f"{path}: {len(bad)} bad line(s), nothing imported")
+    return items
+
+
+def format_event(event: Event, seq: int, output: str) -> str:
+    """One event for `tail`: compact JSON (`-o json`) or a readable line."""
+    if output == "json":
+        return event.to_json().decode("utf-8")
+    data = json.dumps(event.data, separators=(",", ":"), sort_keys=True)
+    return f"{seq:>8} {model.format_time(event.time)} {event.type} {event.subject or '-'} {data}"
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def server(
+    *,
+    port: Annotated[int, typer.Option("--port", help="Client port (0: any free port).")] = 4222,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    store: Annotated[
+        Path | None, typer.Option("--store", help="JetStream store (default <state-dir>/nats).")
+    ] = None,
+    state_dir: StateDir = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+) -> None:
+    """Run an embedded NATS server with JetStream in the foreground (Ctrl-C stops it)."""
+    configure_logging()
+    settings = Settings.from_flags(state_dir=state_dir)
+    srv = EmbeddedServer(
+        store_dir=store or settings.store_dir,
+        port=port,
+        host=host,
+        user=user,
+        password=password,
+        token=token,
+    )
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    url = ""
+    try:
+        url = srv.start()
+        write_url_file(settings.url_file, url)
+        typer.echo(url)
+        code = srv.wait()
+        raise RanvierError(
+            f"nats-server exited with code {code}: {' | '.join(srv.log_tail()[-2:])}"
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        srv.stop()
+        if url:
+            remove_url_file(settings.url_file, url)
+
+
+@events_app.command("publish")
+def publish(
+    *,
+    type_: Annotated[str, typer.Option("--type", help="Event type, e.g. lifecycle or metric.")],
+    axon: Annotated[str, typer.Option("--axon", help="The Axon the event belongs to.")],
+    data: Annotated[str, typer.Option("--data", help="The payload as a JSON object.")] = "{}",
+    event_id: Annotated[
+        str | None, typer.Option("--id", help="Event id (default: a new ULID).")
+    ] = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="text or json.")] = "text",
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Publish one event (its data is validated against the type's payload)."""
+    event = build_event(type_, axon, data, event_id)
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+
+    async def go() -> None:
+        async with Bus.connect(settings.connect_options()) as bus:
+            ack = await bus.publish(event)
+        if output == "json":
+            info = {"id": event.id, "stream": ack.stream, "seq": ack.seq}
+            typer.echo(json.dumps({**info, "duplicate": ack.duplicate}))
+        else:
+            dup = " (duplicate, already stored)" if ack.duplicate else ""
+            typer.echo(f"published {event.id} to {ack.stream} seq {ack.seq}{dup}")
+
+    _run(go())
+
+
+@events_app.command("tail")
+def tail(
+    *,
+    axon: Axon = None,
+    kind: Kind = None,
+    since: Since = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="text or json.")] = "text",
+    count: Annotated[
+        int | None, typer.Option("--count", "-n", help="Stop after this many events.")
+    ] = None,
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Follow events as they arrive (from --since, else only new ones) until Ctrl-C."""
+    if output not in ("text", "json"):
+        raise RanvierError(f"-o {output}: choose text or json")
+    start = parse_when(since, flag="--since", now=model.utcnow()) if since else None
+    subject = events_filter(axon, kind)
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+
+    async def go() -> None:
+        seen = 0
+        async with Bus.connect(settings.connect_options()) as bus:
+            if count is not None and count <= 0:
+                return
+            async for item in bus.follow(since=start, filter_subject=subject):
+                typer.echo(format_event(item.event, item.seq, output))
+                sys.stdout.flush()
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+
+    _run(go())
+
+
+async def _connect_or_start(
+    settings: Settings, body: Callable[[Bus], Awaitable[None]], *, read_only: bool
+) -> None:
+    """Connect; for read-only work, start the embedded server on the state dir's store if the
+    server recorded there is gone (DESIGN.md: export works on a stopped `ranvier up`)."""
+    try:
+        async with Bus.connect(settings.connect_options()) as bus:
+            await body(bus)
+        return
+    except ConnectError:
+        _, origin = settings.resolve_url()
+        if not (read_only and origin == str(settings.url_file) and settings.store_dir.is_dir()):
+            raise
+    async with (
+        EmbeddedServer(store_dir=settings.store_dir) as srv,
+        Bus.connect(settings.connect_options().model_copy(update={"servers": [srv.url]})) as bus,
+    ):
+        await body(bus)
+
+
+@events_app.command("export")
+def export(
+    *,
+    axon: Axon = None,
+    kind: Kind = None,
+    since: Since = None,
+    until: Until = None,
+    out: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Write here instead of stdout.")
+    ] = None,
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Write stored events as JSON lines (the exact stored bytes), oldest first, then exit."""
+    now = model.utcnow()
+    start = parse_when(since, flag="--since", now=now) if since else None
+    end = parse_when(until, flag="--until", now=now, allow_seq=False) if until else None
+    subject = events_filter(axon, kind)
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+
+    async def body(bus: Bus) -> None:
+        sink: IO[bytes] = out.open("wb") if out else sys.stdout.buffer
+        try:
+            assert end is None or isinstance(end, datetime)  # parse_when(allow_seq=False)
+            async for item in bus.replay(since=start, until=end, filter_subject=subject):
+                sink.write(item.raw + b"\n")
+        finally:
+            if out:
+                sink.close()
+            else:
+                sink.flush()
+
+    _run(_connect_or_start(settings, body, read_only=True))
+
+
+@events_app.command("import")
+def import_(
+    *,
+    file: Annotated[Path, typer.Argument(help="JSON lines, e.g. from `events export`.")],
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Publish every event of FILE with its own id (all lines are checked first)."""
+    items = read_import_file(file)
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+
+    async def go() -> None:
+        async with Bus.connect(settings.connect_options()) as bus:
+            too_big = [i for i in items if len(i.data) > bus.max_payload]
+            if too_big:
+                raise EventError(
+                    f"{file}: event {too_big[0].msg_id} is over the server's max payload of "
+                    f"{bus.max_payload} bytes; nothing imported"
+                )
+            acks = await bus.publish_many_encoded(items)
+        dups = sum(1 for a in acks if a.duplicate)
+        typer.echo(f"imported {len(acks) - dups} events from {file} ({dups} already stored)")
+
+    _run(go())
+
+
+@events_app.command("replay")
+def replay(
+    *,
+    since: Annotated[
+        str, typer.Option("--since", help="From: a duration ago (10m), RFC 3339, or a seq.")
+    ],
+    until: Until = None,
+    axon: Axon = None,
+    kind: Kind = None,
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Re-publish matching events as new events whose `replayof` names the original."""
+    now = model.utcnow()
+    start = parse_when(since, flag="--since", now=now)
+    end = parse_when(until, flag="--until", now=now, allow_seq=False) if until else None
+    assert end is None or isinstance(end, datetime)  # parse_when(allow_seq=False)
+    subject = events_filter(axon, kind)
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+
+    async def go() -> None:
+        async with Bus.connect(settings.connect_options()) as bus:
+            originals = [
+                item.event
+                async for item in bus.replay(since=start, until=end, filter_subject=subject)
+            ]
+            copies = [replay_of(ev) for ev in originals]
+            await bus.publish_many(copies)
+        typer.echo(f"replayed {len(copies)} events")
+
+    _run(go())
+
+
+def replay_of(event: Event) -> Event:
+    """A new event (fresh id) re-publishing `event`, with `replayof` naming it."""
+    return event.model_copy(update={"id": model.new_id(), "replayof": event.id})
+
+
+def register(app: typer.Typer) -> None:
+    """Add `server` and the `events` group to the root CLI."""
+    app.command("server")(server)
+    app.add_typer(events_app, name="events")
+
+
+__all__ = ["register"]
