@@ -88,14 +88,18 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def check_axon(axon: Axon) -> list[Finding]:
-    """Every cross-reference problem of `axon`, in document order."""
+def check_axon(axon: Axon, unknown_kinds: frozenset[str] = frozenset()) -> list[Finding]:
+    """Every cross-reference problem of `axon`, in document order.
+
+    `unknown_kinds` names tasks that exist but whose kind is not known (their own definition is
+    invalid and reported elsewhere): references to them are not checked for kind.
+    """
     findings: list[Finding] = []
     findings += _check_names(axon)
     findings += _check_spec_shape(axon)
     findings += _check_image_builds(axon)
     for i, sensor in enumerate(axon.spec.sensors):
-        findings += _check_sensor(axon, ("spec", "sensors", i), sensor)
+        findings += _check_sensor(axon, ("spec", "sensors", i), sensor, unknown_kinds)
     return findings
 
 
@@ -181,18 +185,26 @@ def _check_image_builds(axon: Axon) -> Iterator[Finding]:
 
 
 def _task_ref(
-    axon: Axon, loc: Loc, name: str, kinds: tuple[TaskKind, ...], role: str
+    axon: Axon,
+    loc: Loc,
+    name: str,
+    kinds: tuple[TaskKind, ...],
+    role: str,
+    *,
+    unknown_kinds: frozenset[str],
 ) -> Iterator[Finding]:
     task = axon.spec.task(name)
     if task is None:
         names = [t.name for t in axon.spec.tasks]
         yield Finding(loc, f"no task named {name!r}{did_you_mean(name, names)}")
-    elif task.kind not in kinds:
+    elif task.kind not in kinds and name not in unknown_kinds:
         allowed = " or ".join(kinds)
         yield Finding(loc, f"{role} runs {allowed} tasks, but {name!r} is a {task.kind} task")
 
 
-def _check_sensor(axon: Axon, loc: Loc, sensor: Sensor) -> Iterator[Finding]:
+def _check_sensor(
+    axon: Axon, loc: Loc, sensor: Sensor, unknown_kinds: frozenset[str]
+) -> Iterator[Finding]:
     own = [t.name for t in sensor.triggers]
     yield from _named(own, (*loc, "triggers"))
     yield from _unique(own, (*loc, "triggers"), "trigger")
@@ -223,13 +235,21 @@ def _check_sensor(axon: Axon, loc: Loc, sensor: Sensor) -> Iterator[Finding]:
                     action.resource_executor.task,
                     RESOURCE_EXECUTOR_KINDS,
                     "resourceExecutor",
+                    unknown_kinds=unknown_kinds,
                 )
             elif action.trainer is not None:
                 yield from _task_ref(
-                    axon, (*aloc, "trainer", "task"), action.trainer.task, TRAINER_KINDS, "trainer"
+                    axon,
+                    (*aloc, "trainer", "task"),
+                    action.trainer.task,
+                    TRAINER_KINDS,
+                    "trainer",
+                    unknown_kinds=unknown_kinds,
                 )
             elif action.deployer is not None:
-                yield from _check_deployer(axon, (*aloc, "deployer"), action.deployer)
+                yield from _check_deployer(
+                    axon, (*aloc, "deployer"), action.deployer, unknown_kinds
+                )
 
 
 def _weights(loc: Loc, weights: Sequence[int]) -> Iterator[Finding]:
@@ -238,7 +258,9 @@ def _weights(loc: Loc, weights: Sequence[int]) -> Iterator[Finding]:
         yield Finding(loc, f"weights sum to {total}; they must sum to 100", at="key")
 
 
-def _check_deployer(axon: Axon, loc: Loc, deployer: Deployer) -> Iterator[Finding]:
+def _check_deployer(
+    axon: Axon, loc: Loc, deployer: Deployer, unknown_kinds: frozenset[str]
+) -> Iterator[Finding]:
     problem = name_problem(deployer.name)
     if problem:
         yield Finding((*loc, "name"), problem)
@@ -257,7 +279,12 @@ def _check_deployer(axon: Axon, loc: Loc, deployer: Deployer) -> Iterator[Findin
         for b, backend in enumerate(model.backend_models):
             bloc: Loc = (*mloc, "backendModels", b)
             yield from _task_ref(
-                axon, (*bloc, "trainer"), backend.trainer, TRAINER_KINDS, "backendModels.trainer"
+                axon,
+                (*bloc, "trainer"),
+                backend.trainer,
+                TRAINER_KINDS,
+                "backendModels.trainer",
+                unknown_kinds=unknown_kinds,
             )
             yield from _task_ref(
                 axon,
@@ -265,6 +292,7 @@ def _check_deployer(axon: Axon, loc: Loc, deployer: Deployer) -> Iterator[Findin
                 backend.deployer,
                 DEPLOYER_KINDS,
                 "backendModels.deployer",
+                unknown_kinds=unknown_kinds,
             )
         for r, routing in enumerate(model.routing_strategy):
             rloc: Loc = (*mloc, "routingStrategy", r, "destinations")

@@ -14,10 +14,10 @@ from __future__ import annotations
 import re
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -26,13 +26,25 @@ from pydantic_core import ErrorDetails
 from events.errors import RanvierError
 from sensors.checks import ConditionRef, Finding, Loc, check_axon, conditions, did_you_mean
 from sensors.expr import ExprError, parse_condition, validate_for_scrape
-from sensors.spec import TRIGGER_TYPES, UNION_TAGS, Axon
+from sensors.spec import (
+    TRIGGER_TYPES,
+    UNION_TAGS,
+    Artifact,
+    Axon,
+    AxonSpec,
+    ContainerTask,
+    Metadata,
+    Parameter,
+    Sensor,
+    Task,
+)
 
 MAX_BYTES = 1024 * 1024
 MAX_NODES = 100_000  # after alias expansion; a real Axon has a few hundred
 MAX_ALIASES = 1_000
 MAX_DEPTH = 64
 
+_M = TypeVar("_M", bound=BaseModel)
 _PARAM = re.compile(r"\{\{\s*workflow\.parameters\.([^\s{}]*)\s*\}\}")
 
 
@@ -136,6 +148,14 @@ def load_axon_text(text: str, filename: str = "<string>") -> Axon:
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             doc.add_validation_error(error, data)
+        salvaged = _salvage(data)
+        if salvaged is not None:  # still report the cross-reference mistakes of the valid parts
+            partial, dropped, unknown = salvaged
+            for finding in check_axon(partial, unknown):
+                if not any(finding.loc[: len(prefix)] == prefix for prefix in dropped):
+                    doc.add_finding(finding)
+            for ref in conditions(partial):
+                doc.check_condition(ref, scrape=_raw_source(data) == "scrape")
         raise SpecError(doc.issues) from None
     for finding in check_axon(axon):
         doc.add_finding(finding)
@@ -438,6 +458,78 @@ class _Document:
 
 
 # ---------------------------------------------------------------------------------------------
+# Salvaging: the valid parts of an invalid file, so its cross-references are checked too
+
+
+def _salvage(data: dict[str, Any]) -> tuple[Axon, list[Loc], frozenset[str]] | None:
+    """An Axon of the parts of `data` that validate, with placeholders for the others.
+
+    Returns the partial Axon, the locations of placeholders (findings under them are noise)
+    and the names of tasks whose kind is unknown because their definition is invalid.
+    """
+    spec = data.get("spec")
+    if not isinstance(spec, dict):
+        return None
+    dropped: list[Loc] = []
+    unknown: set[str] = set()
+
+    def items(key: str, model: type[_M], placeholder: Callable[[Any, int], _M]) -> list[_M]:
+        raw = spec.get(key)
+        if not isinstance(raw, list):
+            if key in spec:
+                dropped.append(("spec", key))
+            return []
+        out: list[_M] = []
+        for i, item in enumerate(raw):
+            try:
+                out.append(model.model_validate(item))
+            except ValidationError:
+                dropped.append(("spec", key, i))
+                name = item.get("name") if isinstance(item, dict) else None
+                out.append(placeholder(name if isinstance(name, str) else None, i))
+        return out
+
+    def task(name: str | None, i: int) -> Task:
+        if name is not None:
+            unknown.add(name)
+        return Task.model_construct(
+            name=name if name is not None else f"#{i}", container=ContainerTask.model_construct()
+        )
+
+    try:
+        metadata = Metadata.model_validate(data.get("metadata"))
+    except ValidationError:
+        metadata = Metadata.model_construct(name="placeholder", namespace="default")
+        dropped.append(("metadata",))
+    partial_spec = AxonSpec.model_construct(
+        tasks=items("tasks", Task, task),
+        sensors=items(
+            "sensors",
+            Sensor,
+            lambda name, i: Sensor.model_construct(
+                name=name or f"#{i}", triggers=[], conditions=[], tasks=[]
+            ),
+        ),
+        artifacts=items(
+            "artifacts", Artifact, lambda name, i: Artifact.model_construct(name=name or f"#{i}")
+        ),
+        parameters=items(
+            "parameters",
+            Parameter,
+            lambda name, i: Parameter.model_construct(name=name or f"#{i}", value=""),
+        ),
+        volume=None,
+        volume_claim_template=None,
+        metrics=None,
+    )
+    dropped += [("spec", "volume"), ("spec", "volumeClaimTemplate")]
+    axon = Axon.model_construct(
+        api_version="ranvier.dev/v1alpha1", kind="Axon", metadata=metadata, spec=partial_spec
+    )
+    return axon, dropped, frozenset(unknown)
+
+
+# ---------------------------------------------------------------------------------------------
 # Helpers
 
 
@@ -462,6 +554,12 @@ def _strip_tags(loc: tuple[int | str, ...]) -> Loc:
             continue
         out.append(segment)
     return tuple(out)
+
+
+def _raw_source(data: dict[str, Any]) -> object:
+    spec = data.get("spec")
+    metrics = spec.get("metrics") if isinstance(spec, dict) else None
+    return metrics.get("source", "scrape") if isinstance(metrics, dict) else "scrape"
 
 
 def _parameters(data: dict[str, Any]) -> dict[str, str]:
