@@ -41,7 +41,7 @@ from typing import Any, Final, Literal
 import structlog
 
 from events.errors import RanvierError
-from events.model import ActionRequest, format_time, new_id, utcnow
+from events.model import ActionRequest, LifecycleData, Phase, format_time, new_id, utcnow
 from events.subjects import token
 from executors.registry import read_metrics
 from sensors.spec import Artifact, Axon, EnvVar, Task, format_duration
@@ -62,6 +62,34 @@ class TaskSetupError(RanvierError, RuntimeError):
     """A run could not be started (no such task, bad working directory, git clone failed)."""
 
 
+def lifecycle(
+    request: ActionRequest,
+    run_id: str,
+    phase: Phase,
+    *,
+    message: str = "",
+    exit_code: int | None = None,
+    outputs: Mapping[str, Any] | None = None,
+) -> LifecycleData:
+    """The lifecycle payload for a run of `request` entering `phase` (what the runner publishes)."""
+    return LifecycleData(
+        axon=request.axon,
+        namespace=request.namespace,
+        task=request.task,
+        run_id=run_id,
+        phase=phase,
+        sensor=request.sensor,
+        sensor_run_id=request.sensor_run_id,
+        step=request.step,
+        index=request.index,
+        attempt=request.attempt,
+        action_key=request.idempotency_key,
+        message=message,
+        exit_code=exit_code,
+        outputs=dict(outputs or {}),
+    )
+
+
 @dataclass(frozen=True)
 class RunStarted:
     """A run's process is up: what the runner reports as Running."""
@@ -73,6 +101,13 @@ class RunStarted:
     log_path: Path
     version: int | None = None
     model_path: Path | None = None
+
+    def to_lifecycle(self, request: ActionRequest) -> LifecycleData:
+        """The Running lifecycle payload."""
+        outputs: dict[str, Any] = {"log": str(self.log_path), "pid": self.pid}
+        if self.version is not None:
+            outputs.update(version=self.version, model_path=str(self.model_path))
+        return lifecycle(request, self.run_id, "Running", outputs=outputs)
 
 
 @dataclass(frozen=True)
@@ -89,6 +124,17 @@ class RunOutcome:
     log_path: Path | None = None
     version: int | None = None
     model_path: Path | None = None
+
+    def to_lifecycle(self, request: ActionRequest) -> LifecycleData:
+        """The Succeeded or Failed lifecycle payload."""
+        return lifecycle(
+            request,
+            self.run_id,
+            self.phase,
+            message=self.message,
+            exit_code=self.exit_code,
+            outputs=self.outputs,
+        )
 
 
 @dataclass(frozen=True)
@@ -123,6 +169,18 @@ class LostRun:
     record: RunRecord
     message: str
     killed: bool
+
+    def to_lifecycle(self) -> LifecycleData | None:
+        """The Failed lifecycle payload, or None if the record predates stored requests."""
+        request = self.record.action()
+        if request is None:
+            return None
+        outputs: dict[str, Any] = {"log": self.record.log_path}
+        if self.record.version is not None:
+            outputs.update(version=self.record.version, model_path=self.record.model_path)
+        return lifecycle(
+            request, self.record.run_id, "Failed", message=self.message, outputs=outputs
+        )
 
 
 OnRunning = Callable[[RunStarted], Awaitable[None]]
@@ -442,6 +500,9 @@ class LocalBackend:
                 f"working directory {cwd} of task {task.name!r} does not exist",
                 hint="fix workingDir (relative to the artifact or the Axon file)",
             )
+        # User-given variables are checked before anything (a model version) is allocated.
+        task_env = _env_pairs(body.env, f"task {task.name!r}")
+        action_env = _env_pairs(request.params.get("env"), f"action for {task.name!r}")
         env = dict(self.base_env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         for other in axon.spec.tasks:
@@ -460,8 +521,8 @@ class LocalBackend:
         )
         if self.nats_url:
             env["RANVIER_NATS_URL"] = self.nats_url
-        env.update(_env_pairs(body.env, f"task {task.name!r}"))
-        env.update(_env_pairs(request.params.get("env"), f"action for {task.name!r}"))
+        env.update(task_env)
+        env.update(action_env)
         (data / task.name).mkdir(parents=True, exist_ok=True)
         model_path.mkdir(parents=True, exist_ok=True)
         log_path = self.log_path(name, task.name, run_id, namespace)
@@ -807,6 +868,7 @@ __all__ = [
     "TaskSetupError",
     "env_name",
     "group_members",
+    "lifecycle",
     "stop_tree",
     "unsupported_reason",
 ]

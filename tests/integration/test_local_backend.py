@@ -160,6 +160,15 @@ async def test_success_with_env_and_log(
         "RANVIER_NATS_PASSWORD": None,
     }
     assert [s.run_id for s in started] == ["run-1"]
+    running = started[0].to_lifecycle(request("Prep"))
+    assert (running.phase, running.run_id, running.outputs["pid"]) == (
+        "Running",
+        "run-1",
+        started[0].pid,
+    )
+    done = outcome.to_lifecycle(request("Prep"))
+    assert (done.phase, done.exit_code, done.sensor_run_id, done.step) == ("Succeeded", 0, "sr1", 0)
+    assert done.action_key == request("Prep").idempotency_key
     assert not alive(started[0].pid)
     assert backend.live_runs() == []
     assert list(backend.runs_dir.glob("*.json")) == []
@@ -544,6 +553,10 @@ async def test_recover_after_an_executor_crash(
     action = lost["Ends"].record.action()
     assert action is not None
     assert (action.task, action.sensor_run_id, action.kind) == ("Ends", "r", "resourceExecutor")
+    failed = lost["Ends"].to_lifecycle()
+    assert failed is not None
+    assert (failed.phase, failed.task, failed.run_id) == ("Failed", "Ends", "Ends-run")
+    assert failed.message == lost["Ends"].message
     assert list(records.glob("*.json")) == []
     assert await LocalBackend(state).recover() == []
 
@@ -579,3 +592,15 @@ async def test_recover_never_signals_a_reused_pid(tmp_path: Path) -> None:
     finally:
         bystander.kill()
         await bystander.wait()
+
+
+async def test_env_from_secrets_is_refused_before_a_version_is_allocated(
+    backend: LocalBackend, axon_dir: Path
+) -> None:
+    secret = {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+    axon = make_axon(trainer("T", "pass", env=[secret]))
+    outcome = await backend.run(request("T", "trainer"), axon, axon_dir)
+    assert outcome.phase == "Failed"
+    assert "TOKEN" in outcome.message
+    assert "kubernetes backend" in outcome.message
+    assert not (backend.workspace("demo", "team") / "models").exists()
