@@ -27,6 +27,7 @@ layer), so it takes plain values rather than the spec's `CalendarTrigger`.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -208,6 +209,19 @@ class Schedule:
             if tick <= now and tick != previous:
                 yield tick
                 previous = tick
+
+
+_TICK_NAMESPACE: Final = uuid.UUID("6f1c1b8e-2f5d-5a55-9a43-2b0f4c1e7a11")
+
+
+def tick_event_id(namespace: str, axon: str, sensor: str, trigger: str, tick: datetime) -> str:
+    """A deterministic event id for one tick of one trigger (uuid5).
+
+    Published as the `Nats-Msg-Id`, it makes a tick published twice (a restart between publish
+    and persisting the last tick, or two watcher replicas) a duplicate the stream drops.
+    """
+    when = _aware(tick, "tick").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return str(uuid.uuid5(_TICK_NAMESPACE, f"{namespace}/{axon}/{sensor}/{trigger}/{when}"))
 
 
 def due_ticks(

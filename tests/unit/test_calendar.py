@@ -14,6 +14,7 @@ from events.watchers.calendar import (
     due_ticks,
     local_to_instant,
     next_tick,
+    tick_event_id,
 )
 
 
@@ -241,3 +242,18 @@ def test_restarts_neither_miss_nor_double_ticks(
     for tick in published:
         assert start < tick <= end
         assert spec.next_after(tick - timedelta(microseconds=1)) == tick
+
+
+def test_tick_event_ids_are_deterministic_per_tick() -> None:
+    tick = utc(2026, 1, 1, 3)
+    same = tick_event_id("default", "ax", "nightly", "cron", tick)
+    assert same == tick_event_id("default", "ax", "nightly", "cron", tick.astimezone())
+    others = {
+        tick_event_id("default", "ax", "nightly", "cron", tick + timedelta(microseconds=1)),
+        tick_event_id("default", "ax", "nightly", "other", tick),
+        tick_event_id("default", "ax", "weekly", "cron", tick),
+        tick_event_id("default", "bx", "nightly", "cron", tick),
+        tick_event_id("prod", "ax", "nightly", "cron", tick),
+    }
+    assert same not in others
+    assert len(others) == 5
