@@ -1,0 +1,598 @@
+"""The router: one stable URL per Axon deployer in front of its model servers.
+
+Users and scripts keep one URL (`http://HOST:PORT/<axon>/predict`) while versions come and go
+behind it. The decisions (who answers, DAG order, what a node receives) are the pure functions
+of `routing.py`; this module only moves bytes: one shared `httpx.AsyncClient` (pooled
+connections, timeouts) for every backend call, shadows mirrored as fire-and-forget tasks whose
+errors are only counted, and feedback sent to the version named in the answer's
+`meta.requestPath`.
+
+The table comes from a `TableSource` (a file or memory now, the `ranvier_models` KV bucket when
+the bus lands). A new table is compiled first (a bad one is refused and the old one kept) and
+then swapped in by one assignment: each request reads the table once when it starts, so
+in-flight requests finish on the table they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from pydantic import ValidationError
+
+from events.errors import RanvierError
+from executors.serving import protocol
+from executors.serving.protocol import ErrorResponse, Feedback, ProtocolError, SeldonMessage
+from executors.serving.routing import (
+    FEEDBACK_PATH,
+    Backend,
+    CompiledRoute,
+    CompiledTable,
+    Node,
+    RoutingError,
+    RoutingTable,
+    choose,
+    compile_table,
+    feedback_backends,
+    feedback_url,
+    node_input,
+    node_url,
+    route_output,
+    select_backends,
+    shadows,
+)
+from executors.serving.server import (
+    ERROR_RESPONSES,
+    error_response,
+    install_openapi,
+    json_response,
+    request_body_spec,
+    serve_app,
+)
+
+log = structlog.get_logger(__name__)
+
+_FORWARDED_HEADERS = ("content-type",)
+
+
+class TableSource(Protocol):
+    """Where the router's table comes from, and tells when it changes."""
+
+    async def get(self) -> RoutingTable:
+        """The current table."""
+        ...
+
+    def changes(self) -> AsyncIterator[RoutingTable]:
+        """Every later table, as it changes (runs until cancelled)."""
+        ...
+
+
+class InMemoryTableSource:
+    """A table held in memory; `set()` publishes a new one (tests, `ranvier up`)."""
+
+    def __init__(self, table: RoutingTable | None = None) -> None:
+        self._table = table or RoutingTable()
+        self._changed = asyncio.Event()
+
+    async def get(self) -> RoutingTable:
+        """The current table."""
+        return self._table
+
+    def set(self, table: RoutingTable) -> None:
+        """Replace the table and wake every `changes()` iterator."""
+        self._table = table
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def changes(self) -> AsyncIterator[RoutingTable]:
+        """Every later table."""
+        while True:
+            await self._changed.wait()
+            yield self._table
+
+
+class TableFileError(RanvierError):
+    """A routing table file that is missing or not a valid table."""
+
+
+def read_table_file(path: Path) -> RoutingTable:
+    """A routing table from a JSON file."""
+    try:
+        return RoutingTable.model_validate_json(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise TableFileError(f"routing table {path} does not exist") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise TableFileError(
+            f"routing table {path} is invalid: {where}: {first['msg']}",
+            hint="fix the file; the router keeps its previous table",
+        ) from exc
+
+
+class FileTableSource:
+    """A table in a JSON file, polled for changes (a bad edit is logged and skipped)."""
+
+    def __init__(self, path: Path, *, interval: float = 0.5) -> None:
+        self.path = path
+        self.interval = interval
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    async def get(self) -> RoutingTable:
+        """The table in the file now."""
+        return await asyncio.to_thread(read_table_file, self.path)
+
+    async def changes(self) -> AsyncIterator[RoutingTable]:
+        """A new table each time the file changes to a valid one."""
+        seen = await asyncio.to_thread(self._stamp)
+        while True:
+            await asyncio.sleep(self.interval)
+            stamp = await asyncio.to_thread(self._stamp)
+            if stamp == seen or stamp is None:
+                continue
+            seen = stamp
+            try:
+                yield await self.get()
+            except TableFileError as exc:
+                log.error("router.table_rejected", path=str(self.path), reason=str(exc))
+
+
+class _RouterMetrics:
+    """The router's Prometheus metrics, in its own registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "ranvier_router_requests",
+            "Requests answered by the router.",
+            ["axon", "route", "code"],
+            registry=registry,
+        )
+        self.backend = Counter(
+            "ranvier_router_backend_requests",
+            "Calls to model servers, by the version that answered.",
+            ["axon", "model", "backend", "version", "code"],
+            registry=registry,
+        )
+        self.shadow = Counter(
+            "ranvier_router_shadow_requests",
+            "Mirrored calls to shadows, by outcome (ok, http_error, error).",
+            ["axon", "model", "backend", "version", "outcome"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "ranvier_router_request_seconds",
+            "Time to answer a routed request.",
+            ["axon"],
+            registry=registry,
+        )
+        self.swaps = Counter(
+            "ranvier_router_table_swaps", "Routing tables swapped in.", registry=registry
+        )
+
+
+class _NodeFailure(Exception):
+    """A node's backend answered with an error; the router passes it on."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__("node failed")
+        self.response = response
+
+
+class Router:
+    """Serves every deployer in the current table; swaps tables atomically."""
+
+    def __init__(
+        self,
+        source: TableSource,
+        *,
+        timeout: float = 30.0,
+        rand: Callable[[], float] | None = None,
+        max_connections: int = 512,
+    ) -> None:
+        self.source = source
+        self.timeout = timeout
+        self.rand = rand or random.Random().random
+        self.max_connections = max_connections
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.stats = _RouterMetrics(self.registry)
+        self.compiled: CompiledTable | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The shared HTTP client (exists between start and stop)."""
+        if self._client is None:
+            raise RuntimeError("Router.start() first")
+        return self._client
+
+    def swap(self, table: RoutingTable) -> None:
+        """Compile and install `table`; a table that does not compile is refused."""
+        compiled = compile_table(table)
+        self.compiled = compiled
+        self.stats.swaps.inc()
+        log.info("router.table_swapped", revision=table.revision, deployers=len(table.deployers))
+
+    async def start(self) -> None:
+        """Open the client, load the first table, follow changes."""
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout, connect=5.0),
+            limits=httpx.Limits(
+                max_connections=self.max_connections,
+                max_keepalive_connections=self.max_connections,
+            ),
+        )
+        self.swap(await self.source.get())
+        self._watcher = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        async for table in self.source.changes():
+            try:
+                self.swap(table)
+            except RoutingError as exc:
+                log.error("router.table_rejected", revision=table.revision, reason=str(exc))
+
+    async def stop(self) -> None:
+        """Stop following changes, let shadows finish briefly, close the client."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._background:
+            await asyncio.wait(self._background, timeout=2.0)
+        for task in self._background:
+            task.cancel()
+        if self._client is not None:
+            await self._client.aclose()
+
+    # -- calls ------------------------------------------------------------------------------
+
+    async def _post(self, url: str, content: bytes, content_type: str) -> httpx.Response:
+        return await self.client.post(url, content=content, headers={"content-type": content_type})
+
+    def _mirror(
+        self, axon: str, model: str, backend: Backend, url: str, *, body: bytes, ctype: str
+    ) -> None:
+        async def send() -> None:
+            try:
+                response = await self._post(url, body, ctype)
+                outcome = "ok" if response.status_code < 400 else "http_error"
+            except Exception:  # a shadow's failure never reaches the caller: it is counted
+                outcome = "error"
+            self.stats.shadow.labels(axon, model, backend.name, backend.version, outcome).inc()
+
+        task = asyncio.create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _call_node(
+        self,
+        route: CompiledRoute,
+        node: Node,
+        body: bytes,
+        ctype: str,
+        headers: dict[str, str],
+    ) -> tuple[bytes, str | None]:
+        """Call one node; returns its answer body and the backend key that answered."""
+        axon = route.deployer.axon
+        model = route.models.get(node.model)
+        backend: Backend | None = None
+        if node.full_path is None and model is not None:
+            backends = select_backends(model, headers)
+            backend = choose(backends, self.rand)
+            for shadow in shadows(backends):
+                self._mirror(
+                    axon, node.model, shadow, node_url(node, shadow), body=body, ctype=ctype
+                )
+        url = node_url(node, backend)
+        try:
+            response = await self._post(url, body, ctype)
+        except httpx.TimeoutException as exc:
+            raise _NodeFailure(
+                error_response(504, f"model {node.model!r} at {url} timed out: {exc!r}")
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise _NodeFailure(
+                error_response(502, f"model {node.model!r} at {url} is unreachable: {exc!r}")
+            ) from exc
+        if backend is not None:
+            self.stats.backend.labels(
+                axon, node.model, backend.name, backend.version, str(response.status_code)
+            ).inc()
+        if response.status_code != 200:
+            raise _NodeFailure(
+                Response(
+                    response.content,
+                    status_code=response.status_code,
+                    media_type=response.headers.get("content-type", "application/json"),
+                )
+            )
+        return response.content, backend.key if backend is not None else None
+
+    async def _run_route(
+        self, route: CompiledRoute, body: bytes, ctype: str, headers: dict[str, str]
+    ) -> Response:
+        levels = route.levels
+        request_path: dict[str, str] = {}
+        if len(levels) == 1 and len(levels[0]) == 1:
+            # One node: forward the caller's bytes untouched (no parse on the way in).
+            node = levels[0][0]
+            content, key = await self._call_node(route, node, body, ctype, headers)
+            if key is None:
+                return Response(content, media_type="application/json")
+            request_path[node.model] = key
+            return json_response(protocol.merge_request_path(json.loads(content), request_path))
+        try:
+            route_input = protocol.parse_json_body(body, ctype)
+        except ProtocolError as exc:
+            return error_response(400, str(exc))
+        outputs: dict[str, Any] = {}
+        for level in levels:
+            inputs = [
+                json.dumps(node_input(n, route_input, outputs)).encode("utf-8") for n in level
+            ]
+            results = await asyncio.gather(
+                *(
+                    self._call_node(route, n, data, "application/json", headers)
+                    for n, data in zip(level, inputs, strict=True)
+                )
+            )
+            for node, (content, key) in zip(level, results, strict=True):
+                outputs[node.model] = json.loads(content)
+                if key is not None:
+                    request_path[node.model] = key
+        answer = route_output(route.route.dag, outputs)
+        if isinstance(answer, dict):
+            answer = protocol.merge_request_path(answer, request_path)
+        return json_response(answer)
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        """POST /<axon>/<path>: a route, or `.../send-feedback`."""
+        compiled = self.compiled  # read once: this request finishes on this table
+        axon = request.path_params["axon"]
+        path = "/" + str(request.path_params["path"]).strip("/")
+        if compiled is None:
+            return error_response(503, "the router has no table yet; retry shortly")
+        route = compiled.routes.get((axon, path))
+        if route is None and path.endswith(FEEDBACK_PATH):
+            return await self._feedback(compiled, axon, path, request)
+        if route is None:
+            status = 404
+            reason = (
+                f"no route {path} for axon {axon!r}"
+                if axon in compiled.deployers
+                else f"no axon {axon!r} is deployed on this router"
+            )
+            self.stats.requests.labels(axon, path, str(status)).inc()
+            return error_response(status, reason)
+        started = time.perf_counter()
+        body = await request.body()
+        ctype = request.headers.get("content-type", "application/json")
+        headers = dict(request.headers)
+        try:
+            response = await self._run_route(route, body, ctype, headers)
+        except _NodeFailure as failure:
+            response = failure.response
+        except RoutingError as exc:
+            response = error_response(503, str(exc))
+        except (ValueError, UnicodeDecodeError) as exc:
+            response = error_response(502, f"a model answered with invalid JSON: {exc}")
+        self.stats.latency.labels(axon).observe(time.perf_counter() - started)
+        self.stats.requests.labels(axon, path, str(response.status_code)).inc()
+        return response
+
+    async def feedback(self, request: Request) -> Response:
+        """POST /<axon>/send-feedback."""
+        compiled = self.compiled
+        if compiled is None:
+            return error_response(503, "the router has no table yet; retry shortly")
+        return await self._feedback(compiled, request.path_params["axon"], FEEDBACK_PATH, request)
+
+    async def _feedback(
+        self, compiled: CompiledTable, axon: str, path: str, request: Request
+    ) -> Response:
+        deployers = compiled.deployers.get(axon)
+        if not deployers:
+            return error_response(404, f"no axon {axon!r} is deployed on this router")
+        prefix = path.removesuffix(FEEDBACK_PATH).strip("/")
+        if prefix:
+            deployers = [d for d in deployers if d.name == prefix]
+        body = await request.body()
+        ctype = request.headers.get("content-type", "application/json")
+        try:
+            feedback = protocol.parse_feedback(body, ctype)
+        except ProtocolError as exc:
+            return error_response(400, str(exc))
+        meta = feedback.response.meta if feedback.response is not None else None
+        if meta is None or not meta.request_path:
+            return error_response(
+                400,
+                "feedback has no response.meta.requestPath; send the router's answer as 'response'",
+            )
+        targets = feedback_backends(deployers, meta.request_path)
+        if not targets:
+            return error_response(
+                404,
+                "no version named in response.meta.requestPath is routed any more: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(meta.request_path.items())),
+            )
+        try:
+            responses = await asyncio.gather(
+                *(self._post(feedback_url(b), body, ctype) for b in targets)
+            )
+        except httpx.HTTPError as exc:
+            return error_response(502, f"forwarding feedback failed: {exc!r}")
+        worst = max(responses, key=lambda r: r.status_code)
+        self.stats.requests.labels(axon, FEEDBACK_PATH, str(worst.status_code)).inc()
+        return Response(
+            worst.content,
+            status_code=worst.status_code,
+            media_type=worst.headers.get("content-type", "application/json"),
+        )
+
+    async def health(self) -> Response:
+        """GET /health: 200 once a table is loaded."""
+        compiled = self.compiled
+        if compiled is None:
+            return error_response(503, "no routing table loaded yet")
+        return json_response(
+            {
+                "status": "ok",
+                "revision": compiled.table.revision,
+                "deployers": [f"{d.axon}/{d.name}" for d in compiled.table.deployers],
+            }
+        )
+
+    async def axon_health(self, request: Request) -> Response:
+        """GET /<axon>/health: every backend's /health and every external healthPath."""
+        compiled = self.compiled
+        axon = request.path_params["axon"]
+        deployers = compiled.deployers.get(axon) if compiled is not None else None
+        if not deployers:
+            return error_response(404, f"no axon {axon!r} is deployed on this router")
+        urls = sorted(
+            {b.url.rstrip("/") + "/health" for d in deployers for m in d.models for b in m.backends}
+            | {n.health_path for d in deployers for r in d.routes for n in r.dag if n.health_path}
+        )
+
+        async def probe(url: str) -> tuple[str, bool]:
+            try:
+                response = await self.client.get(url, timeout=5.0)
+            except httpx.HTTPError:
+                return url, False
+            return url, response.status_code == 200
+
+        results = dict(await asyncio.gather(*(probe(u) for u in urls)))
+        healthy = all(results.values())
+        return json_response(
+            {"status": "ok" if healthy else "unhealthy", "checks": results},
+            200 if healthy else 503,
+        )
+
+    async def metrics(self) -> Response:
+        """GET /metrics."""
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_router_app(
+    source: TableSource,
+    *,
+    timeout: float = 30.0,
+    rand: Callable[[], float] | None = None,
+) -> FastAPI:
+    """The router's ASGI app; the table is loaded at start-up and followed while it runs."""
+    router = Router(source, timeout=timeout, rand=rand)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await router.start()
+        try:
+            yield
+        finally:
+            await router.stop()
+
+    app = FastAPI(
+        title="ranvier router",
+        version="1",
+        description="One stable URL per Axon deployer: /<axon>/<route path>.",
+        lifespan=lifespan,
+        separate_input_output_schemas=False,
+    )
+    app.state.router = router
+    install_openapi(app, [SeldonMessage, Feedback, ErrorResponse])
+    app.add_api_route("/health", router.health, summary="200 once a routing table is loaded")
+    app.add_api_route(
+        "/metrics", router.metrics, summary="Prometheus metrics", response_class=Response
+    )
+    app.add_api_route(
+        "/{axon}/health", router.axon_health, summary="Health of an axon's model servers"
+    )
+    app.add_api_route(
+        "/{axon}/send-feedback",
+        router.feedback,
+        methods=["POST"],
+        response_model=None,
+        responses={
+            200: {"model": SeldonMessage, "description": "The model's ack."},
+            **ERROR_RESPONSES,
+        },
+        openapi_extra=request_body_spec(Feedback),
+        summary="Feedback, forwarded to the version that answered (meta.requestPath)",
+        name="feedback",
+    )
+    app.add_api_route(
+        "/{axon}/{path:path}",
+        router.handle,
+        methods=["POST"],
+        response_model=None,
+        responses={
+            200: {"model": SeldonMessage, "description": "The answer."},
+            404: {"model": ErrorResponse, "description": "No such axon or route."},
+            502: {"model": ErrorResponse, "description": "A model server is unreachable."},
+            **ERROR_RESPONSES,
+        },
+        openapi_extra=request_body_spec(SeldonMessage),
+        summary="A deployer's route, e.g. /quickstart/predict",
+    )
+    return app
+
+
+async def serve_router(
+    source: TableSource,
+    host: str,
+    port: int,
+    *,
+    on_listening: Callable[[str], Awaitable[None] | None] | None = None,
+) -> None:
+    """Serve the router until stopped (what `ranvier run --role router` runs)."""
+    await serve_app(create_router_app(source), host, port, on_listening=on_listening)
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """`python -m executors.serving.router TABLE.json --port N`: the router alone (bench, tests)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m executors.serving.router")
+    parser.add_argument("table", type=Path, help="routing table JSON file (followed live)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between file checks")
+    parser.add_argument("--seed", type=int, default=None, help="seed the weighted choice")
+    args = parser.parse_args(argv)
+
+    def announce(url: str) -> None:
+        print(f"ranvier: listening on {url}", flush=True)
+
+    source = FileTableSource(args.table, interval=args.interval)
+    app = create_router_app(source, rand=random.Random(args.seed).random)
+    asyncio.run(serve_app(app, args.host, args.port, on_listening=announce))
+
+
+if __name__ == "__main__":
+    _main()
