@@ -156,6 +156,8 @@ class RunRecord:
     version: int | None = None
     model_path: str | None = None
     request: dict[str, Any] | None = None
+    owner_pid: int | None = None
+    owner_start: int | None = None
 
     def action(self) -> ActionRequest | None:
         """The action request the run was started for (to report its Failed lifecycle)."""
@@ -259,6 +261,19 @@ def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
         return None
     fields = raw[raw.rindex(")") + 2 :].split()
     return fields[0], int(fields[2]), int(fields[3]), int(fields[19])
+
+
+def _own_start() -> int | None:
+    stat = _proc_stat(os.getpid())
+    return stat[3] if stat else None
+
+
+def _owner_alive(record: RunRecord, boot: str | None) -> bool:
+    """True if the executor process that started the run is still running (not this one)."""
+    if record.owner_pid is None or record.owner_pid == os.getpid() or record.boot_id != boot:
+        return False
+    stat = _proc_stat(record.owner_pid)
+    return stat is not None and stat[0] not in ("Z", "X") and stat[3] == record.owner_start
 
 
 def _boot_id() -> str | None:
@@ -604,6 +619,8 @@ class LocalBackend:
             version=plan.version,
             model_path=str(plan.model_path) if plan.model_path else None,
             request=request.model_dump(mode="json"),
+            owner_pid=os.getpid(),
+            owner_start=_own_start(),
         )
         live = _Live(record)
         self._live[run_id] = live
@@ -721,7 +738,8 @@ class LocalBackend:
     async def recover(self) -> list[LostRun]:
         """Runs recorded by a previous executor: stop leftovers, report each to be marked Failed.
 
-        Call it at start-up, before running anything. A record whose pid now belongs to another
+        Call it at start-up, before running anything. Runs of another executor that shares the
+        state dir and is still alive are left alone. A record whose pid now belongs to another
         process (pid reuse, or a reboot) is treated as gone and nothing is signalled.
         """
         lost: list[LostRun] = []
@@ -735,8 +753,8 @@ class LocalBackend:
                 log.warning("task.record_unreadable", path=str(path), error=str(exc))
                 path.unlink(missing_ok=True)
                 continue
-            if record.run_id in self._live:
-                continue
+            if record.run_id in self._live or _owner_alive(record, boot):
+                continue  # another executor sharing this state dir is still watching it
             stat = _proc_stat(record.pid)
             ours = (
                 stat is not None

@@ -604,3 +604,46 @@ async def test_env_from_secrets_is_refused_before_a_version_is_allocated(
     assert "TOKEN" in outcome.message
     assert "kubernetes backend" in outcome.message
     assert not (backend.workspace("demo", "team") / "models").exists()
+
+
+def start_time(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+async def test_recover_leaves_runs_of_a_live_executor_alone(tmp_path: Path) -> None:
+    """Two executors share a state dir: one restarting must not stop the other's runs."""
+    other_executor = await asyncio.create_subprocess_exec(PY, "-c", "import time; time.sleep(60)")
+    task = await asyncio.create_subprocess_exec(
+        PY, "-c", "import time; time.sleep(60)", start_new_session=True
+    )
+    try:
+        backend = LocalBackend(tmp_path / "state", grace=0.5)
+        backend.runs_dir.mkdir(parents=True)
+        record = {
+            "run_id": "theirs",
+            "namespace": "team",
+            "axon": "demo",
+            "task": "T",
+            "kind": "resourceExecutor",
+            "pid": task.pid,
+            "pgid": task.pid,
+            "proc_start": start_time(task.pid),
+            "boot_id": current_boot_id(),
+            "started": "2026-01-01T00:00:00Z",
+            "log_path": "/dev/null",
+            "owner_pid": other_executor.pid,
+            "owner_start": start_time(other_executor.pid),
+        }
+        (backend.runs_dir / "theirs.json").write_text(json.dumps(record))
+        assert await backend.recover() == []
+        assert alive(task.pid)
+        other_executor.kill()
+        await other_executor.wait()
+        (lost,) = await backend.recover()  # now its owner is gone: stop it
+        assert lost.killed
+        assert not alive(task.pid)
+    finally:
+        for proc in (other_executor, task):
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
