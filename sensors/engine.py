@@ -1381,10 +1381,13 @@ def tick(state: EngineState, now: datetime) -> StepResult:
     return out.result()
 
 
-def next_deadline(state: EngineState) -> datetime | None:
+def next_deadline(state: EngineState, after: datetime | None = None) -> datetime | None:
     """When `tick` could next change something (None: nothing is waiting on time).
 
-    It may lie in the past when a due alert waits for a value that is currently unknown.
+    It may lie in the past when a due alert waits for a value that is currently unknown; such
+    an alert stays due until an event brings a value, so after a `tick(now)` a caller may pass
+    `after=now` to ask only for later deadlines.
     """
-    dues = [due for *_, due in _armed(state)]
+    floor = _seconds(after) if after is not None else -math.inf
+    dues = [due for *_, due in _armed(state) if due > floor]
     return datetime.fromtimestamp(min(dues), UTC) if dues else None
