@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ranvier.commands.axon",
     "ranvier.commands.serving",
     "ranvier.commands.events",
+    "ranvier.commands.sensors",
 )
 
 
