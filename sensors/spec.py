@@ -389,14 +389,33 @@ class Dockerfile(_Model):
     path: str = Field(description="Dockerfile path, relative to buildLocation.")
 
 
+def _s2i_schema(schema: dict[str, Any]) -> None:
+    """Document Myelin's "buiderImage" spelling, which S2I accepts (either key is required)."""
+    schema["properties"]["buiderImage"] = {
+        "type": "string",
+        "description": "Myelin's misspelling of builderImage in some examples (accepted).",
+    }
+    schema.pop("required", None)
+    schema["oneOf"] = [{"required": ["builderImage"]}, {"required": ["buiderImage"]}]
+
+
 class S2I(_Model):
     """Build with source-to-image (Myelin's model-server builder images)."""
+
+    model_config = ConfigDict(json_schema_extra=_s2i_schema)
 
     context_dir: str | None = Field(
         None, alias="contextDir", description="Source directory, relative to buildLocation."
     )
-    # Myelin's older examples spell it "buiderImage"; ImageBuild renames that spelling.
     builder_image: str = Field(alias="builderImage", description="The s2i builder image.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _myelin_typo(cls, data: Any) -> Any:
+        """Myelin's older examples spell it "buiderImage"; read that as builderImage."""
+        if isinstance(data, dict) and "buiderImage" in data and "builderImage" not in data:
+            data = {("builderImage" if k == "buiderImage" else k): v for k, v in data.items()}
+        return data
 
 
 class ImageBuild(_Model):
@@ -410,15 +429,6 @@ class ImageBuild(_Model):
     dockerfile: Dockerfile | None = Field(None, description="Build with a Dockerfile.")
     s2i: S2I | None = Field(None, description="Build with source-to-image.")
     tag: str | None = Field(None, description="Image tag; derived from the sources when unset.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _myelin_typo(cls, data: Any) -> Any:
-        s2i = data.get("s2i") if isinstance(data, dict) else None
-        if isinstance(s2i, dict) and "buiderImage" in s2i and "builderImage" not in s2i:
-            s2i = {("builderImage" if k == "buiderImage" else k): v for k, v in s2i.items()}
-            data = {**data, "s2i": s2i}
-        return data
 
     @model_validator(mode="after")
     def _one_method(self) -> ImageBuild:

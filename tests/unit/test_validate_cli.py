@@ -103,3 +103,14 @@ def test_the_schema_accepts_the_example_and_rejects_a_typo() -> None:
     assert list(validator.iter_errors(document)) == []
     document["spec"]["tasks"][0]["container"]["imag"] = "x"
     assert list(validator.iter_errors(document))
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((ROOT / "tests" / "data" / "axons" / "valid").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_the_schema_accepts_every_valid_axon(path: Path) -> None:
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+    errors = [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))]
+    assert errors == []
