@@ -41,9 +41,9 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, TypeVar, cast
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from events.errors import RanvierError
 from events.model import (
@@ -98,6 +98,7 @@ FINISHED_RUNS_LIMIT: Final = 512
 """Finished sensor runs remembered per Axon, to say "already finished" rather than "unknown"."""
 
 _RUN_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://ranvier.dev/sensor-run")
+_RUN_NAMESPACE_BYTES: Final = _RUN_NAMESPACE.bytes
 _EDGE_SEP: Final = "\x1f"  # unit separator: cannot occur in task names, rarely in run ids
 
 AlertPhase = Literal["inactive", "pending", "firing"]
@@ -121,7 +122,13 @@ def sensor_run_id(event_id: str, sensor: str, trigger: str | None = None) -> str
     their event is the one that started the pending episode, which two triggers can share.
     """
     name = f"{event_id}\n{sensor}" if trigger is None else f"{event_id}\n{sensor}\n{trigger}"
-    return str(uuid.uuid5(_RUN_NAMESPACE, name))
+    # uuid.uuid5, inlined: the UUID object is a tenth of a step's cost and is not needed.
+    sha1 = hashlib.sha1(_RUN_NAMESPACE_BYTES + name.encode(), usedforsecurity=False)
+    digest = bytearray(sha1.digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +177,24 @@ def _num(value: float) -> str:
 
 def _digest(value: Any) -> str:
     return hashlib.blake2b(canonical_json(value), digest_size=12).hexdigest()
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _build(cls: type[_M], values: dict[str, Any]) -> _M:
+    """A model instance from values the engine produced itself, every field given.
+
+    `model_construct` is a third of the cost of a step; this skips its per-field defaults
+    bookkeeping and sets exactly what it would set. The tests compare these instances with
+    validated ones (`test_engine_models.py`), so a pydantic change that broke it would show.
+    """
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
 
 
 def _dump(model: Any) -> Any:
@@ -463,7 +488,7 @@ class _SensorState:
     fired_generation: int | None = None
     alerts: dict[str, _AlertState] = field(default_factory=dict)
     conditions: dict[str, dict[str, float]] = field(default_factory=dict)
-    active: list[str] = field(default_factory=list)
+    active: dict[str, None] = field(default_factory=dict)  # ordered set of run ids
     starts: list[float] = field(default_factory=list)
 
     def alert(self, name: str) -> _AlertState:
@@ -483,7 +508,7 @@ class _SensorState:
         if conditions:
             out["conditions"] = conditions
         if self.active:
-            out["active"] = self.active
+            out["active"] = list(self.active)
         if self.starts:
             out["starts"] = self.starts
         return out or None
@@ -497,7 +522,7 @@ class _SensorState:
                 k: {str(q): float(x) for q, x in v.items()}
                 for k, v in data.get("conditions", {}).items()
             },
-            active=[str(r) for r in data.get("active", [])],
+            active=dict.fromkeys(str(r) for r in data.get("active", [])),
             starts=[float(t) for t in data.get("starts", [])],
         )
 
@@ -524,8 +549,8 @@ class _AxonState:
     def finish(self, run: _RunState, phase: RunPhase, why: str) -> None:
         self.runs.pop(run.id, None)
         st = self.sensors.get(run.sensor)
-        if st is not None and run.id in st.active:
-            st.active.remove(run.id)
+        if st is not None:
+            st.active.pop(run.id, None)
         self.finished.append((run.id, phase, why))
         self.finished_index[run.id] = (phase, why)
         if len(self.finished) > FINISHED_RUNS_LIMIT:
@@ -658,17 +683,20 @@ class _Out:
     ) -> None:
         self.touched[ax.spec.key] = None
         self.decisions.append(
-            DecisionData.model_construct(
-                axon=ax.spec.name,
-                namespace=ax.spec.namespace,
-                event_id=event_id,
-                sensor=sensor,
-                trigger=trigger,
-                matched=matched,
-                fired=fired,
-                reason=reason,
-                sensor_run_id=run_id,
-                actions=list(planned),
+            _build(
+                DecisionData,
+                {
+                    "axon": ax.spec.name,
+                    "namespace": ax.spec.namespace,
+                    "event_id": event_id,
+                    "sensor": sensor,
+                    "trigger": trigger,
+                    "matched": matched,
+                    "fired": fired,
+                    "reason": reason,
+                    "sensor_run_id": run_id,
+                    "actions": list(planned),
+                },
             )
         )
 
@@ -689,22 +717,25 @@ def _request(
     if attempt > 1 and action.backoff > 0:
         not_before = datetime.fromtimestamp(out.now + action.backoff, UTC)
     out.actions.append(
-        ActionRequest.model_construct(
-            axon=ax.spec.name,
-            namespace=ax.spec.namespace,
-            sensor=run.sensor,
-            sensor_run_id=run.id,
-            generation=run.generation,
-            step=run.step,
-            index=index,
-            attempt=attempt,
-            kind=action.kind,
-            task=action.task,
-            params=dict(action.params),
-            not_before=not_before,
+        _build(
+            ActionRequest,
+            {
+                "axon": ax.spec.name,
+                "namespace": ax.spec.namespace,
+                "sensor": run.sensor,
+                "sensor_run_id": run.id,
+                "generation": run.generation,
+                "step": run.step,
+                "index": index,
+                "attempt": attempt,
+                "kind": action.kind,
+                "task": action.task,
+                "params": dict(action.params),
+                "not_before": not_before,
+            },
         )
     )
-    return PlannedAction.model_construct(kind=action.kind, task=action.task, step=run.step)
+    return _build(PlannedAction, {"kind": action.kind, "task": action.task, "step": run.step})
 
 
 def _start_step(out: _Out, ax: _AxonState, sensor: _Sensor, run: _RunState) -> list[PlannedAction]:
@@ -759,7 +790,8 @@ def _fire(
     if blocked is not None:
         return skip(f"not fired: {blocked}")
     if st.active and sensor.concurrency == "Forbid":
-        return skip(f"not fired: run {st.active[0]} is still active (concurrency Forbid)")
+        first = next(iter(st.active))
+        return skip(f"not fired: run {first} is still active (concurrency Forbid)")
     if sensor.max_runs is not None:
         count, per = sensor.max_runs
         st.starts = [t for t in st.starts if t > out.now - per]
@@ -786,7 +818,7 @@ def _fire(
         actions=[],
     )
     ax.runs[run_id] = run
-    st.active.append(run_id)
+    st.active[run_id] = None
     out.fired.add(fired_key)
     planned = _start_step(out, ax, sensor, run)
     out.decide(
@@ -934,7 +966,7 @@ def _reconcile(
                 ax.finish(
                     run, "Failed", f"the sensor's tasks changed in generation {ax.generation}"
                 )
-        new.active = []
+        new.active = {}
         reset.append("tasks changed" + (f" (ended run {', '.join(ended)})" if ended else ""))
     if prior.concurrency != sensor.concurrency:
         reset.append(f"concurrency now {sensor.concurrency}")
