@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -546,7 +546,7 @@ class Bus:
         max_deliver: int = -1,
         yield_empty: bool = False,
         stop_when_empty: bool = False,
-    ) -> AsyncIterator[list[Received]]:
+    ) -> AsyncGenerator[list[Received], None]:
         """Yield batches from a durable consumer until the caller stops iterating.
 
         Each message must be acked, nak'ed or term'ed by the caller. `yield_empty` yields `[]`
@@ -580,7 +580,7 @@ class Bus:
         filter_subject: str | None = None,
         stream: str = subjects.EVENTS_STREAM,
         idle: float = 2.0,
-    ) -> AsyncIterator[Replayed]:
+    ) -> AsyncGenerator[Replayed, None]:
         """Read stored events in order, from `since` (a stream sequence or a store time).
 
         Ends at the last message the stream held when the replay began (or at `until`,
@@ -600,8 +600,9 @@ class Bus:
             idle_heartbeat=idle,
         )
         try:
-            if not (await sub.consumer_info()).num_pending:
-                return
+            start = await sub.consumer_info()
+            if not start.num_pending and not (start.delivered and start.delivered.consumer_seq):
+                return  # nothing matches (what was delivered already waits in our queue)
             while True:
                 try:
                     msg = await sub.next_msg(timeout=idle * 2)
@@ -632,7 +633,7 @@ class Bus:
         since: int | datetime | None = None,
         filter_subject: str | None = None,
         stream: str = subjects.EVENTS_STREAM,
-    ) -> AsyncIterator[Replayed]:
+    ) -> AsyncGenerator[Replayed, None]:
         """Events as they arrive (from `since`, else only new ones), until the caller stops."""
         policy = (
             {"deliver_policy": api.DeliverPolicy.NEW} if since is None else _deliver_policy(since)
@@ -716,7 +717,7 @@ class Bus:
 
     async def kv_watch(
         self, bucket: str, pattern: str = ">", *, include_current: bool = True
-    ) -> AsyncIterator[KVChange]:
+    ) -> AsyncGenerator[KVChange, None]:
         """Changes to keys matching `pattern`, current values first (unless told otherwise).
 
         A deleted key yields a change with `value=None`. Iterate until you have seen enough.
@@ -908,11 +909,14 @@ async def _open(options: ConnectOptions) -> tuple[Client, _Callbacks]:
         kwargs["nkeys_seed"] = str(options.nkey_seed)
     if options.tls_ca_file is not None:
         kwargs["tls"] = _tls_context(options.tls_ca_file)
+    nc = Client()
     try:
-        nc: Client = await nats.connect(**kwargs)
+        await nc.connect(**kwargs)
     except nats.errors.AuthorizationError:
+        await _discard(nc)
         raise _auth_error(options) from None
     except (TimeoutError, OSError, nats.errors.Error) as exc:
+        await _discard(nc)
         if any(isinstance(f, nats.errors.AuthorizationError) for f in cb.failures) or (
             "authorization" in str(exc).lower()
         ):
@@ -929,6 +933,17 @@ async def _open(options: ConnectOptions) -> tuple[Client, _Callbacks]:
     nc.options["reconnect_time_wait"] = options.reconnect_wait
     cb.connected = True
     return nc, cb
+
+
+async def _discard(nc: Client) -> None:
+    """Close a client whose first connect failed (nats-py leaves its socket open)."""
+    with contextlib.suppress(Exception):  # best effort: it never fully connected
+        await nc.close()
+    transport = getattr(nc, "_transport", None)  # nats-py keeps the socket here
+    if transport is not None:
+        with contextlib.suppress(Exception):  # best effort, as above
+            transport.close()
+            await transport.wait_closed()
 
 
 def _reason(exc: BaseException) -> str:

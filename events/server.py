@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import re
 import shutil
@@ -91,6 +92,7 @@ class EmbeddedServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._ready = threading.Event()
+        self._is_ready = False  # "Server is ready" seen (vs. the log ending)
         self._tail: collections.deque[str] = collections.deque(maxlen=40)
 
     @property
@@ -128,7 +130,11 @@ class EmbeddedServer:
         if self._token is not None:
             argv += ["--auth", self._token]
         if self._max_payload is not None:
-            argv += ["--max_payload", str(self._max_payload)]
+            # No flag for it: a one-line config file in the store dir, flags still win.
+            conf = self.store_dir / "ranvier-nats.conf"
+            conf.parent.mkdir(parents=True, exist_ok=True)
+            conf.write_text(f"max_payload: {self._max_payload}\n", encoding="utf-8")
+            argv += ["--config", str(conf)]
         return argv + list(self._extra_args)
 
     def start(self, timeout: float = START_TIMEOUT) -> str:
@@ -138,6 +144,7 @@ class EmbeddedServer:
         argv = self.command()
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self._ready.clear()
+        self._is_ready = False
         self._tail.clear()
         self.port = None
         try:
@@ -154,7 +161,7 @@ class EmbeddedServer:
             target=self._read_log, args=(self._proc.stderr,), name="nats-server-log", daemon=True
         )
         self._reader.start()
-        if not self._ready.wait(timeout) or not self.running:
+        if not self._ready.wait(timeout) or not self._is_ready or self.port is None:
             self._fail_start(timeout)
         log.info("nats.started", url=self.url, store=str(self.store_dir), pid=self.pid)
         return self.url
@@ -166,10 +173,14 @@ class EmbeddedServer:
             if self.port is None and (m := _LISTENING.search(line)):
                 self.port = int(m.group(2))
             if _READY in line:
+                self._is_ready = True
                 self._ready.set()
         self._ready.set()  # the process ended: wake start() so it can report why
 
     def _fail_start(self, timeout: float) -> None:
+        if self._proc is not None and not self._is_ready:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(1.0)  # the log ended: let the process finish exiting
         code = self._proc.poll() if self._proc else None
         tail = list(self._tail)
         self._terminate()
