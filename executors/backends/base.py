@@ -1,0 +1,89 @@
+"""The one small interface the runner drives a backend through (local or kubernetes).
+
+A backend runs one action to its end and reports how it went; it never talks to the bus. The
+runner turns what it returns into lifecycle events (`to_lifecycle`). Both
+`executors.backends.local.LocalBackend` and `executors.backends.kubernetes.KubernetesBackend`
+satisfy `Backend` structurally (mypy checks it in the tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Literal, Protocol
+
+from events.model import ActionRequest, LifecycleData
+from sensors.spec import Axon
+
+
+class Started(Protocol):
+    """A run is up (process started, Job created): what the runner reports as Running."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    def to_lifecycle(self, request: ActionRequest) -> LifecycleData:
+        """The Running lifecycle payload."""
+        ...
+
+
+class Outcome(Protocol):
+    """How a run ended."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def phase(self) -> Literal["Succeeded", "Failed"]: ...
+
+    @property
+    def message(self) -> str: ...
+
+    def to_lifecycle(self, request: ActionRequest) -> LifecycleData:
+        """The Succeeded or Failed lifecycle payload."""
+        ...
+
+
+class Lost(Protocol):
+    """A run found by `recover()` that must be reported Failed."""
+
+    def to_lifecycle(self) -> LifecycleData | None:
+        """The Failed lifecycle payload (None when the request behind it is unknown)."""
+        ...
+
+
+class Backend(Protocol):
+    """Runs actions somewhere; the runner claims them, calls `run`, publishes the results."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def run(
+        self,
+        request: ActionRequest,
+        axon: Axon,
+        axon_dir: Path,
+        *,
+        run_id: str | None = None,
+        on_running: Callable[[Started], Awaitable[None]] | None = None,
+    ) -> Outcome:
+        """Run one action to its end; never raises for the task's own failure."""
+        ...
+
+    async def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
+        """Stop a live run; False if this backend does not know it."""
+        ...
+
+    async def cancel_axon(
+        self, axon: str, namespace: str = "default", reason: str = "cancelled: axon deleted"
+    ) -> list[str]:
+        """Stop every live run of an Axon; the run ids stopped."""
+        ...
+
+    async def shutdown(self, reason: str = "cancelled: executor shut down") -> None:
+        """Stop (or let go of) live runs and refuse new ones."""
+        ...
+
+    async def recover(self) -> Sequence[Lost]:
+        """At start-up: runs a previous executor left behind that must be reported Failed."""
+        ...
