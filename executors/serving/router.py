@@ -64,8 +64,10 @@ from executors.serving.server import (
     install_openapi,
     json_response,
     request_body_spec,
+    run_loop,
     serve_app,
 )
+from executors.serving.upstream import KeepAliveTransport
 
 log = structlog.get_logger(__name__)
 
@@ -241,10 +243,7 @@ class Router:
         """Open the client, load the first table, follow changes."""
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(self.timeout, connect=5.0),
-            limits=httpx.Limits(
-                max_connections=self.max_connections,
-                max_keepalive_connections=self.max_connections,
-            ),
+            transport=KeepAliveTransport(max_idle_per_host=self.max_connections),
         )
         self.swap(await self.source.get())
         self._watcher = asyncio.create_task(self._follow())
@@ -591,7 +590,7 @@ def _main(argv: list[str] | None = None) -> None:
 
     source = FileTableSource(args.table, interval=args.interval)
     app = create_router_app(source, rand=random.Random(args.seed).random)
-    asyncio.run(serve_app(app, args.host, args.port, on_listening=announce))
+    run_loop(serve_app(app, args.host, args.port, on_listening=announce))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ bad class is a one-line error and a running server is a healthy one. The line
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import Annotated
@@ -47,7 +46,13 @@ def serve(  # noqa: PLR0917 -- typer maps each parameter to a CLI option
     ] = None,
 ) -> None:
     """Serve a model class over HTTP: POST /predict, POST /send-feedback, GET /health, /metrics."""
-    from executors.serving.server import create_model_app, instantiate, load_class, serve_app
+    from executors.serving.server import (
+        create_model_app,
+        instantiate,
+        load_class,
+        run_loop,
+        serve_app,
+    )
 
     if not 0 <= port <= 65535:
         raise RanvierError(f"invalid --port {port}", hint="use 0..65535")
@@ -64,7 +69,7 @@ def serve(  # noqa: PLR0917 -- typer maps each parameter to a CLI option
     def announce(url: str) -> None:
         typer.echo(f"ranvier: listening on {url}")
 
-    asyncio.run(serve_app(app, host, port, on_listening=announce))
+    run_loop(serve_app(app, host, port, on_listening=announce))
 
 
 def register(app: typer.Typer) -> None:

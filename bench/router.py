@@ -1,0 +1,234 @@
+"""Router overhead: latency added and throughput kept, against calling the model server directly.
+
+Starts a model server (`ranvier serve` on a trivial class) and the router in front of it, both
+as subprocesses on free ports, then drives the same requests through both paths in the same
+run: latency with one request in flight at a time (direct and routed requests alternate, so
+machine noise hits both alike), throughput with a fixed concurrency. The client is a minimal
+keep-alive HTTP/1.1 client on asyncio streams, so it spends as little CPU as possible on the
+shared cores. Prints ONE JSON object on its last line:
+{"bench": "router", "direct_p50_ms", "routed_p50_ms", "added_p50_ms", "added_p99_ms",
+ "direct_per_s", "routed_per_s", "throughput_ratio", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from executors.serving.routing import (  # noqa: E402 -- after making the repo importable
+    Backend,
+    DeployerTable,
+    ModelRoute,
+    Node,
+    RouteTable,
+    RoutingTable,
+)
+
+TRIVIAL = """
+class Trivial:
+    def predict(self, X, feature_names):
+        return X
+"""
+BODY = b'{"data": {"ndarray": [[1.0, 2.0, 3.0]]}}'
+_LISTENING = re.compile(r"ranvier: listening on (http://\S+)")
+
+
+@contextmanager
+def started(argv: list[str], cwd: Path) -> Iterator[str]:
+    """Run a server subprocess; yield the URL it announces; stop it afterwards."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            match = _LISTENING.search(line)
+            if match:
+                break
+        else:
+            raise RuntimeError(f"{argv} exited before listening")
+        # keep draining so the server never blocks on a full pipe
+        drain = subprocess.Popen(["cat"], stdin=process.stdout, stdout=subprocess.DEVNULL)
+        yield match.group(1)
+    finally:
+        process.send_signal(signal.SIGINT)  # like Ctrl-C: lets a profiled router write its stats
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+    drain.wait(timeout=10)
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs and reads Content-Length answers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, url: str) -> Connection:
+        parts = urlsplit(url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        return cls(reader, writer)
+
+    async def post(self, request: bytes) -> int:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]  # our servers always send it
+        await self.reader.readexactly(length)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}")
+        return status
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+def request_bytes(url: str) -> bytes:
+    parts = urlsplit(url)
+    return (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    ).encode() + BODY
+
+
+async def latencies(direct: str, routed: str, count: int) -> tuple[list[float], list[float]]:
+    """Sequential latencies (ms), direct and routed requests alternating."""
+    one, two = await Connection.open(direct), await Connection.open(routed)
+    req_direct, req_routed = request_bytes(direct), request_bytes(routed)
+    out_direct: list[float] = []
+    out_routed: list[float] = []
+    for _ in range(count):
+        for conn, req, out in ((one, req_direct, out_direct), (two, req_routed, out_routed)):
+            started = time.perf_counter()
+            await conn.post(req)
+            out.append((time.perf_counter() - started) * 1000)
+    await one.close()
+    await two.close()
+    return out_direct, out_routed
+
+
+async def throughput(url: str, count: int, concurrency: int) -> float:
+    """Requests per second with `concurrency` connections each sending in turn."""
+    req = request_bytes(url)
+    connections = [await Connection.open(url) for _ in range(concurrency)]
+    remaining = count
+
+    async def worker(conn: Connection) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await conn.post(req)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in connections))
+    elapsed = time.perf_counter() - started
+    for conn in connections:
+        await conn.close()
+    return count / elapsed
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def measure(direct: str, routed: str, args: argparse.Namespace) -> dict[str, object]:
+    await latencies(direct, routed, args.warmup)
+    lat_direct, lat_routed = await latencies(direct, routed, args.requests)
+    added = [r - d for d, r in zip(lat_direct, lat_routed, strict=True)]
+    rounds_direct: list[float] = []
+    rounds_routed: list[float] = []
+    for _ in range(args.rounds):  # alternate, so both see the same machine
+        rounds_direct.append(await throughput(direct, args.requests, args.concurrency))
+        rounds_routed.append(await throughput(routed, args.requests, args.concurrency))
+    direct_per_s = statistics.median(rounds_direct)
+    routed_per_s = statistics.median(rounds_routed)
+    direct_p50 = statistics.median(lat_direct)
+    routed_p50 = statistics.median(lat_routed)
+    return {
+        "bench": "router",
+        "direct_p50_ms": round(direct_p50, 3),
+        "routed_p50_ms": round(routed_p50, 3),
+        "added_p50_ms": round(routed_p50 - direct_p50, 3),
+        "added_p99_ms": round(percentile(lat_routed, 0.99) - percentile(lat_direct, 0.99), 3),
+        "added_pairwise_p50_ms": round(statistics.median(added), 3),
+        "direct_per_s": round(direct_per_s, 1),
+        "routed_per_s": round(routed_per_s, 1),
+        "throughput_ratio": round(routed_per_s / direct_per_s, 3),
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "cpus": os.cpu_count(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    parser.add_argument("--requests", type=int, default=None)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--profile", default=None, help="write the router's cProfile stats here")
+    args = parser.parse_args()
+    args.requests = args.requests or (1000 if args.quick else 5000)
+    args.warmup = 100 if args.quick else 300
+    args.rounds = 2 if args.quick else 3
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        (workdir / "Trivial.py").write_text(TRIVIAL)
+        model = stack.enter_context(
+            started([sys.executable, "-m", "ranvier", "serve", "Trivial", "--port", "0"], workdir)
+        )
+        table = RoutingTable(
+            revision=1,
+            deployers=[
+                DeployerTable(
+                    axon="bench",
+                    name="deploy",
+                    routes=[RouteTable(path="/predict", dag=[Node(model="m")])],
+                    models=[
+                        ModelRoute(
+                            name="m",
+                            backends=[Backend(name="m", version="1", url=model, weight=100)],
+                        )
+                    ],
+                )
+            ],
+        )
+        (workdir / "table.json").write_text(table.model_dump_json(by_alias=True))
+        router = stack.enter_context(
+            started(
+                [
+                    sys.executable,
+                    *(["-m", "cProfile", "-o", args.profile] if args.profile else []),
+                    "-m",
+                    "executors.serving.router",
+                    str(workdir / "table.json"),
+                ],
+                workdir,
+            )
+        )
+        result = asyncio.run(measure(f"{model}/predict", f"{router}/bench/predict", args))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
