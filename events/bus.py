@@ -235,8 +235,15 @@ class Replayed:
 class Consumer:
     """A durable pull consumer bound to one stream; fetches batches of `Received`."""
 
-    def __init__(self, sub: JetStreamContext.PullSubscription, stream: str, durable: str) -> None:
+    def __init__(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        stream: str,
+        durable: str,
+        registry: set[Any] | None = None,
+    ) -> None:
         self._sub = sub
+        self._registry = registry
         self.stream = stream
         self.durable = durable
 
@@ -255,6 +262,8 @@ class Consumer:
 
     async def close(self) -> None:
         """Stop fetching (the durable consumer stays on the server)."""
+        if self._registry is not None:
+            self._registry.discard(self._sub)
         with contextlib.suppress(nats.errors.Error):
             await self._sub.unsubscribe()
 
@@ -282,6 +291,9 @@ class Bus:
         self.options = options
         self.limits = limits
         self._kv: dict[str, KeyValue] = {}
+        # Iterator-style subscriptions still open; drain() would wait for their unread
+        # messages until its timeout, so close() unsubscribes them first.
+        self._open_subs: set[Any] = set()
 
     # -- connection --------------------------------------------------------------------------
 
@@ -311,6 +323,10 @@ class Bus:
             return
         if self._callbacks is not None:
             self._callbacks.closing = True
+        for sub in list(self._open_subs):
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        self._open_subs.clear()
         try:
             await self.nc.drain()
         except (TimeoutError, nats.errors.Error) as exc:
@@ -532,7 +548,8 @@ class Bus:
             raise BusError(f"no stream named {stream!r} on {self.url}") from None
         except nats.js.errors.APIError as exc:
             raise BusError(f"cannot create consumer {durable!r}: {exc.description}") from None
-        return Consumer(sub, stream, durable)
+        self._open_subs.add(sub)
+        return Consumer(sub, stream, durable, self._open_subs)
 
     async def consume(
         self,
@@ -599,6 +616,7 @@ class Bus:
             config=config,
             idle_heartbeat=idle,
         )
+        self._open_subs.add(sub)
         try:
             start = await sub.consumer_info()
             if not start.num_pending and not (start.delivered and start.delivered.consumer_seq):
@@ -624,6 +642,7 @@ class Bus:
                 if seq >= last or meta.num_pending == 0:
                     return
         finally:
+            self._open_subs.discard(sub)
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
@@ -644,6 +663,7 @@ class Bus:
             ordered_consumer=True,
             config=api.ConsumerConfig(**policy),
         )
+        self._open_subs.add(sub)
         try:
             while True:
                 try:
@@ -659,6 +679,7 @@ class Bus:
                     continue
                 yield Replayed(int(meta.sequence.stream), raw, event, meta.timestamp)
         finally:
+            self._open_subs.discard(sub)
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
@@ -871,7 +892,7 @@ class _Callbacks:
             log.warning("bus.error", url=self.url, error=repr(exc))
 
     async def disconnected(self) -> None:
-        if not self.closing:
+        if self.connected and not self.closing:
             log.warning("bus.disconnected", url=self.url)
 
     async def reconnected(self) -> None:

@@ -9,13 +9,14 @@ bytes exactly so that export -> import -> export is byte-identical.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -101,26 +102,36 @@ def _settings(
     )
 
 
-def configure_logging() -> None:
-    """Logs go to stderr (stdout carries data, e.g. `events export`), at RANVIER_LOG_LEVEL."""
+@contextlib.contextmanager
+def cli_logging() -> Iterator[None]:
+    """Logs go to stderr (stdout carries data, e.g. `events export`), at RANVIER_LOG_LEVEL.
+
+    The previous structlog configuration is restored afterwards, so running a command
+    in-process (tests, `ranvier up`) leaves the caller's logging as it was.
+    """
     level = os.environ.get("RANVIER_LOG_LEVEL", "warning").upper()
+    previous = structlog.get_config()
     structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *_: structlog.PrintLogger(file=sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level, logging.WARNING)
         ),
     )
+    try:
+        yield
+    finally:
+        structlog.configure(**previous)
 
 
 def _run(coro: Awaitable[T]) -> T:
     """Run a command's coroutine; Ctrl-C ends it quietly with the conventional exit code."""
-    configure_logging()
 
     async def wrapped() -> T:
         return await coro
 
     try:
-        return asyncio.run(wrapped())
+        with cli_logging():
+            return asyncio.run(wrapped())
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -263,7 +274,6 @@ def server(
     token: Token = None,
 ) -> None:
     """Run an embedded NATS server with JetStream in the foreground (Ctrl-C stops it)."""
-    configure_logging()
     settings = Settings.from_flags(state_dir=state_dir)
     srv = EmbeddedServer(
         store_dir=store or settings.store_dir,
@@ -278,22 +288,21 @@ def server(
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
-    url = ""
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(cli_logging())
+        stack.callback(signal.signal, signal.SIGTERM, previous)
+        stack.callback(srv.stop)
         url = srv.start()
+        stack.callback(remove_url_file, settings.url_file, url)
         write_url_file(settings.url_file, url)
         typer.echo(url)
-        code = srv.wait()
-        raise RanvierError(
-            f"nats-server exited with code {code}: {' | '.join(srv.log_tail()[-2:])}"
-        )
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        srv.stop()
-        if url:
-            remove_url_file(settings.url_file, url)
+        try:
+            code = srv.wait()
+        except KeyboardInterrupt:
+            return
+        if code != 0:  # 0: it got the terminal's Ctrl-C before we did, a clean stop
+            last = " | ".join(srv.log_tail()[-2:])
+            raise RanvierError(f"nats-server exited with code {code}: {last}")
 
 
 @events_app.command("publish")
@@ -381,12 +390,14 @@ def tail(
         async with Bus.connect(settings.connect_options()) as bus:
             if count is not None and count <= 0:
                 return
-            async for item in bus.follow(since=start, filter_subject=subject):
-                typer.echo(format_event(item.event, item.seq, output))
-                sys.stdout.flush()
-                seen += 1
-                if count is not None and seen >= count:
-                    return
+            follow = bus.follow(since=start, filter_subject=subject)
+            async with contextlib.aclosing(follow) as items:
+                async for item in items:
+                    typer.echo(format_event(item.event, item.seq, output))
+                    sys.stdout.flush()
+                    seen += 1
+                    if count is not None and seen >= count:
+                        return
 
     _run(go())
 

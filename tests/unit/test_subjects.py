@@ -1,0 +1,80 @@
+"""Names on the bus: subject tokens and KV keys never carry wildcards or separators."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from events import subjects
+from events.bus import kv_key
+
+KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
+TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@given(st.text(max_size=80))
+def test_any_name_becomes_one_safe_token(name: str) -> None:
+    token = subjects.token(name)
+    assert TOKEN.fullmatch(token)
+
+
+@given(st.text(min_size=1, max_size=40), st.text(min_size=1, max_size=40))
+def test_different_names_get_different_tokens(a: str, b: str) -> None:
+    if a != b:
+        assert subjects.token(a) != subjects.token(b)
+
+
+@pytest.mark.parametrize("name", ["TrainGPT2", "ml-gpt2", "a_b", "x1"])
+def test_loader_accepted_names_are_kept_as_they_are(name: str) -> None:
+    assert subjects.token(name) == name
+    assert kv_key("default", name) == f"default.{name}"
+
+
+@given(st.lists(st.text(max_size=30), min_size=1, max_size=5))
+def test_kv_keys_are_valid_and_keep_their_parts(parts: list[str]) -> None:
+    key = kv_key(*parts)
+    assert KV_KEY.fullmatch(key)
+    assert key.count(".") == len(parts) - 1  # no part can add a level
+
+
+@pytest.mark.parametrize(
+    ("axon", "kind", "matches", "misses"),
+    [
+        ("ml", "metric", "ranvier.ev.ml.metric.acc", "ranvier.ev.ml.lifecycle.T"),
+        ("ml", "axon", "ranvier.ev.ml.axon", "ranvier.ev.ml2.axon"),
+        (None, "lifecycle", "ranvier.ev.x.lifecycle.T", "ranvier.ev.x.metric.m"),
+    ],
+)
+def test_events_filter_narrows_by_axon_and_kind(
+    axon: str | None, kind: str | None, matches: str, misses: str
+) -> None:
+    pattern = subjects.events_filter(axon, kind)
+    assert _matches(pattern, matches)
+    assert not _matches(pattern, misses)
+
+
+def test_an_axon_name_with_dots_cannot_widen_the_filter() -> None:
+    pattern = subjects.events_filter("a.b")
+    own = f"ranvier.ev.{subjects.token('a.b')}.metric.m"
+    assert _matches(pattern, own)
+    assert not _matches(pattern, "ranvier.ev.a.b.metric.m")
+    assert not _matches(subjects.events_filter("a.*"), "ranvier.ev.a.x.metric.m")
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: `*` is one token, a trailing `>` one or more."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s) or (tok != "*" and tok != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def test_kv_key_needs_a_part() -> None:
+    with pytest.raises(ValueError, match="at least one part"):
+        kv_key()
