@@ -181,11 +181,22 @@ def _json_text(body: bytes, content_type: str) -> str:
     return fields["json"][0]
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(f"number {text[:20]} is out of range; send finite numbers")
+    return value
+
+
+def _no_constants(name: str) -> Any:
+    raise ProtocolError(f"{name} is not JSON; send finite numbers")
+
+
 def parse_json_body(body: bytes, content_type: str = "application/json") -> Any:
     """The JSON value in a request body (raw JSON, JSON labelled as a form, or `json=`)."""
     text = _json_text(body, content_type)
     try:
-        return json.loads(text)
+        return json.loads(text, parse_float=_finite, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"request body is not valid JSON: {exc.msg} at char {exc.pos}") from exc
 

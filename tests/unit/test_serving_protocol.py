@@ -74,6 +74,8 @@ def test_every_request_form_parses(
         (b'{"strDat": "x"}', "application/json", "strDat"),
         (b"a=1", "application/x-www-form-urlencoded", "no 'json' field"),
         (b"\xff\xfe", "application/json", "UTF-8"),
+        (b'{"jsonData": 1e999}', "application/json", "out of range"),
+        (b'{"jsonData": NaN}', "application/json", "NaN is not JSON"),
     ],
 )
 def test_bad_requests_say_what_is_wrong(body: bytes, content_type: str, reason: str) -> None:
