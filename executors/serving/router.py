@@ -20,7 +20,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,7 +103,7 @@ class InMemoryTableSource:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def changes(self) -> AsyncIterator[RoutingTable]:
+    async def changes(self) -> AsyncGenerator[RoutingTable, None]:
         """Every later table."""
         while True:
             await self._changed.wait()
@@ -147,7 +147,7 @@ class FileTableSource:
         """The table in the file now."""
         return await asyncio.to_thread(read_table_file, self.path)
 
-    async def changes(self) -> AsyncIterator[RoutingTable]:
+    async def changes(self) -> AsyncGenerator[RoutingTable, None]:
         """A new table each time the file changes to a valid one."""
         seen = await asyncio.to_thread(self._stamp)
         while True:
