@@ -9,7 +9,7 @@ where the weights came from) and, last, `metrics.json`, which ranvier's registry
     perplexity          exp(val_loss)
     tokens_seen         training tokens this run consumed (steps x batch x context)
     initialised_from    the earlier version fine-tuned (0: fresh or PRETRAINED weights)
-    initial_val_loss    val_loss of the starting weights (so a fine-tune's gain is visible)
+    initial_val_loss    val_loss of the starting weights, when not fresh (a fine-tune's gain)
     unigram_val_loss    the same measure for a unigram model of the training tokens: the
                         baseline any useful model must clearly beat
 
@@ -366,8 +366,10 @@ def run(cfg: Config, data: Path, out: Path, pretrained: str | None, fresh: bool)
     )
     windows = val_windows(corpus.val, context, cfg.eval_tokens)
     baseline = unigram_loss(corpus.train, corpus.val, corpus.vocab_size)
-    initial = evaluate(model, windows, cfg.batch)
-    log("eval.initial", val_loss=initial, unigram_val_loss=baseline)
+    initial: float | None = None
+    if start.path is not None:  # fresh weights score about ln(vocabulary): not worth the time
+        initial = evaluate(model, windows, cfg.batch)
+        log("eval.initial", val_loss=initial, unigram_val_loss=baseline)
     train_loss, seconds = train(model, corpus, cfg, context)
     val_loss = evaluate(model, windows, cfg.batch)
     log("eval.final", val_loss=val_loss, unigram_val_loss=baseline, train_seconds=round(seconds, 1))
@@ -384,12 +386,13 @@ def run(cfg: Config, data: Path, out: Path, pretrained: str | None, fresh: bool)
         "tokens_seen": float(tokens_seen),
         "tokens_seen_total": start.tokens_seen_total + tokens_seen,
         "initialised_from": float(start.version),
-        "initial_val_loss": initial,
         "unigram_val_loss": baseline,
         "train_loss": train_loss,
         "train_seconds": seconds,
         "params": float(params),
     }
+    if initial is not None:
+        metrics["initial_val_loss"] = initial
     training = {
         "config": {**asdict(cfg), "context": context},
         "initialised_from": start.description,
@@ -439,7 +442,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         ("lr", "GPT2_LR", base_lr, "peak learning rate"),
         ("seed", "GPT2_SEED", 1234, "random seed"),
         ("threads", "GPT2_THREADS", os.cpu_count() or 1, "torch threads"),
-        ("eval_tokens", "GPT2_EVAL_TOKENS", 65536, "validation tokens evaluated (at most)"),
+        ("eval_tokens", "GPT2_EVAL_TOKENS", 32768, "validation tokens evaluated (at most)"),
         ("dropout", "GPT2_DROPOUT", 0.0, "dropout probability"),
         ("weight_decay", "GPT2_WEIGHT_DECAY", 0.1, "AdamW weight decay"),
     ]
