@@ -21,14 +21,17 @@ password, an oversized event are `RanvierError`s that say what was tried and wha
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import json
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from types import SimpleNamespace
+from typing import Any, Final, NamedTuple, cast
 
 import nats
 import nats.errors
@@ -42,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events import subjects
 from events.errors import RanvierError
-from events.model import DEFAULT_MAX_PAYLOAD, Event, EventError
+from events.model import DEFAULT_MAX_PAYLOAD, PAYLOAD_TYPES, Event, EventError
 
 log = structlog.get_logger(__name__)
 
@@ -233,39 +236,136 @@ class Replayed:
 
 
 class Consumer:
-    """A durable pull consumer bound to one stream; fetches batches of `Received`."""
+    """A durable pull consumer on one stream; `fetch()` returns batches of `Received`.
+
+    Pull requests are made here rather than with nats-py's `PullSubscription.fetch`, which
+    spends a task, a uuid and a wait_for on every message (most of its cost, see
+    bench/bus.py). The protocol is JetStream's own: a request to `CONSUMER.MSG.NEXT` with a
+    reply inbox; messages arrive on the inbox, and a status message (404 no messages, 408
+    expired, 409 ...) ends a request that was not filled. Each request here ends on its own
+    (a `no_wait` request, or a lingering one for a single message), so no status is ever
+    mistaken for another request's.
+    """
 
     def __init__(
         self,
-        sub: JetStreamContext.PullSubscription,
+        nc: Client,
+        *,
         stream: str,
         durable: str,
         registry: set[Any] | None = None,
+        prefix: str = api.DEFAULT_PREFIX,
     ) -> None:
-        self._sub = sub
+        self._nc = nc
         self._registry = registry
         self.stream = stream
         self.durable = durable
+        self._next_subject = f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._info_subject = f"{prefix}.CONSUMER.INFO.{stream}.{durable}"
+        self._sub: Any = None
+        self._inbox = ""
+        self._msgs: collections.deque[Msg] = collections.deque()
+        self._ended = False  # the current request got its status
+        self._arrived = asyncio.Event()
+
+    async def _listen(self) -> None:
+        """(Re)subscribe to a fresh inbox; replies to abandoned requests then go nowhere."""
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            if self._registry is not None:
+                self._registry.discard(self._sub)
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
+        if self._registry is not None:
+            self._registry.add(self._sub)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = msg.headers.get(api.Header.STATUS) if msg.headers else None
+        if status is None:
+            self._msgs.append(msg)
+        elif status != "100":  # 100: heartbeat; anything else ends the request
+            self._ended = True
+            if status not in ("404", "408"):
+                desc = msg.headers.get(api.Header.DESCRIPTION) if msg.headers else None
+                log.warning("bus.pull_status", consumer=self.durable, status=status, desc=desc)
+        self._arrived.set()
+
+    async def _request(self, batch: int, *, expires: float | None) -> bool:
+        """One pull request; True if it ended (filled or by status) within its time."""
+        want = len(self._msgs) + batch
+        self._ended = False
+        req: dict[str, Any] = {"batch": batch}
+        if expires is None:
+            req["no_wait"] = True
+        else:
+            req["expires"] = int(expires * 1e9)
+        await self._nc.publish(self._next_subject, json.dumps(req).encode(), reply=self._inbox)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (expires or 0) + 2.0  # the server answers well within this
+        while len(self._msgs) < want and not self._ended:
+            self._arrived.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:
+                return False
+        return True
 
     async def fetch(self, batch: int = 100, wait: float = 1.0) -> list[Received]:
         """Up to `batch` messages; an empty list if none came within `wait` seconds."""
-        try:
-            msgs = await self._sub.fetch(batch, timeout=wait)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        return [Received(m) for m in msgs]
+        if self._sub is None:
+            await self._listen()
+        if not self._msgs:
+            ok = await self._request(batch, expires=None)
+            if ok and not self._msgs and wait > 0:
+                ok = await self._request(1, expires=wait)
+                if ok and self._msgs and batch > 1:
+                    ok = await self._request(batch - 1, expires=None)
+            if not ok:  # no answer (a reconnect?): late replies must not reach the next fetch
+                await self._listen()
+        out: list[Received] = []
+        while self._msgs and len(out) < batch:
+            out.append(Received(self._msgs.popleft()))
+        return out
 
     async def num_pending(self) -> int:
         """Messages matching the filter not yet delivered to this consumer."""
-        info = await self._sub.consumer_info()
-        return int(info.num_pending or 0)
+        reply = await self._nc.request(self._info_subject, b"", timeout=5)
+        info = json.loads(reply.data)
+        if "error" in info:
+            raise nats.js.errors.APIError.from_error(info["error"])
+        return int(info.get("num_pending") or 0)
 
     async def close(self) -> None:
         """Stop fetching (the durable consumer stays on the server)."""
+        if self._sub is None:
+            return
         if self._registry is not None:
             self._registry.discard(self._sub)
         with contextlib.suppress(nats.errors.Error):
             await self._sub.unsubscribe()
+        self._sub = None
+
+
+def subject_of(event: Event) -> str:
+    """The subject of an event, without validating its whole payload again.
+
+    Events are made from typed payloads (already valid), so publishing reads only the fields
+    the subject needs. When those are missing or wrong, the full validation runs and its
+    `EventError` says what is wrong. (Validating every payload again cost as much as the
+    rest of a publish: see bench/bus.py.)
+    """
+    model = PAYLOAD_TYPES.get(event.type)
+    if model is not None:
+        try:
+            # nats_subject() reads plain attributes; a namespace over the data has them.
+            return model.nats_subject(cast(Any, SimpleNamespace(**event.data)))
+        except (AttributeError, TypeError):  # a field missing or not a string: validate
+            pass
+    return event.nats_subject
 
 
 def kv_key(*parts: str) -> str:
@@ -291,6 +391,7 @@ class Bus:
         self.options = options
         self.limits = limits
         self._kv: dict[str, KeyValue] = {}
+        self._acks = _AckRouter(nc)
         # Iterator-style subscriptions still open; drain() would wait for their unread
         # messages until its timeout, so close() unsubscribes them first.
         self._open_subs: set[Any] = set()
@@ -443,7 +544,7 @@ class Bus:
     def outgoing(self, event: Event, *, subject: str | None = None) -> Outgoing:
         """Encode an event for publishing (refusing oversized ones); subject from its type."""
         data = event.encode(self.max_payload)
-        return Outgoing(subject or event.nats_subject, data, event.id)
+        return Outgoing(subject or subject_of(event), data, event.id)
 
     async def publish(
         self, event: Event, *, msg_id: str | None = None, subject: str | None = None
@@ -488,9 +589,10 @@ class Bus:
     ) -> list[Published]:
         """Publish encoded messages with at most `max_in_flight` unacknowledged.
 
-        Acks arrive through nats-py's async publish futures. A message whose ack fails with a
-        retryable error, or does not come within the request timeout (a reconnect lost it), is
-        published again in a later round with the same Msg-Id, so the stream stores it once.
+        Acks come back through one inbox subscription (`_AckRouter`). A message whose ack fails
+        with a retryable error, or does not come within the request timeout (a reconnect lost
+        it), is published again in a later round with the same Msg-Id, so the stream stores it
+        once.
         Order is kept within a round; a retried message lands after the ones that went through.
         """
         results: list[Published | None] = [None] * len(items)
@@ -499,7 +601,15 @@ class Bus:
         last_error: BaseException | None = None
         timeout = self.options.request_timeout
         while todo:
-            failed = await _PublishRound(self.js, items, results, max_in_flight, timeout).run(todo)
+            round_ = _PublishRound(
+                nc=self.nc,
+                router=self._acks,
+                items=items,
+                results=results,
+                max_in_flight=max_in_flight,
+                timeout=timeout,
+            )
+            failed = await round_.run(todo)
             if not failed:
                 break
             last_error = failed[1]
@@ -541,15 +651,17 @@ class Bus:
             **_deliver_policy(deliver_from),
         )
         try:
-            sub = await self.js.pull_subscribe(
-                filter_subject or "", durable=durable, stream=stream, config=config
-            )
+            try:
+                await self.js.consumer_info(stream, durable)
+            except nats.js.errors.NotFoundError as exc:
+                if exc.err_code == 10059:  # the stream itself does not exist
+                    raise
+                await self.js.add_consumer(stream, config)
         except nats.js.errors.NotFoundError:
             raise BusError(f"no stream named {stream!r} on {self.url}") from None
         except nats.js.errors.APIError as exc:
             raise BusError(f"cannot create consumer {durable!r}: {exc.description}") from None
-        self._open_subs.add(sub)
-        return Consumer(sub, stream, durable, self._open_subs)
+        return Consumer(self.nc, stream=stream, durable=durable, registry=self._open_subs)
 
     async def consume(
         self,
@@ -763,91 +875,163 @@ class Bus:
                 await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
 
 
+AckHandler = Callable[[int, Published | None, BaseException | None], None]
+
+
+class _AckRouter:
+    """Publish acks for pipelined publishes, through one wildcard inbox subscription.
+
+    nats-py's `publish_async` makes a Future, a wait_for and a PubAck dataclass per message;
+    at tens of thousands of messages per second that is most of the client's cost. Here each
+    publish carries a reply subject `<inbox>.<n>` and its ack calls a plain callback, which is
+    what the JetStream protocol needs and nothing more. nats-py re-subscribes the inbox after a
+    reconnect; acks lost in an outage are handled by the caller's timeout and retry.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._next = 0
+        self._handlers: dict[str, tuple[AckHandler, int]] = {}
+
+    async def start(self) -> None:
+        """Subscribe to the ack inbox (once)."""
+        if not self._prefix:
+            prefix = f"{self._nc.new_inbox()}."
+            await self._nc.subscribe(f"{prefix}*", cb=self._on_ack)
+            self._prefix = prefix
+
+    def expect(self, handler: AckHandler, index: int) -> tuple[str, str]:
+        """A fresh reply subject whose ack goes to `handler(index, ...)`; returns (token, reply)."""
+        self._next += 1
+        token = str(self._next)
+        self._handlers[token] = (handler, index)
+        return token, self._prefix + token
+
+    def forget(self, token: str) -> None:
+        """Stop waiting for an ack (a late one is then ignored)."""
+        self._handlers.pop(token, None)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        entry = self._handlers.pop(msg.subject[len(self._prefix) :], None)
+        if entry is None:
+            return
+        handler, index = entry
+        published, error = _parse_ack(msg)
+        handler(index, published, error)
+
+
+def _parse_ack(msg: Msg) -> tuple[Published | None, BaseException | None]:
+    """A JetStream publish ack: the stored position, or the error the server gave."""
+    if msg.headers and msg.headers.get(api.Header.STATUS) == "503":
+        return None, nats.js.errors.NoStreamResponseError()
+    try:
+        resp = json.loads(msg.data)
+    except ValueError:
+        return None, nats.errors.Error(f"bad publish ack: {msg.data[:80]!r}")
+    if "error" in resp:
+        return None, nats.js.errors.APIError.from_error(resp["error"])
+    return Published(resp["stream"], int(resp["seq"]), bool(resp.get("duplicate", False))), None
+
+
 class _PublishRound:
     """One pass of `publish_many_encoded` over the messages still to publish."""
 
     def __init__(
         self,
-        js: JetStreamContext,
+        *,
+        nc: Client,
+        router: _AckRouter,
         items: Sequence[Outgoing],
         results: list[Published | None],
         max_in_flight: int,
         timeout: float,
     ) -> None:
-        self.js = js
+        self.nc = nc
+        self.router = router
         self.items = items
         self.results = results
         self.timeout = timeout
-        self.window = asyncio.Semaphore(max_in_flight)
-        self.inflight: dict[asyncio.Future[api.PubAck], int] = {}
+        self.free = max_in_flight
+        # Wake the publisher when a quarter of the window is free, not on every ack: one
+        # wake-up per burst instead of one per message.
+        self.low_water = max(1, max_in_flight // 4)
+        self.wake_at = 1
+        self.waiter: asyncio.Future[None] | None = None
+        self.inflight: dict[str, int] = {}  # ack token -> item index
+        self.tokens: dict[int, str] = {}  # item index -> ack token
         self.retry: list[int] = []
         self.errors: list[BaseException] = []
         self.fatal: list[BaseException] = []
 
-    def settle(self, fut: asyncio.Future[api.PubAck]) -> None:
-        """Done-callback of each ack future: record the ack, or queue a retry."""
-        self.window.release()
-        i = self.inflight.pop(fut)
-        if fut.cancelled():
-            self.retry.append(i)
+    def settle(self, index: int, published: Published | None, error: BaseException | None) -> None:
+        """Ack callback: record the position, or queue a retry, and free a window slot."""
+        token = self.tokens.pop(index, None)
+        if token is None:
             return
-        exc = fut.exception()
-        if exc is None:
-            ack = fut.result()
-            self.results[i] = Published(ack.stream, ack.seq, bool(ack.duplicate))
-        elif isinstance(exc, _RETRYABLE):
-            self.retry.append(i)
-            self.errors.append(exc)
+        del self.inflight[token]
+        if published is not None:
+            self.results[index] = published
+        elif isinstance(error, _RETRYABLE):
+            self.retry.append(index)
+            self.errors.append(error)
         else:
-            self.fatal.append(exc)
+            self.fatal.append(error or RuntimeError("publish failed"))
+        self.free += 1
+        if self.free >= self.wake_at and self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     def give_up_on_inflight(self) -> None:
-        """Acks that did not come are presumed lost: cancel them (settle() requeues)."""
+        """Acks that did not come are presumed lost: forget them and queue them again."""
         self.errors.append(TimeoutError(f"no ack within {self.timeout}s"))
-        for fut in list(self.inflight):
-            fut.cancel()
+        for token, index in self.inflight.items():
+            self.router.forget(token)
+            self.retry.append(index)
+        self.free += len(self.inflight)
+        self.inflight.clear()
+        self.tokens.clear()
 
-    async def acquire(self) -> None:
-        """Wait for room in the window; a window stuck for the whole timeout is reset."""
-        if not self.window.locked():
-            await self.window.acquire()
-            return
-        try:
-            await asyncio.wait_for(self.window.acquire(), self.timeout)
-        except TimeoutError:
-            self.give_up_on_inflight()
-            await self.window.acquire()
+    async def wait_for_acks(self, *, all_of_them: bool) -> None:
+        """Wait for a free slot (or for every ack); a window stuck for `timeout` is reset."""
+        while self.inflight and (all_of_them or self.free <= 0):
+            self.wake_at = self.free + len(self.inflight) if all_of_them else self.low_water
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self.waiter, self.timeout)
+            except TimeoutError:
+                self.give_up_on_inflight()
+            finally:
+                self.waiter = None
 
     async def run(self, todo: list[int]) -> tuple[list[int], BaseException] | None:
         """Publish `todo`; returns the indexes to retry and the last error, if any."""
+        await self.router.start()
         for pos, i in enumerate(todo):
             if self.fatal:
                 break
-            await self.acquire()
+            if self.free <= 0:
+                await self.wait_for_acks(all_of_them=False)
             item = self.items[i]
+            token, reply = self.router.expect(self.settle, i)
+            self.inflight[token] = i
+            self.tokens[i] = token
+            self.free -= 1
             try:
-                fut = await self.js.publish_async(
-                    item.subject, item.data, headers={MSG_ID: item.msg_id}
+                await self.nc.publish(
+                    item.subject, item.data, reply=reply, headers={MSG_ID: item.msg_id}
                 )
             except nats.errors.Error as exc:
-                self.window.release()
                 self.errors.append(exc)
-                self.retry.extend(todo[pos:])
                 self.give_up_on_inflight()
+                self.retry.extend(todo[pos + 1 :])
                 break
-            self.inflight[fut] = i
-            fut.add_done_callback(self.settle)
-        if self.inflight:
-            _, late = await asyncio.wait(list(self.inflight), timeout=self.timeout)
-            if late:
-                self.give_up_on_inflight()
-            await asyncio.sleep(0)  # let the cancelled futures' callbacks run
+        await self.wait_for_acks(all_of_them=True)
         if self.fatal:
             first = self.fatal[0]
             desc = getattr(first, "description", None) or repr(first)
             raise BusError(f"cannot publish: {desc}")
         if self.retry:
-            return sorted(self.retry), self.errors[-1] if self.errors else TimeoutError("lost")
+            return sorted(set(self.retry)), self.errors[-1] if self.errors else TimeoutError("lost")
         return None
 
 

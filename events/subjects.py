@@ -9,6 +9,7 @@ different names never share a token.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Final
@@ -32,6 +33,7 @@ MODELS_BUCKET: Final = "ranvier_models"
 _SAFE = re.compile(r"[A-Za-z0-9_-]+")
 
 
+@functools.lru_cache(maxsize=4096)  # names repeat on every event; publishing is hot
 def token(name: str) -> str:
     """Return `name` as one safe subject token (no `.`, `*`, `>`, whitespace; never empty)."""
     if name and _SAFE.fullmatch(name):

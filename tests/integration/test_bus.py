@@ -12,6 +12,7 @@ from events import subjects
 from events.bus import (
     AuthError,
     Bus,
+    BusError,
     ConnectError,
     ConnectOptions,
     Received,
@@ -305,3 +306,29 @@ async def test_a_server_without_jetstream_is_a_clear_error(make_nats_server: Mak
     with pytest.raises(Exception, match="JetStream"):
         async with Bus.connect(ConnectOptions(servers=[srv.url], request_timeout=1)):
             pass
+
+
+async def test_fetch_waits_for_new_messages_and_tops_up_the_batch(bus: Bus) -> None:
+    consumer = await bus.consumer(subjects.EVENTS_STREAM, "waiter")
+    assert await consumer.fetch(10, wait=0.2) == []  # nothing yet: waited, got nothing
+
+    async def publish_later() -> None:
+        await asyncio.sleep(0.2)
+        await bus.publish_many([metric(i) for i in range(5)])
+
+    later = asyncio.ensure_future(publish_later())
+    got = await consumer.fetch(10, wait=10)
+    await later
+    assert 1 <= len(got) <= 5
+    while len(got) < 5:
+        got += await consumer.fetch(10, wait=1)
+    assert [m.seq for m in got] == [1, 2, 3, 4, 5]
+    for m in got:
+        await m.ack()
+    assert await consumer.num_pending() == 0
+    await consumer.close()
+
+
+async def test_consumer_on_a_missing_stream_is_a_clear_error(bus: Bus) -> None:
+    with pytest.raises(BusError, match="no stream named 'NOPE'"):
+        await bus.consumer("NOPE", "d")

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from events import subjects
-from events.bus import kv_key
+from events import model, subjects
+from events.bus import kv_key, subject_of
 
 KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
 TOKEN = re.compile(r"[A-Za-z0-9_-]+")
@@ -78,3 +78,31 @@ def _matches(pattern: str, subject: str) -> bool:
 def test_kv_key_needs_a_part() -> None:
     with pytest.raises(ValueError, match="at least one part"):
         kv_key()
+
+
+PAYLOADS = [
+    model.LifecycleData(axon="ml.x", task="Train GPT2", run_id="r", phase="Running"),
+    model.MetricData(axon="ml", name="acc>0", value=0.5),
+    model.RestData(axon="ml", sensor="s*"),
+    model.CalendarData(axon="ml", sensor="nightly", trigger="t", scheduled_time=model.utcnow()),
+    model.AxonData(axon="ml", generation=2, action="submitted"),
+    model.ActionRequest(axon="ml", sensor="s", sensor_run_id="r", step=0, kind="trainer", task="t"),
+    model.DecisionData(axon="ml", event_id="e", sensor="s", matched=True, fired=False, reason="x"),
+]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: type(p).__name__)
+def test_publish_subject_is_the_validated_subject(payload: model.Payload) -> None:
+    event = payload.to_event(source="test")
+    assert subject_of(event) == event.nats_subject == payload.nats_subject()
+
+
+def test_publish_subject_of_an_invalid_payload_is_an_event_error() -> None:
+    missing = model.Event(
+        id="x", source="s", type=model.LIFECYCLE, time=model.utcnow(), data={"axon": "a"}
+    )
+    with pytest.raises(model.EventError, match="task"):
+        subject_of(missing)
+    unknown = model.Event(id="y", source="s", type="com.example", time=model.utcnow())
+    with pytest.raises(model.EventError, match="unknown type"):
+        subject_of(unknown)
