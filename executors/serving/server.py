@@ -462,7 +462,13 @@ async def serve_app(
     """Serve an ASGI app with uvicorn until stopped (SIGINT/SIGTERM); reports the bound URL."""
     sock = bind_socket(host, port)
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_keep_alive=30,
+        proxy_headers=False,  # nothing sits in front that sets X-Forwarded-*; saves a middleware
+        server_header=False,
     )
     server = uvicorn.Server(config)
 

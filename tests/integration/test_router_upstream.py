@@ -42,9 +42,11 @@ ANSWERS: dict[bytes, bytes] = {
 async def server() -> AsyncIterator[tuple[str, list[int]]]:
     """A raw server; `connections` counts accepted connections."""
     connections: list[int] = []
+    writers: list[asyncio.StreamWriter] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.append(1)
+        writers.append(writer)
         served = 0
         while (request := await _read_request(reader)) is not None:
             path, _, body = request.partition(b" ")
@@ -71,6 +73,8 @@ async def server() -> AsyncIterator[tuple[str, list[int]]]:
     async with listener:
         yield f"http://127.0.0.1:{port}", connections
         listener.close()
+        for writer in writers:  # connections still open (the slow one) end with the test
+            writer.close()
 
 
 @pytest.fixture
