@@ -857,16 +857,18 @@ class Bus:
         """
         kv = await self._bucket(bucket)
         watcher = await kv.watch(pattern)
+        current_done = False
         try:
             async for entry in watcher:
-                if entry is None:  # end of the current values
+                if entry is None:  # nats-py's marker: the current values have all been sent
+                    current_done = True
                     continue
                 deleted = entry.operation in ("DEL", "PURGE")
                 change = KVChange(
                     key=str(entry.key),
                     value=None if deleted else bytes(entry.value or b""),
                     revision=int(entry.revision or 0),
-                    initial=bool(entry.delta),
+                    initial=not current_done,
                 )
                 if include_current or not change.initial:
                     yield change
