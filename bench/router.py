@@ -3,7 +3,9 @@
 Starts a model server (`ranvier serve` on a trivial class) and the router in front of it, both
 as subprocesses on free ports, then drives the same requests through both paths in the same
 run: latency with one request in flight at a time (direct and routed requests alternate, so
-machine noise hits both alike), throughput with a fixed concurrency. The client is a minimal
+machine noise hits both alike), throughput with a fixed concurrency in short alternating
+rounds (the ratio is the median over adjacent direct/routed pairs, since other work on a
+shared machine shifts a pair alike, not the whole run). The client is a minimal
 keep-alive HTTP/1.1 client on asyncio streams, so it spends as little CPU as possible on the
 shared cores. Prints ONE JSON object on its last line:
 {"bench": "router", "direct_p50_ms", "routed_p50_ms", "added_p50_ms", "added_p99_ms",
@@ -158,11 +160,13 @@ async def measure(direct: str, routed: str, args: argparse.Namespace) -> dict[st
     added = [r - d for d, r in zip(lat_direct, lat_routed, strict=True)]
     rounds_direct: list[float] = []
     rounds_routed: list[float] = []
-    for _ in range(args.rounds):  # alternate, so both see the same machine
-        rounds_direct.append(await throughput(direct, args.requests, args.concurrency))
-        rounds_routed.append(await throughput(routed, args.requests, args.concurrency))
+    per_round = max(100, args.requests // 2)
+    for _ in range(args.rounds):  # short alternating rounds: each pair sees the same machine
+        rounds_direct.append(await throughput(direct, per_round, args.concurrency))
+        rounds_routed.append(await throughput(routed, per_round, args.concurrency))
     direct_per_s = statistics.median(rounds_direct)
     routed_per_s = statistics.median(rounds_routed)
+    pair_ratios = [r / d for d, r in zip(rounds_direct, rounds_routed, strict=True)]
     direct_p50 = statistics.median(lat_direct)
     routed_p50 = statistics.median(lat_routed)
     return {
@@ -174,7 +178,8 @@ async def measure(direct: str, routed: str, args: argparse.Namespace) -> dict[st
         "added_pairwise_p50_ms": round(statistics.median(added), 3),
         "direct_per_s": round(direct_per_s, 1),
         "routed_per_s": round(routed_per_s, 1),
-        "throughput_ratio": round(routed_per_s / direct_per_s, 3),
+        "throughput_ratio": round(statistics.median(pair_ratios), 3),
+        "throughput_ratio_range": [round(min(pair_ratios), 3), round(max(pair_ratios), 3)],
         "requests": args.requests,
         "concurrency": args.concurrency,
         "cpus": os.cpu_count(),
@@ -190,7 +195,7 @@ def main() -> None:
     args = parser.parse_args()
     args.requests = args.requests or (1000 if args.quick else 5000)
     args.warmup = 100 if args.quick else 300
-    args.rounds = 2 if args.quick else 3
+    args.rounds = 8 if args.quick else 16
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         (workdir / "Trivial.py").write_text(TRIVIAL)
