@@ -8,6 +8,7 @@ where the weights came from) and, last, `metrics.json`, which ranvier's registry
     val_loss            mean cross-entropy of the validation tokens, in nats per token
     perplexity          exp(val_loss)
     tokens_seen         training tokens this run consumed (steps x batch x context)
+    steps               optimiser steps done (fewer than asked when the time budget ran out)
     initialised_from    the earlier version fine-tuned (0: fresh or PRETRAINED weights)
     initial_val_loss    val_loss of the starting weights, when not fresh (a fine-tune's gain)
     unigram_val_loss    the same measure for a unigram model of the training tokens: the
@@ -20,8 +21,11 @@ already in the local Hugging Face cache: nothing is downloaded) is, else fresh w
 
 Knobs (argument, or environment variable in the Axon's `env`): --layers GPT2_LAYERS, --width
 GPT2_WIDTH, --heads GPT2_HEADS, --context GPT2_CONTEXT, --steps GPT2_STEPS, --batch GPT2_BATCH,
---lr GPT2_LR, --seed GPT2_SEED, --threads GPT2_THREADS. The defaults train in a few minutes on
-two CPU cores; `RANVIER_DEMO_TINY=1` selects a tiny configuration that trains in seconds.
+--lr GPT2_LR, --seed GPT2_SEED, --threads GPT2_THREADS, --max-minutes GPT2_MAX_MINUTES (a
+training time budget: the learning-rate decay follows it, and training stops when it runs out;
+default 8, so a slow or busy machine still has a model within ten minutes). The defaults train
+in a few minutes on two CPU cores; `RANVIER_DEMO_TINY=1` selects a tiny configuration that
+trains in seconds and has no time budget.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class Config:
     weight_decay: float
     dropout: float
     eval_tokens: int
+    max_minutes: float
     seed: int
     threads: int
     log_every: int
@@ -281,16 +286,20 @@ def build_model(start: Start, cfg: Config, vocab_size: int) -> Any:
 # Training
 
 
-def learning_rate(step: int, cfg: Config) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
+def learning_rate(step: int, cfg: Config, time_fraction: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak.
+
+    The decay follows the steps, or the time budget when that is further along, so a run cut
+    short by the budget still ends on a small learning rate.
+    """
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    progress = max((step - cfg.warmup) / max(1, cfg.steps - cfg.warmup), time_fraction)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train(model: Any, corpus: Corpus, cfg: Config, context: int) -> tuple[float, float]:
-    """Run the steps; return (mean training loss of the last log interval, seconds)."""
+def train(model: Any, corpus: Corpus, cfg: Config, context: int) -> tuple[float, int, float]:
+    """Run the steps (or until the time budget); return (last interval's loss, steps, seconds)."""
     import torch
     import torch.nn.functional as F
 
@@ -309,10 +318,18 @@ def train(model: Any, corpus: Corpus, cfg: Config, context: int) -> tuple[float,
     offsets = torch.arange(span + 1)
     model.train()
     started = time.perf_counter()
+    budget_s = cfg.max_minutes * 60.0
     interval_loss, interval_steps, last_loss = 0.0, 0, float("nan")
+    steps_done = 0
     for step in range(cfg.steps):
+        elapsed = time.perf_counter() - started
+        time_fraction = elapsed / budget_s if budget_s > 0 else 0.0
+        if step > 0 and time_fraction >= 1.0:  # at least one step: a model, a train_loss
+            log("budget.reached", step=step, of=cfg.steps, max_minutes=cfg.max_minutes)
+            break
+        lr = learning_rate(step, cfg, time_fraction)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
+            group["lr"] = lr
         starts = torch.randint(
             0, int(corpus.train.numel()) - span, (cfg.batch,), generator=generator
         )
@@ -325,6 +342,7 @@ def train(model: Any, corpus: Corpus, cfg: Config, context: int) -> tuple[float,
         optimizer.step()
         interval_loss += loss.item()
         interval_steps += 1
+        steps_done = step + 1
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             elapsed = time.perf_counter() - started
             last_loss = interval_loss / interval_steps
@@ -333,12 +351,14 @@ def train(model: Any, corpus: Corpus, cfg: Config, context: int) -> tuple[float,
                 step=step + 1,
                 of=cfg.steps,
                 loss=last_loss,
-                lr=learning_rate(step, cfg),
+                lr=lr,
                 tokens_per_s=round((step + 1) * cfg.batch * span / elapsed),
                 elapsed_s=round(elapsed, 1),
             )
             interval_loss, interval_steps = 0.0, 0
-    return last_loss, time.perf_counter() - started
+    if interval_steps:
+        last_loss = interval_loss / interval_steps
+    return last_loss, steps_done, time.perf_counter() - started
 
 
 def run(cfg: Config, data: Path, out: Path, pretrained: str | None, fresh: bool) -> dict[str, Any]:
@@ -370,7 +390,7 @@ def run(cfg: Config, data: Path, out: Path, pretrained: str | None, fresh: bool)
     if start.path is not None:  # fresh weights score about ln(vocabulary): not worth the time
         initial = evaluate(model, windows, cfg.batch)
         log("eval.initial", val_loss=initial, unigram_val_loss=baseline)
-    train_loss, seconds = train(model, corpus, cfg, context)
+    train_loss, steps_done, seconds = train(model, corpus, cfg, context)
     val_loss = evaluate(model, windows, cfg.batch)
     log("eval.final", val_loss=val_loss, unigram_val_loss=baseline, train_seconds=round(seconds, 1))
 
@@ -379,7 +399,7 @@ def run(cfg: Config, data: Path, out: Path, pretrained: str | None, fresh: bool)
     for item in corpus.tokenizer_dir.iterdir():
         if item.is_file():
             shutil.copy2(item, out / item.name)
-    tokens_seen = cfg.steps * cfg.batch * context
+    tokens_seen = steps_done * cfg.batch * context
     metrics: dict[str, float] = {
         "val_loss": val_loss,
         "perplexity": math.exp(val_loss),
@@ -390,6 +410,7 @@ def run(cfg: Config, data: Path, out: Path, pretrained: str | None, fresh: bool)
         "train_loss": train_loss,
         "train_seconds": seconds,
         "params": float(params),
+        "steps": float(steps_done),
     }
     if initial is not None:
         metrics["initial_val_loss"] = initial
@@ -443,6 +464,12 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         ("seed", "GPT2_SEED", 1234, "random seed"),
         ("threads", "GPT2_THREADS", os.cpu_count() or 1, "torch threads"),
         ("eval_tokens", "GPT2_EVAL_TOKENS", 32768, "validation tokens evaluated (at most)"),
+        (
+            "max_minutes",
+            "GPT2_MAX_MINUTES",
+            0.0 if tiny() else 8.0,
+            "training time budget, 0: none",
+        ),
         ("dropout", "GPT2_DROPOUT", 0.0, "dropout probability"),
         ("weight_decay", "GPT2_WEIGHT_DECAY", 0.1, "AdamW weight decay"),
     ]
@@ -473,6 +500,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         weight_decay=args.weight_decay,
         dropout=args.dropout,
         eval_tokens=args.eval_tokens,
+        max_minutes=args.max_minutes,
         seed=args.seed,
         threads=args.threads,
         log_every=max(1, args.steps // 20),

@@ -248,6 +248,7 @@ def test_train_writes_a_version_with_its_metrics(workspace: Workspace) -> None:
     assert all(math.isfinite(value) for value in metrics.values())
     assert metrics["initialised_from"] == 0
     assert "initial_val_loss" not in metrics
+    assert metrics["steps"] == config["steps"]  # the tiny configuration has no time budget
     assert metrics["tokens_seen"] == config["steps"] * config["batch"] * config["context"]
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["val_loss"]))
     # it learned something: below the loss of a uniform guess over the vocabulary
@@ -290,6 +291,20 @@ def test_retraining_starts_from_the_lowest_val_loss(workspace: Workspace, tmp_pa
     n, done = ws.train("--fresh")
     _ok(done)
     assert _metrics(ws.version(n))["initialised_from"] == 0
+
+
+@pytest.mark.timeout(SCRIPT_TIMEOUT_S)
+def test_the_time_budget_stops_training_early(workspace: Workspace, tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    shutil.copytree(workspace.data, ws.data)
+    # a budget far shorter than one tiny step: exactly one step, then a complete version
+    n, done = ws.train("--max-minutes", "1e-7", "--steps", "40")
+    _ok(done)
+    metrics = _metrics(ws.version(n))
+    config = _training(ws.version(n))["config"]
+    assert metrics["steps"] == 1
+    assert metrics["tokens_seen"] == config["batch"] * config["context"]
+    assert "budget.reached" in done.stdout
 
 
 # ---------------------------------------------------------------------------------------------
