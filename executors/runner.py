@@ -1,0 +1,613 @@
+"""The executor role: take action requests off the bus, run each exactly once, report how it went.
+
+Delivery is at-least-once (a work-queue stream, a durable pull consumer shared by every
+executor process), so exactly-once is made here, with one rule: nothing starts before the
+request is claimed, and a claim is a KV *create* on `claim.<sha256 of the idempotency key>` in
+`ranvier_runs`, which only one claimant can win. A redelivered request (an executor died, an
+ack was lost) therefore never starts a second run; it finds the claim and the task-run record
+it points to, and either re-reports the final phase that was recorded or, if the run never
+finished, reports it Failed with the reason. The request is acked only after its final
+lifecycle is published, and kept alive (`in_progress`) while the run lasts.
+
+The runner owns the task-run records (`task.<ns>.<axon>.<task>.<run_id>`), which `ranvier get`
+reads, and registers trainer versions in the model registry before reporting Succeeded, so a
+deployer step that follows always finds the version. Backoff (`not_before`) is a delayed nak:
+the request goes back to the stream and no slot is held while it waits. An Axon deleted event
+stops that Axon's live runs. At start-up, runs a previous executor left behind are reported
+Failed (`Backend.recover()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol
+
+import structlog
+
+from events import subjects
+from events.bus import Bus, Received, kv_key
+from events.errors import RanvierError
+from events.model import (
+    AXON,
+    ActionRequest,
+    AxonData,
+    EventError,
+    LifecycleData,
+    Phase,
+    format_time,
+    new_id,
+    utcnow,
+)
+from executors.backends.base import Backend, Outcome, Started
+from executors.kv import BusKeyValue
+from executors.registry import ModelRegistry, ModelVersion
+from sensors.axons import AxonStore, AxonStoreError
+from sensors.spec import Axon
+
+log = structlog.get_logger(__name__)
+
+SOURCE: Final = "ranvier/executor"
+DEFAULT_DURABLE: Final = "ranvier-executor"
+DEFAULT_CONCURRENCY: Final = 16
+DEFAULT_ACK_WAIT: Final = 10.0
+FINAL: Final = ("Succeeded", "Failed")
+NO_DEPLOYER: Final = (
+    "no deployer in this executor: deployer actions run where the serving role is "
+    "(`ranvier up`, or `ranvier run --role executor` with the deployer available)"
+)
+
+
+class RunnerError(RanvierError, RuntimeError):
+    """The executor could not run an action (its Axon is missing, a record is corrupt)."""
+
+
+class Deployer(Protocol):
+    """Runs deployer actions (model servers behind the router): engineer C's LocalDeployer."""
+
+    async def deploy(
+        self,
+        request: ActionRequest,
+        axon: Axon,
+        axon_dir: Path,
+        on_running: Callable[[Started], Awaitable[None]] | None = None,
+    ) -> Outcome:
+        """Deploy, and return once the deployment is serving (Succeeded) or failed."""
+        ...
+
+    async def undeploy_axon(self, namespace: str, name: str) -> None:
+        """Stop everything deployed for an Axon (it was deleted)."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Stop every model server this deployer started."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys and records (pure)
+
+
+def claim_key(idempotency_key: str) -> str:
+    """`claim.<sha256 hex>`: the KV key an executor creates to own an action request."""
+    return kv_key("claim", hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest())
+
+
+def task_run_key(namespace: str, axon: str, task: str, run_id: str) -> str:
+    """`task.<ns>.<axon>.<task>.<run_id>`: a task run's record in `ranvier_runs`."""
+    return kv_key("task", namespace, axon, task, run_id)
+
+
+def lifecycle_event_id(run_id: str, phase: str) -> str:
+    """A deterministic event id per (run, phase): a re-report is a duplicate the stream drops."""
+    return f"{run_id}.{phase}"
+
+
+@dataclass
+class TaskRun:
+    """A task run's record as `ranvier get` reads it (key: `task_run_key`)."""
+
+    id: str
+    task: str
+    kind: str
+    axon: str
+    namespace: str
+    phase: Phase
+    sensor: str
+    sensor_run_id: str
+    step: int
+    index: int
+    attempt: int
+    action_key: str
+    started: str | None = None
+    finished: str | None = None
+    message: str = ""
+    exit_code: int | None = None
+    version: int | None = None
+    log_path: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    executor: str = ""
+
+    @classmethod
+    def new(cls, request: ActionRequest, run_id: str, executor: str) -> TaskRun:
+        """The Pending record of a freshly claimed request."""
+        return cls(
+            id=run_id,
+            task=request.task,
+            kind=request.kind,
+            axon=request.axon,
+            namespace=request.namespace,
+            phase="Pending",
+            sensor=request.sensor,
+            sensor_run_id=request.sensor_run_id,
+            step=request.step,
+            index=request.index,
+            attempt=request.attempt,
+            action_key=request.idempotency_key,
+            executor=executor,
+        )
+
+    @property
+    def key(self) -> str:
+        """Its key in `ranvier_runs`."""
+        return task_run_key(self.namespace, self.axon, self.task, self.id)
+
+    def apply(self, data: LifecycleData) -> None:
+        """Take the phase, message, exit code and outputs of a lifecycle payload."""
+        now = format_time(utcnow())
+        self.phase = data.phase
+        if data.phase == "Running" and self.started is None:
+            self.started = now
+        if data.phase in FINAL:
+            self.finished = now
+            self.started = self.started or now
+            self.message = data.message
+            self.exit_code = data.exit_code
+        self.outputs = {**self.outputs, **data.outputs}
+        version = self.outputs.get("version")
+        self.version = version if isinstance(version, int) else self.version
+        logfile = self.outputs.get("log")
+        self.log_path = logfile if isinstance(logfile, str) else self.log_path
+
+    def lifecycle(self) -> LifecycleData:
+        """The lifecycle payload of the record's current phase (to report it again)."""
+        return LifecycleData(
+            axon=self.axon,
+            namespace=self.namespace,
+            task=self.task,
+            run_id=self.id,
+            phase=self.phase,
+            sensor=self.sensor,
+            sensor_run_id=self.sensor_run_id,
+            step=self.step,
+            index=self.index,
+            attempt=self.attempt,
+            action_key=self.action_key,
+            message=self.message,
+            exit_code=self.exit_code,
+            outputs=self.outputs,
+        )
+
+    def to_json(self) -> bytes:
+        """The stored form."""
+        return json.dumps(self.__dict__, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TaskRun:
+        """Parse a stored record; `RunnerError` if it is not one."""
+        try:
+            return cls(**json.loads(raw))
+        except (ValueError, TypeError) as exc:
+            raise RunnerError(f"corrupt task-run record: {exc}") from None
+
+
+@dataclass(frozen=True)
+class LoadedAxon:
+    """The spec an action was requested under, and the directory its paths are relative to."""
+
+    axon: Axon
+    axon_dir: Path
+    deleted: bool
+
+
+async def load_axon(
+    store: AxonStore, namespace: str, name: str, generation: int
+) -> LoadedAxon | None:
+    """An Axon's spec at `generation` (falling back to the latest), and whether it is deleted."""
+    try:
+        latest = await store.get(namespace, name)
+        found = await store.get(namespace, name, generation) or latest
+    except AxonStoreError as exc:
+        raise RunnerError(str(exc)) from None
+    if found is None:
+        return None
+    deleted = latest.deleted if latest is not None else False
+    return LoadedAxon(found.axon, found.axon_dir or Path.cwd(), deleted)
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner
+
+
+@dataclass
+class _Live:
+    """A run in progress in this process: the deliveries to keep alive and ack."""
+
+    request: ActionRequest
+    record: TaskRun
+    deliveries: list[Received]
+
+
+class ExecutorRunner:
+    """Consumes RANVIER_ACTIONS, claims each request once, runs it, reports its lifecycle."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        backend: Backend,
+        deployer: Deployer | None = None,
+        state_dir: Path,
+        durable: str = DEFAULT_DURABLE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        ack_wait: float = DEFAULT_ACK_WAIT,
+        fetch_wait: float = 1.0,
+    ) -> None:
+        if concurrency < 1:
+            raise RunnerError(f"concurrency must be at least 1, got {concurrency}")
+        self.bus = bus
+        self.backend = backend
+        self.deployer = deployer
+        self.state_dir = Path(state_dir)
+        self.durable = durable
+        self.concurrency = concurrency
+        self.ack_wait = ack_wait
+        self.fetch_wait = fetch_wait
+        self.axons = AxonStore(bus)
+        self.registry = ModelRegistry(BusKeyValue(bus, subjects.MODELS_BUCKET))
+        self.executor_id = f"{socket.gethostname()}/{os.getpid()}/{new_id()}"
+        self._live: dict[str, _Live] = {}  # by action key
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._deleted: set[tuple[str, str]] = set()
+        self._ready = asyncio.Event()
+        self.handled = 0
+
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set once recovery is done and the runner is consuming."""
+        return self._ready
+
+    def live_keys(self) -> list[str]:
+        """Idempotency keys of the actions running in this process."""
+        return list(self._live)
+
+    # -- role -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Recover, then consume until cancelled; on cancellation, stop runs and report them."""
+        await self.recover()
+        watcher = asyncio.create_task(self._watch_axons(), name="executor-axon-watch")
+        consumer = await self.bus.consumer(
+            subjects.ACTIONS_STREAM,
+            self.durable,
+            ack_wait=self.ack_wait,
+            max_ack_pending=max(1000, self.concurrency * 4),
+        )
+        log.info("executor.started", executor=self.executor_id, concurrency=self.concurrency)
+        self._ready.set()
+        try:
+            while True:
+                free = self.concurrency - len(self._tasks)
+                if free <= 0:
+                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                for received in await consumer.fetch(free, wait=self.fetch_wait):
+                    self._spawn(self._handle(received))
+        finally:
+            watcher.cancel()
+            await asyncio.shield(self._stop(consumer))
+
+    async def _stop(self, consumer: Any) -> None:
+        await consumer.close()
+        reason = "cancelled: executor shut down"
+        await self.backend.shutdown(reason)
+        if self.deployer is not None:
+            await self.deployer.shutdown()
+        if self._tasks:  # their runs were stopped: let them report Failed and ack
+            _, pending = await asyncio.wait(self._tasks, timeout=self.ack_wait)
+            for task in pending:
+                task.cancel()
+        log.info("executor.stopped", executor=self.executor_id, handled=self.handled)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def recover(self) -> int:
+        """Report Failed every run a previous executor left behind; how many were reported."""
+        count = 0
+        for lost in await self.backend.recover():
+            data = lost.to_lifecycle()
+            if data is None:
+                continue
+            key = task_run_key(data.namespace, data.axon, data.task, data.run_id)
+            found = await self.bus.kv_get(subjects.RUNS_BUCKET, key)
+            if found is not None:
+                record = TaskRun.from_json(found[0])
+                if record.phase in FINAL:
+                    continue
+                record.apply(data)
+                await self._save(record)
+            await self._publish(data)
+            count += 1
+            log.info("executor.recovered", run_id=data.run_id, task=data.task, reason=data.message)
+        return count
+
+    # -- one request ----------------------------------------------------------------------------
+
+    async def _handle(self, received: Received) -> None:
+        try:
+            await self._handle_request(received)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bus outage or a bug: leave it to redelivery, keep going
+            log.exception("executor.handle_failed", error=repr(exc), subject=received.subject)
+            with contextlib.suppress(Exception):
+                await received.nak(delay=1.0)
+
+    async def _handle_request(self, received: Received) -> None:
+        request = self._request(received)
+        if request is None:
+            await received.term()
+            return
+        key = request.idempotency_key
+        live = self._live.get(key)
+        if live is not None:  # redelivered while we still run it: ack that delivery too
+            live.deliveries.append(received)
+            return
+        if request.not_before is not None:
+            wait = (request.not_before - utcnow()).total_seconds()
+            if wait > 0:
+                await received.nak(delay=wait)
+                return
+        run_id = new_id()
+        claim = {"run_id": run_id, "action_key": key, "executor": self.executor_id}
+        won = await self.bus.kv_create(
+            subjects.RUNS_BUCKET,
+            claim_key(key),
+            json.dumps({**claim, "claimed": format_time(utcnow())}).encode("utf-8"),
+        )
+        if won is None:
+            await self._already_claimed(request, received)
+            return
+        self.handled += 1
+        record = TaskRun.new(request, run_id, self.executor_id)
+        live = _Live(request, record, [received])
+        self._live[key] = live
+        keepalive = asyncio.create_task(self._keepalive(live))
+        try:
+            await self._report(record, record.lifecycle())
+            outcome = await self._execute(live)
+            data = outcome.to_lifecycle(request).model_copy(update={"run_id": run_id})
+            if request.kind == "trainer":
+                await self._register_version(request, run_id, data)
+            await self._report(record, data)
+        finally:
+            keepalive.cancel()
+            self._live.pop(key, None)
+        for delivery in live.deliveries:
+            await delivery.ack()
+
+    def _request(self, received: Received) -> ActionRequest | None:
+        event = received.event
+        if event is None:
+            log.warning("executor.bad_message", subject=received.subject, error=str(received.error))
+            return None
+        try:
+            payload = event.payload()
+        except EventError as exc:
+            log.warning("executor.bad_request", event_id=event.id, error=str(exc))
+            return None
+        if not isinstance(payload, ActionRequest):
+            log.warning("executor.not_an_action", event_id=event.id, type=event.type)
+            return None
+        return payload
+
+    async def _already_claimed(self, request: ActionRequest, received: Received) -> None:
+        """A request someone claimed before: re-report its final phase, or that it was lost."""
+        key = request.idempotency_key
+        found = await self.bus.kv_get(subjects.RUNS_BUCKET, claim_key(key))
+        run_id = json.loads(found[0]).get("run_id") if found is not None else None
+        record: TaskRun | None = None
+        if run_id:
+            raw = await self.bus.kv_get(
+                subjects.RUNS_BUCKET,
+                task_run_key(request.namespace, request.axon, request.task, run_id),
+            )
+            record = TaskRun.from_json(raw[0]) if raw is not None else None
+        if record is None:
+            record = TaskRun.new(request, run_id or new_id(), self.executor_id)
+        if record.phase not in FINAL:
+            message = (
+                f"lost: the executor that claimed it ({record.executor or 'unknown'}) stopped "
+                f"before the run finished"
+            )
+            data = record.lifecycle().model_copy(
+                update={"phase": "Failed", "message": message, "exit_code": None}
+            )
+            record.apply(data)
+            await self._save(record)
+        log.info("executor.duplicate", action_key=key, run_id=record.id, phase=record.phase)
+        await self._publish(record.lifecycle())
+        await received.ack()
+
+    async def _execute(self, live: _Live) -> Outcome:
+        request, record = live.request, live.record
+        bound = log.bind(action_key=record.action_key, run_id=record.id)
+
+        async def on_running(started: Started) -> None:
+            data = started.to_lifecycle(request).model_copy(update={"run_id": record.id})
+            await self._report(record, data)
+            if (request.namespace, request.axon) in self._deleted:
+                asyncio.get_running_loop().create_task(
+                    self.backend.cancel(started.run_id, "cancelled: axon deleted")
+                )
+
+        try:
+            loaded = await load_axon(
+                self.axons, request.namespace, request.axon, request.generation
+            )
+        except RunnerError as exc:
+            return _failed(record.id, str(exc))
+        if loaded is None:
+            return _failed(
+                record.id,
+                f"axon {request.namespace}/{request.axon} is not submitted",
+            )
+        if loaded.deleted or (request.namespace, request.axon) in self._deleted:
+            return _failed(record.id, "cancelled: axon deleted")
+        try:
+            if request.kind == "deployer":
+                if self.deployer is None:
+                    return _failed(record.id, NO_DEPLOYER)
+                return await self.deployer.deploy(
+                    request, loaded.axon, loaded.axon_dir, on_running=on_running
+                )
+            return await self.backend.run(
+                request, loaded.axon, loaded.axon_dir, run_id=record.id, on_running=on_running
+            )
+        except RanvierError as exc:
+            bound.info("executor.run_error", error=str(exc))
+            return _failed(record.id, str(exc))
+
+    async def _register_version(
+        self, request: ActionRequest, run_id: str, data: LifecycleData
+    ) -> None:
+        version = data.outputs.get("version")
+        if not isinstance(version, int):
+            return
+        metrics = data.outputs.get("metrics")
+        error = data.outputs.get("metrics_error")
+        await self.registry.put(
+            ModelVersion(
+                namespace=request.namespace,
+                axon=request.axon,
+                task=request.task,
+                version=version,
+                run_id=run_id,
+                path=str(data.outputs.get("model_path", "")),
+                phase="Succeeded" if data.phase == "Succeeded" else "Failed",
+                metrics=metrics if isinstance(metrics, dict) else {},
+                metrics_error=error if isinstance(error, str) else None,
+            )
+        )
+
+    async def _keepalive(self, live: _Live) -> None:
+        while True:
+            await asyncio.sleep(self.ack_wait / 3)
+            for delivery in list(live.deliveries):
+                with contextlib.suppress(Exception):
+                    await delivery.in_progress()
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    async def _report(self, record: TaskRun, data: LifecycleData) -> None:
+        """Record the phase, then publish it (a redelivery re-publishes what is recorded)."""
+        record.apply(data)
+        await self._save(record)
+        await self._publish(data)
+
+    async def _save(self, record: TaskRun) -> None:
+        await self.bus.kv_put(subjects.RUNS_BUCKET, record.key, record.to_json())
+
+    async def _publish(self, data: LifecycleData) -> None:
+        event = data.to_event(source=SOURCE, id=lifecycle_event_id(data.run_id, data.phase))
+        await self.bus.publish(event)
+        log.info(
+            "executor.lifecycle",
+            axon=data.axon,
+            task=data.task,
+            run_id=data.run_id,
+            phase=data.phase,
+            message=data.message or None,
+        )
+
+    # -- deleted Axons --------------------------------------------------------------------------
+
+    async def _watch_axons(self) -> None:
+        """Stop the live runs of an Axon when it is deleted (new events only)."""
+        follow = self.bus.follow(filter_subject=subjects.events_filter(None, "axon"))
+        async with contextlib.aclosing(follow) as items:
+            async for item in items:
+                if item.event.type != AXON:
+                    continue
+                try:
+                    data = item.event.payload()
+                except EventError:
+                    continue
+                assert isinstance(data, AxonData)
+                where = (data.namespace, data.axon)
+                if data.action == "submitted":
+                    self._deleted.discard(where)
+                    continue
+                self._deleted.add(where)
+                stopped = await self.backend.cancel_axon(
+                    data.axon, data.namespace, "cancelled: axon deleted"
+                )
+                if self.deployer is not None:
+                    await self.deployer.undeploy_axon(data.namespace, data.axon)
+                log.info("executor.axon_deleted", axon=data.axon, stopped=stopped)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """An action that failed before (or instead of) reaching a backend."""
+
+    run_id: str
+    message: str
+    phase: Literal["Succeeded", "Failed"] = "Failed"
+    finished: datetime = field(default_factory=utcnow)
+
+    def to_lifecycle(self, request: ActionRequest) -> LifecycleData:
+        """The Failed lifecycle payload."""
+        return LifecycleData(
+            axon=request.axon,
+            namespace=request.namespace,
+            task=request.task,
+            run_id=self.run_id,
+            phase="Failed",
+            sensor=request.sensor,
+            sensor_run_id=request.sensor_run_id,
+            step=request.step,
+            index=request.index,
+            attempt=request.attempt,
+            action_key=request.idempotency_key,
+            message=self.message,
+        )
+
+
+def _failed(run_id: str, message: str) -> Outcome:
+    return _Failure(run_id, message)
+
+
+__all__ = [
+    "DEFAULT_DURABLE",
+    "Deployer",
+    "ExecutorRunner",
+    "LoadedAxon",
+    "RunnerError",
+    "TaskRun",
+    "claim_key",
+    "lifecycle_event_id",
+    "load_axon",
+    "task_run_key",
+]
