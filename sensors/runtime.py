@@ -1,0 +1,588 @@
+"""The engine on the bus: consume events, step the pure engine, publish, persist, then ack.
+
+`sensors.engine` decides; this module makes its decisions happen exactly once although the
+process may die at any instruction. The rules (DESIGN.md, Delivery):
+
+- Events are consumed in batches from a durable pull consumer and stepped in memory.
+- A batch commits in this order: publish its action requests, decision records and sensor-run
+  records concurrently (`publish_many`); write each touched Axon's state once, by
+  compare-and-set; only then ack (or term) its messages. Action requests carry their
+  idempotency key as `Nats-Msg-Id`, so re-publishing them after a crash stores nothing new.
+- Each Axon's state (in `ranvier_state`) records the last stream sequence applied to it, so an
+  event seen again (redelivered after a crash between the state write and the ack) is skipped.
+  That is only sound if events reach the engine in stream order. JetStream redelivers a dead
+  process's unacked messages only after their ack wait, while newer ones flow to its successor;
+  so on start, and after any failed batch, the runtime recreates its durable consumer from the
+  ack floor: every message not known to be done comes again, in order.
+- Any failure in a batch (a publish that does not go through, a state key that changed under
+  us) throws the in-memory state away: it is reloaded from KV and the batch is redelivered. No
+  half-applied change survives in memory.
+- A malformed event, an event of an unknown type or with an invalid payload is logged, counted
+  and terminated; it never stops the stream.
+- Time passes here, not in the engine: the loop reads the wall clock and calls `tick()` when
+  `next_deadline()` passes.
+
+A `ranvier.axon` submitted event is applied with `engine.submit` and the spec of that very
+generation, read from `ranvier_axons` (`AxonStore`). After a restart, each Axon's state is
+loaded with the spec of the generation it was saved with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import nats.errors
+import nats.js.errors
+import structlog
+
+from events import subjects
+from events.bus import Bus, BusError, Consumer, Outgoing, Received, RevisionMismatch, kv_key
+from events.errors import RanvierError
+from events.model import (
+    ACTION,
+    AXON,
+    DECISION,
+    LIFECYCLE,
+    ActionRequest,
+    AxonData,
+    DecisionData,
+    Event,
+    canonical_json,
+    format_time,
+    new_id,
+    utcnow,
+)
+from sensors import engine
+from sensors.axons import AxonStore, AxonStoreError
+from sensors.spec import Axon
+
+__all__ = ["EngineRuntime", "RuntimeStats", "decision_event", "encode_action", "state_key"]
+
+log = structlog.get_logger(__name__)
+
+SOURCE: Final = "ranvier/engine"
+DURABLE: Final = "ranvier-engine"
+RUN_RECORDS_KEPT: Final = 4096
+"""Sensor-run records kept in memory (to update them without reading KV back)."""
+_MAX_ID: Final = 128
+_RETRY_DELAY: Final = 0.5
+
+
+@dataclass(slots=True)
+class RuntimeStats:
+    """Counters of what the runtime did since it started (also logged)."""
+
+    events: int = 0
+    redelivered: int = 0
+    malformed: int = 0
+    ignored: int = 0
+    actions: int = 0
+    decisions: int = 0
+    batches: int = 0
+    ticks: int = 0
+    failures: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def state_key(namespace: str, name: str) -> str:
+    """The `ranvier_state` key of one Axon's state."""
+    return kv_key(namespace, name)
+
+
+def _event_id(prefix: str, base: str, index: int) -> str:
+    """A deterministic message id from a base id; hashed when it would be too long."""
+    text = f"{prefix}-{base}-{index}"
+    if len(text) <= _MAX_ID:
+        return text
+    import hashlib  # local: only long ids need it
+
+    return f"{prefix}-{hashlib.blake2b(text.encode(), digest_size=20).hexdigest()}"
+
+
+def _envelope(ev_id: str, type_: str, subject_attr: str, time: str, data_json: bytes) -> bytes:
+    """CloudEvents JSON, byte for byte what `Event.to_json()` gives for these fields.
+
+    Built directly because pydantic validating and re-serialising an envelope per record was
+    most of the cost of publishing decisions (see bench/engine.py).
+    """
+    head = (
+        f'{{"specversion":"1.0","id":{json.dumps(ev_id)},"source":"{SOURCE}",'
+        f'"type":"{type_}","subject":{json.dumps(subject_attr)},"time":"{time}",'
+        '"datacontenttype":"application/json","data":'
+    )
+    return head.encode() + data_json + b"}"
+
+
+def encode_action(action: ActionRequest, time: str) -> Outgoing:
+    """An action request as published: id and Nats-Msg-Id = its idempotency key."""
+    key = action.idempotency_key
+    data = action.model_dump_json(exclude_none=True).encode()
+    return Outgoing(
+        subjects.action_subject(action.axon, action.kind),
+        _envelope(key, ACTION, action.task, time, data),
+        key,
+    )
+
+
+def decision_event(decision: DecisionData, ev_id: str, time: str) -> Outgoing:
+    """A decision record as published on `ranvier.dec.<axon>.<sensor>`."""
+    data = decision.model_dump_json(exclude_none=True).encode()
+    return Outgoing(
+        subjects.decision_subject(decision.axon, decision.sensor),
+        _envelope(ev_id, DECISION, decision.sensor, time, data),
+        ev_id,
+    )
+
+
+class _Conflict(Exception):
+    """A batch could not be committed; the state is reloaded and the batch redelivered."""
+
+
+@dataclass(slots=True)
+class _Slot:
+    """What the runtime knows of one Axon's persisted state."""
+
+    namespace: str
+    name: str
+    revision: int | None = None  # KV revision of the state key; None: key absent
+    applied: int = 0  # last stream sequence applied to this Axon
+    loaded: bool = False  # the engine holds its state (else: unknown or deleted)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One batch's output, gathered in memory before anything is committed."""
+
+    now: datetime
+    actions: list[ActionRequest] = field(default_factory=list)
+    decisions: list[tuple[str, DecisionData]] = field(default_factory=list)  # (msg id, record)
+    dirty: dict[str, int] = field(default_factory=dict)  # axon key -> applied seq to write
+    lifecycle: list[dict[str, Any]] = field(default_factory=list)  # reports about sensor runs
+    ack: list[Received] = field(default_factory=list)
+    term: list[Received] = field(default_factory=list)
+
+
+class EngineRuntime:
+    """Runs the pure engine against the bus with exactly-once effects; `await run()`."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        durable: str = DURABLE,
+        batch: int = 256,
+        max_wait: float = 0.5,
+        ack_wait: float = 30.0,
+        max_in_flight: int = 1024,
+    ) -> None:
+        self._bus = bus
+        self._axons = AxonStore(bus)
+        self.durable = durable
+        self.batch = batch
+        self.max_wait = max_wait
+        self.ack_wait = ack_wait
+        self.max_in_flight = max_in_flight
+        self.stats = RuntimeStats()
+        self._state = engine.EngineState()
+        self._slots: dict[str, _Slot] = {}
+        self._specs: dict[tuple[str, str, int], Axon] = {}
+        self._runs: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._consumer: Consumer | None = None
+        self._ticked_at: datetime | None = None
+        self.ready = asyncio.Event()
+        """Set once state is loaded and the consumer is in place (tests and `up` wait on it)."""
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume and decide until cancelled."""
+        try:
+            await self._restart()
+            self.ready.set()
+            while True:
+                try:
+                    await self._loop_once()
+                except (_Conflict, BusError, nats.errors.Error, TimeoutError) as exc:
+                    self.stats.failures += 1
+                    log.warning("runtime.batch_failed", error=str(exc) or repr(exc))
+                    await asyncio.sleep(_RETRY_DELAY)
+                    await self._restart_until_ok()
+        finally:
+            if self._consumer is not None:
+                with contextlib.suppress(Exception):  # the connection may be gone already
+                    await self._consumer.close()
+                self._consumer = None
+
+    async def _restart_until_ok(self) -> None:
+        while True:
+            try:
+                await self._restart()
+                return
+            except (BusError, nats.errors.Error, TimeoutError) as exc:
+                log.warning("runtime.restart_failed", error=str(exc) or repr(exc))
+                await asyncio.sleep(_RETRY_DELAY)
+
+    async def _restart(self) -> None:
+        """Reload all state from KV and recreate the consumer from its ack floor."""
+        if self._consumer is not None:
+            await self._consumer.close()
+            self._consumer = None
+        await self._load_state()
+        self._consumer = await self._recreate_consumer()
+        self._ticked_at = None
+
+    async def _recreate_consumer(self) -> Consumer:
+        stream = subjects.EVENTS_STREAM
+        start = 1
+        try:
+            info = await self._bus.js.consumer_info(stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            info = None
+        if info is not None:
+            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+            start = floor + 1
+            # Unacked messages of a dead process would come back only after their ack wait,
+            # behind newer ones; a fresh consumer from the floor brings them back in order.
+            await self._bus.js.delete_consumer(stream, self.durable)
+        consumer = await self._bus.consumer(
+            stream,
+            self.durable,
+            ack_wait=self.ack_wait,
+            deliver_from=start,
+            max_ack_pending=max(self.batch * 4, 1024),
+        )
+        log.info("runtime.consuming", durable=self.durable, from_seq=start)
+        return consumer
+
+    async def _load_state(self) -> None:
+        self._state = engine.EngineState()
+        self._slots = {}
+        self._runs.clear()
+        bucket = subjects.STATE_BUCKET
+        for key in await self._bus.kv_keys(bucket):
+            got = await self._bus.kv_get(bucket, key)
+            if got is None:
+                continue
+            raw, revision = got
+            try:
+                record = json.loads(raw)
+                ns, name = str(record["namespace"]), str(record["axon"])
+                slot = _Slot(ns, name, revision=revision, applied=int(record["seq"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("runtime.state_unreadable", key=key, error=str(exc))
+                continue
+            self._slots[engine.axon_key(ns, name)] = slot
+            if record.get("deleted"):
+                continue
+            try:
+                spec = await self._spec(ns, name, int(record["generation"]))
+                self._state.load_axon(spec, canonical_json(record["engine"]))
+            except (RanvierError, KeyError, TypeError, ValueError) as exc:
+                log.error("runtime.state_not_loaded", axon=f"{ns}/{name}", error=str(exc))
+                continue
+            slot.loaded = True
+        log.info("runtime.state_loaded", axons=len(self._slots))
+
+    async def _spec(self, namespace: str, name: str, generation: int) -> Axon:
+        cached = self._specs.get((namespace, name, generation))
+        if cached is not None:
+            return cached
+        stored = await self._axons.get(namespace, name, generation)
+        if stored is None:
+            raise AxonStoreError(
+                f"generation {generation} of Axon {namespace}/{name} is not in "
+                f"{subjects.AXONS_BUCKET}"
+            )
+        self._specs[(namespace, name, generation)] = stored.axon
+        return stored.axon
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def _loop_once(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            raise _Conflict("no consumer")
+        wait = self.max_wait
+        due = engine.next_deadline(self._state, self._ticked_at)
+        if due is not None:
+            wait = max(0.0, min(wait, (due - utcnow()).total_seconds()))
+        received = await consumer.fetch(self.batch, wait=wait)
+        if received:
+            await self._process(received)
+            self._ticked_at = None  # new values may have unblocked an overdue deadline
+        await self._maybe_tick()
+
+    async def _maybe_tick(self) -> None:
+        due = engine.next_deadline(self._state, self._ticked_at)
+        now = utcnow()
+        if due is None or due > now:
+            return
+        result = engine.tick(self._state, now)
+        self._ticked_at = now
+        self.stats.ticks += 1
+        if not (result.decisions or result.actions or result.touched):
+            return
+        batch = _Batch(now=now)
+        stamp = format_time(now)
+        self._collect(batch, result, f"tick@{stamp}", None, 0)
+        await self._commit(batch)
+
+    async def _process(self, received: Sequence[Received]) -> None:
+        now = utcnow()
+        batch = _Batch(now=now)
+        for rec in received:
+            self.stats.events += 1
+            event = rec.event
+            if event is None:
+                self._reject(batch, rec, "malformed", str(rec.error))
+                continue
+            seq = rec.seq
+            akey = _axon_of(event)
+            slot = self._slots.get(akey) if akey is not None else None
+            if slot is not None and seq <= slot.applied:
+                self.stats.redelivered += 1
+                batch.ack.append(rec)
+                continue
+            if event.type == AXON:
+                result = await self._axon_event(event, now)
+                if result is None:
+                    self._reject(batch, rec, "invalid", f"event {event.id}: invalid axon event")
+                    continue
+            else:
+                result = engine.step(self._state, event, now)
+            if result.ignored is not None:
+                if event.type != AXON:  # unknown type, invalid payload, no Axon named
+                    self._reject(batch, rec, "ignored", result.ignored)
+                    continue
+                self.stats.ignored += 1
+                log.info("runtime.axon_event_ignored", event_id=event.id, reason=result.ignored)
+            if event.type == LIFECYCLE and event.data.get("sensor_run_id"):
+                batch.lifecycle.append(event.data)
+            self._collect(batch, result, event.id, akey, seq)
+            batch.ack.append(rec)
+        await self._commit(batch)
+
+    def _reject(self, batch: _Batch, rec: Received, kind: str, why: str) -> None:
+        self.stats.malformed += kind == "malformed"
+        self.stats.ignored += kind != "malformed"
+        self.stats.reasons[kind] = self.stats.reasons.get(kind, 0) + 1
+        log.warning("runtime.event_rejected", kind=kind, seq=rec.seq, reason=why)
+        batch.term.append(rec)
+
+    async def _axon_event(self, event: Event, now: datetime) -> engine.StepResult | None:
+        try:
+            data = AxonData.model_validate(event.data)
+        except ValueError:
+            return None
+        if data.action == "deleted":
+            return engine.step(self._state, event, now)
+        try:
+            spec = await self._spec(data.namespace, data.axon, data.generation)
+        except AxonStoreError as exc:
+            return engine.StepResult(ignored=str(exc))
+        key = engine.axon_key(data.namespace, data.axon)
+        if key not in self._slots:
+            self._slots[key] = _Slot(data.namespace, data.axon)
+        return engine.submit(self._state, spec, data.generation, event, now)
+
+    def _collect(
+        self, batch: _Batch, result: engine.StepResult, base: str, akey: str | None, seq: int
+    ) -> None:
+        for i, decision in enumerate(result.decisions):
+            batch.decisions.append((_event_id("dec", base, i), decision))
+        batch.actions.extend(result.actions)
+        for key in (*result.touched, *result.deleted):
+            slot = self._slots[key]
+            applied = seq if key == akey else slot.applied
+            batch.dirty[key] = max(applied, batch.dirty.get(key, 0))
+        if akey is not None and akey in batch.dirty:
+            batch.dirty[akey] = max(batch.dirty[akey], seq)
+
+    # -- commit --------------------------------------------------------------------------------
+
+    async def _commit(self, batch: _Batch) -> None:
+        stamp = format_time(batch.now)
+        items = [encode_action(a, stamp) for a in batch.actions]
+        items += [decision_event(d, ev_id, stamp) for ev_id, d in batch.decisions]
+        dumps = {key: self._dump(key) for key in batch.dirty}
+        items += await self._run_records(batch, dumps, stamp)
+        if items:
+            await self._bus.publish_many_encoded(items, max_in_flight=self.max_in_flight)
+        writes = [self._write(key, seq, dumps[key]) for key, seq in batch.dirty.items()]
+        outcomes = await asyncio.gather(*writes, return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            raise _Conflict(f"state write failed: {failed[0]!r}")
+        for rec in batch.ack:
+            await rec.ack()
+        for rec in batch.term:
+            await rec.term()
+        self.stats.batches += 1
+        self.stats.actions += len(batch.actions)
+        self.stats.decisions += len(batch.decisions)
+        if batch.actions:
+            log.debug("runtime.batch", actions=len(batch.actions), acked=len(batch.ack))
+
+    def _dump(self, key: str) -> bytes | None:
+        """The engine's bytes for an Axon, or None when its state is gone (deleted)."""
+        try:
+            return self._state.dump_axon(key)
+        except engine.EngineError:
+            return None
+
+    async def _write(self, key: str, seq: int, dump: bytes | None) -> None:
+        slot = self._slots[key]
+        header: dict[str, Any] = {"namespace": slot.namespace, "axon": slot.name, "seq": seq}
+        if dump is None:
+            value = canonical_json({**header, "deleted": True})
+        else:
+            generation = self._state.generation(slot.namespace, slot.name)
+            head = canonical_json({**header, "generation": generation, "deleted": False})
+            value = b'{"engine":' + dump + b"," + head[1:]
+        bucket = subjects.STATE_BUCKET
+        if slot.revision is None:
+            revision = await self._bus.kv_create(bucket, key_of(slot), value)
+            if revision is None:
+                raise RevisionMismatch(bucket, key_of(slot), 0)
+        else:
+            revision = await self._bus.kv_update(bucket, key_of(slot), value, slot.revision)
+        slot.revision = revision
+        slot.applied = seq
+        slot.loaded = dump is not None
+
+    # -- sensor-run records --------------------------------------------------------------------
+
+    async def _run_records(
+        self, batch: _Batch, dumps: dict[str, bytes | None], stamp: str
+    ) -> list[Outgoing]:
+        """Records of the sensor runs this batch touched (ranvier_runs, contract layout)."""
+        touched: dict[str, tuple[str, str, str, str]] = {}  # run id -> (ns, axon, sensor, rkey)
+        for action in batch.actions:
+            touched.setdefault(action.sensor_run_id, _run_ref(action))
+        for _, decision in batch.decisions:
+            if decision.sensor_run_id is not None:
+                touched.setdefault(decision.sensor_run_id, _run_ref(decision))
+        if not touched:
+            return []
+        states = _run_states(dumps)
+        missing = [ref[3] for rid, ref in touched.items() if ref[3] not in self._runs]
+        if missing:
+            await self._fetch_runs(missing, new={a.sensor_run_id for a in batch.actions})
+        reasons = {d.sensor_run_id: d for _, d in batch.decisions if d.sensor_run_id}
+        reports: dict[str, list[dict[str, Any]]] = {}
+        for report in batch.lifecycle:
+            reports.setdefault(str(report["sensor_run_id"]), []).append(report)
+        by_run: dict[str, list[ActionRequest]] = {}
+        for action in batch.actions:
+            by_run.setdefault(action.sensor_run_id, []).append(action)
+        out: list[Outgoing] = []
+        for rid, (ns, axon, sensor, rkey) in touched.items():
+            record = self._runs.get(rkey) or {
+                "id": rid,
+                "axon": axon,
+                "namespace": ns,
+                "sensor": sensor,
+                "trigger": None,
+                "phase": "Running",
+                "started": stamp,
+                "finished": None,
+                "reason": "",
+                "steps": [],
+            }
+            latest = reasons.get(rid)
+            if latest is not None:
+                record["reason"] = latest.reason
+                if latest.fired and latest.trigger is not None and not record["steps"]:
+                    record["trigger"] = latest.trigger
+            steps = {(s["index"], s.get("action", 0)): s for s in record["steps"]}
+            for action in by_run.get(rid, ()):
+                steps[(action.step, action.index)] = {
+                    "index": action.step,
+                    "action": action.index,
+                    "attempt": action.attempt,
+                    "kind": action.kind,
+                    "task": action.task,
+                    "phase": "Pending",
+                    "run_id": None,
+                    "key": action.idempotency_key,
+                }
+            for report in reports.get(rid, ()):
+                entry = steps.get((report.get("step", 0), report.get("index", 0)))
+                if entry is not None and entry["attempt"] == report.get("attempt", 1):
+                    entry["phase"] = report["phase"]
+                    entry["run_id"] = report["run_id"]
+            where = states.get(engine.axon_key(ns, axon), {})
+            live = where.get("runs", {}).get(rid)
+            done = where.get("finished", {}).get(rid)
+            if live is not None:
+                record["phase"] = "Running"
+                record["trigger"] = live.get("trigger")
+                record["started"] = format_time(datetime.fromtimestamp(live["started"], tz=UTC))
+            elif done is not None:
+                record["phase"] = done[0]
+                record["reason"] = done[1]
+                record["finished"] = record["finished"] or stamp
+            record["steps"] = [steps[k] for k in sorted(steps)]
+            self._remember(rkey, record)
+            out.append(
+                Outgoing(f"$KV.{subjects.RUNS_BUCKET}.{rkey}", canonical_json(record), new_id())
+            )
+        return out
+
+    async def _fetch_runs(self, keys: Iterable[str], *, new: set[str]) -> None:
+        """Read back records of runs this process has not seen (after a restart)."""
+        wanted = [k for k in keys if k.rsplit(".", 1)[-1] not in new]
+
+        async def one(key: str) -> None:
+            got = await self._bus.kv_get(subjects.RUNS_BUCKET, key)
+            if got is not None:
+                with contextlib.suppress(ValueError):
+                    self._remember(key, json.loads(got[0]))
+
+        await asyncio.gather(*(one(k) for k in wanted))
+
+    def _remember(self, key: str, record: dict[str, Any]) -> None:
+        self._runs[key] = record
+        self._runs.move_to_end(key)
+        while len(self._runs) > RUN_RECORDS_KEPT:
+            self._runs.popitem(last=False)
+
+
+def key_of(slot: _Slot) -> str:
+    """The state key of a slot."""
+    return state_key(slot.namespace, slot.name)
+
+
+def _axon_of(event: Event) -> str | None:
+    axon = event.data.get("axon")
+    namespace = event.data.get("namespace", "default")
+    if isinstance(axon, str) and isinstance(namespace, str):
+        return engine.axon_key(namespace, axon)
+    return None
+
+
+def _run_ref(item: ActionRequest | DecisionData) -> tuple[str, str, str, str]:
+    rid = item.sensor_run_id or ""
+    key = kv_key("sensor", item.namespace, item.axon, item.sensor, rid)
+    return item.namespace, item.axon, item.sensor, key
+
+
+def _run_states(dumps: dict[str, bytes | None]) -> dict[str, dict[str, Any]]:
+    """Active and finished runs per Axon, read from the state dumps about to be written."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, dump in dumps.items():
+        if dump is None:
+            continue
+        data = json.loads(dump)
+        out[key] = {
+            "runs": data.get("runs", {}),
+            "finished": {f[0]: (f[1], f[2]) for f in data.get("finished", [])},
+        }
+    return out

@@ -1,0 +1,189 @@
+"""Helpers for the engine runtime tests: a two-step Axon, its events, and reading the streams.
+
+The expected results are never written out by hand: `expected_keys` runs the pure engine over
+the very events the stream holds (in stream order), which is what the runtime must agree with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import nats.js.errors
+
+from events import subjects
+from events.bus import Bus
+from events.model import AXON, ActionRequest, Event, LifecycleData, utcnow
+from sensors import engine
+from sensors.loader import load_axon_text
+from sensors.runtime import DURABLE, EngineRuntime
+from sensors.spec import Axon
+
+NAME = "pipe"
+
+AXON_YAML = """\
+apiVersion: ranvier.dev/v1alpha1
+kind: Axon
+metadata: {name: pipe}
+spec:
+  tasks:
+    - {name: Prep, container: {image: busybox}}
+    - {name: Train, train: {image: trainer}}
+    - {name: Eval, container: {image: busybox}}
+  sensors:
+    - name: retrain
+      concurrency: Allow
+      triggers:
+        - {name: prepped, type: Lifecycle, task: Prep, condition: Succeeded}
+      tasks:
+        - trainer: {task: Train}
+        - resourceExecutor: {task: Eval}
+"""
+
+
+def two_step_axon(extra_sensor: str = "") -> Axon:
+    """The test Axon: Prep succeeding runs Train then Eval (plus `extra_sensor` YAML lines)."""
+    return load_axon_text(AXON_YAML + extra_sensor, "axon.yaml")
+
+
+def prep_done(n: int) -> Event:
+    """Task Prep's run `n` succeeded: fires `retrain`."""
+    data = LifecycleData(axon=NAME, task="Prep", run_id=f"prep-{n}", phase="Succeeded")
+    return data.to_event(source="test", id=f"prep-{n}")
+
+
+def report(action: ActionRequest, phase: str = "Succeeded", n: int = 0) -> Event:
+    """The executor's lifecycle report for an action request."""
+    data = LifecycleData.model_validate(
+        {
+            "axon": action.axon,
+            "task": action.task,
+            "run_id": f"run-{action.sensor_run_id}-{action.step}-{n}",
+            "phase": phase,
+            "sensor": action.sensor,
+            "sensor_run_id": action.sensor_run_id,
+            "step": action.step,
+            "index": action.index,
+            "attempt": action.attempt,
+        }
+    )
+    return data.to_event(source="test", id=f"rep-{action.idempotency_key}-{phase}-{n}")
+
+
+def as_action(event: Event) -> ActionRequest:
+    """The action request an action event carries."""
+    return ActionRequest.model_validate(event.data)
+
+
+def workload(count: int) -> list[Event]:
+    """`count` lifecycle events: Prep runs succeeding and the reports of the Train actions
+    they cause (so runs advance to Eval), interleaved deterministically."""
+    events: list[Event] = []
+    started: list[str] = []
+    n = 0
+    while len(events) < count:
+        if n % 3 != 2 or not started:
+            ev = prep_done(n)
+            started.append(engine.sensor_run_id(ev.id, "retrain"))
+            events.append(ev)
+        else:
+            rid = started.pop(0)
+            train = ActionRequest(
+                axon=NAME, sensor="retrain", sensor_run_id=rid, step=0, kind="trainer", task="Train"
+            )
+            events.append(report(train, n=n))
+        n += 1
+    return events
+
+
+async def stream_events(bus: Bus) -> list[Event]:
+    """Every valid event in RANVIER_EVENTS, in stream order."""
+    return [item.event async for item in bus.replay()]
+
+
+def expected_keys(axon: Axon, events: Iterable[Event]) -> list[str]:
+    """Idempotency keys the pure engine requests for these events, in order (submits use
+    `axon` at the generation the event names)."""
+    state = engine.EngineState()
+    now = utcnow()
+    keys: list[str] = []
+    for event in events:
+        if event.type == AXON and event.data.get("action") == "submitted":
+            result = engine.submit(state, axon, int(event.data["generation"]), event, now)
+        else:
+            result = engine.step(state, event, now)
+        keys += [a.idempotency_key for a in result.actions]
+    return keys
+
+
+async def stored_actions(bus: Bus) -> list[tuple[str, Event]]:
+    """(Nats-Msg-Id, event) of every message in the RANVIER_ACTIONS work queue, in order.
+
+    A work-queue stream takes no ordered consumer, so messages are read one by one by sequence.
+    """
+    info = await bus.stream_info(subjects.ACTIONS_STREAM)
+    if not info.state.messages:
+        return []
+    out: list[tuple[str, Event]] = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            msg = await bus.js.get_msg(subjects.ACTIONS_STREAM, seq)
+        except nats.js.errors.NotFoundError:
+            continue
+        headers = msg.headers or {}
+        out.append((str(headers.get("Nats-Msg-Id")), Event.from_json(msg.data or b"")))
+    return out
+
+
+async def stored_decisions(bus: Bus) -> list[dict[str, Any]]:
+    """The data of every decision record, in stream order."""
+    return [item.event.data async for item in bus.replay(stream=subjects.DECISIONS_STREAM)]
+
+
+def duplicates(keys: Iterable[str]) -> dict[str, int]:
+    """Keys seen more than once, with their counts."""
+    return {k: c for k, c in Counter(keys).items() if c > 1}
+
+
+async def caught_up(bus: Bus, *, durable: str = DURABLE, limit: float = 60.0) -> None:
+    """Wait until the engine's consumer has every event of the stream acked."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while True:
+        last = (await bus.stream_info()).state.last_seq
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            info = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
+            floor = info.ack_floor.stream_seq if info.ack_floor else 0
+            if floor >= last and not info.num_ack_pending:
+                return
+        if loop.time() > deadline:
+            raise TimeoutError(f"the engine did not catch up with seq {last} in {limit}s")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running(bus: Bus, **options: Any) -> AsyncIterator[EngineRuntime]:
+    """An `EngineRuntime` running as a task on `bus`, cancelled on exit."""
+    runtime = EngineRuntime(bus, **options)
+    task = asyncio.create_task(runtime.run())
+    try:
+        ready = asyncio.create_task(runtime.ready.wait())
+        done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            ready.cancel()
+            task.result()  # raises what stopped it
+        yield runtime
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def record_of(raw: bytes) -> dict[str, Any]:
+    """A KV JSON value."""
+    value: dict[str, Any] = json.loads(raw)
+    return value

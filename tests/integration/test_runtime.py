@@ -1,0 +1,185 @@
+"""The engine runtime against a real nats-server: actions, redelivery, bad events, generations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from events import subjects
+from events.bus import Bus, Outgoing
+from events.model import AXON, Event, LifecycleData
+from sensors import engine
+from sensors.axons import AxonStore
+from sensors.runtime import DURABLE, state_key
+from sensors.spec import Axon
+from tests.integration.runtime_kit import (
+    NAME,
+    as_action,
+    caught_up,
+    duplicates,
+    expected_keys,
+    prep_done,
+    record_of,
+    report,
+    running,
+    stored_actions,
+    stored_decisions,
+    stream_events,
+    two_step_axon,
+)
+
+pytestmark = pytest.mark.integration
+
+CHANGED_SENSOR = """\
+    - name: audit
+      triggers:
+        - {name: evaluated, type: Lifecycle, task: Eval, condition: Succeeded}
+      tasks:
+        - resourceExecutor: {task: Prep}
+"""
+
+
+async def test_submitted_axon_and_lifecycle_events_give_exactly_the_expected_actions(
+    bus: Bus, tmp_path: Path
+) -> None:
+    axon = two_step_axon()
+    stored = await AxonStore(bus).submit(axon, tmp_path / "axon.yaml")
+    assert stored.generation == 1
+    async with running(bus, batch=16) as runtime:
+        await bus.publish_many([prep_done(1), prep_done(2)])
+        await caught_up(bus)
+        first = await stored_actions(bus)
+        assert [e.data["task"] for _, e in first] == ["Train", "Train"]
+        # The executor reports step 0 done for both runs: each advances to Eval.
+        await bus.publish_many([report(as_action(e)) for _, e in first])
+        await caught_up(bus)
+    actions = await stored_actions(bus)
+    events = await stream_events(bus)
+    want = expected_keys(axon, events)
+    assert [k for k, _ in actions] == want
+    assert [e.id for _, e in actions] == want
+    assert [e.data["task"] for _, e in actions] == ["Train", "Train", "Eval", "Eval"]
+    assert runtime.stats.malformed == 0
+    decisions = await stored_decisions(bus)
+    fired = {d["event_id"] for d in decisions if d["fired"]}
+    assert fired == {e.id for e in events if e.type != AXON}
+    # Sensor-run records (ranvier_runs) follow the runs: both are at step 1 (Eval).
+    run_id = as_action(actions[-1][1]).sensor_run_id
+    got = await bus.kv_get(subjects.RUNS_BUCKET, f"sensor.default.{NAME}.retrain.{run_id}")
+    assert got is not None
+    record = record_of(got[0])
+    assert record["phase"] == "Running"
+    assert record["trigger"] == "prepped"
+    assert [(s["index"], s["task"], s["phase"]) for s in record["steps"]] == [
+        (0, "Train", "Succeeded"),
+        (1, "Eval", "Pending"),
+    ]
+
+
+async def test_a_redelivered_event_changes_nothing(bus: Bus) -> None:
+    axon = two_step_axon()
+    await AxonStore(bus).submit(axon)
+    async with running(bus) as first:
+        await bus.publish_many([prep_done(n) for n in range(5)])
+        await caught_up(bus)
+    assert first.stats.actions == 5
+    state_before = await bus.kv_get(subjects.STATE_BUCKET, state_key("default", NAME))
+    actions_before = await stored_actions(bus)
+    # Forget the consumer: a new one starts at the first event, so every event comes again.
+    await bus.js.delete_consumer(subjects.EVENTS_STREAM, DURABLE)
+    async with running(bus) as again:
+        await caught_up(bus)
+    events = await stream_events(bus)
+    assert again.stats.redelivered == len(events)
+    assert again.stats.actions == again.stats.decisions == 0
+    assert await bus.kv_get(subjects.STATE_BUCKET, state_key("default", NAME)) == state_before
+    assert await stored_actions(bus) == actions_before
+
+
+async def test_malformed_and_unknown_events_are_terminated_and_the_stream_flows(
+    bus: Bus,
+) -> None:
+    axon = two_step_axon()
+    await AxonStore(bus).submit(axon)
+    subject = f"ranvier.ev.{NAME}.lifecycle.Prep"
+    unknown = Event(id="odd-1", source="test", type="ranvier.unheard", time=prep_done(0).time)
+    invalid = Event(
+        id="bad-payload",
+        source="test",
+        type="ranvier.lifecycle",
+        time=prep_done(0).time,
+        data={"axon": NAME, "task": "Prep", "run_id": "x", "phase": "Exploded"},
+    )
+    with capture_logs() as logs:
+        async with running(bus) as runtime:
+            await bus.publish_many_encoded(
+                [
+                    Outgoing(subject, b"{not json", "garbage-1"),
+                    Outgoing(subject, unknown.to_json(), unknown.id),
+                    Outgoing(subject, invalid.to_json(), invalid.id),
+                ]
+            )
+            await bus.publish(prep_done(7))
+            await caught_up(bus)
+    assert runtime.stats.malformed == 1
+    assert runtime.stats.ignored == 2
+    rejected = [e for e in logs if e["event"] == "runtime.event_rejected"]
+    assert sorted(e["kind"] for e in rejected) == ["ignored", "ignored", "malformed"]
+    actions = await stored_actions(bus)
+    assert [e.data["task"] for _, e in actions] == ["Train"]
+    assert actions[0][0] == expected_keys(axon, await stream_events(bus))[0]
+
+
+async def test_a_new_generation_keeps_the_state_of_unchanged_sensors(bus: Bus) -> None:
+    store = AxonStore(bus)
+    await store.submit(two_step_axon())
+    async with running(bus):
+        await bus.publish(prep_done(1))
+        await caught_up(bus)
+    train = as_action((await stored_actions(bus))[0][1])
+    # Generation 2 adds a sensor; `retrain` is unchanged, so its run at step 0 goes on, also
+    # across a restart of the runtime (state reloaded with generation 2's spec).
+    changed = two_step_axon(CHANGED_SENSOR)
+    assert (await store.submit(changed)).generation == 2
+    async with running(bus):
+        await caught_up(bus)
+    async with running(bus) as runtime:
+        await bus.publish(report(train))
+        await caught_up(bus)
+    assert runtime.stats.actions == 1
+    actions = await stored_actions(bus)
+    assert [e.data["task"] for _, e in actions] == ["Train", "Eval"]
+    events = await stream_events(bus)
+    keys = [k for k, _ in actions]
+    assert not duplicates(keys)
+    # The pure engine, given each generation's spec at its submit, agrees.
+    assert keys == _expected_across_generations(events, {1: two_step_axon(), 2: changed})
+    decisions = await stored_decisions(bus)
+    kept = [d["reason"] for d in decisions if d["event_id"] == f"axon.default.{NAME}.g2"]
+    assert "generation 2: unchanged, state kept" in kept
+    assert "generation 2: new sensor" in kept
+
+
+def _expected_across_generations(events: list[Event], specs: dict[int, Axon]) -> list[str]:
+    state = engine.EngineState()
+    keys: list[str] = []
+    for event in events:
+        if event.type == AXON:
+            spec = specs[int(event.data["generation"])]
+            result = engine.submit(state, spec, int(event.data["generation"]), event, event.time)
+        else:
+            result = engine.step(state, event, event.time)
+        keys += [a.idempotency_key for a in result.actions]
+    return keys
+
+
+async def test_lifecycle_report_for_an_unknown_axon_concerns_nothing(bus: Bus) -> None:
+    other = LifecycleData(axon="nobody", task="Prep", run_id="r", phase="Succeeded")
+    async with running(bus) as runtime:
+        await bus.publish(other.to_event(source="test"))
+        await caught_up(bus)
+    assert runtime.stats.events == 1
+    assert runtime.stats.actions == runtime.stats.malformed == runtime.stats.ignored == 0
+    assert await stored_actions(bus) == []
