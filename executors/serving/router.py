@@ -68,7 +68,7 @@ from executors.serving.server import (
     run_loop,
     serve_app,
 )
-from executors.serving.upstream import KeepAliveTransport
+from executors.serving.upstream import KeepAliveTransport, RawResponse
 
 log = structlog.get_logger(__name__)
 
@@ -275,17 +275,19 @@ class Router:
 
     # -- calls ------------------------------------------------------------------------------
 
-    async def _post(self, url: str, content: bytes, content_type: str) -> httpx.Response:
-        # Straight to the client's transport: the client's redirect, auth and cookie handling
-        # cost a fifth of the router's time and model servers need none of it.
-        request = httpx.Request(
-            "POST",
-            url,
-            content=content,
-            headers={"content-type": content_type},
-            extensions={"timeout": self._timeouts},
+    async def _post(self, url: str, content: bytes, content_type: str) -> RawResponse:
+        if url.startswith("http://"):
+            # The hot path: our own model servers over plain HTTP/1.1, without building httpx
+            # request and response objects (they cost a third of the router's time).
+            return await self._transport.post(url, content, content_type, self._timeouts)
+        response = await self.client.post(
+            url, content=content, headers={"content-type": content_type}
         )
-        return await self._transport.handle_async_request(request)
+        return RawResponse(
+            response.status_code,
+            response.headers.get("content-type", "application/json"),
+            response.content,
+        )
 
     def _mirror(
         self, axon: str, model: str, backend: Backend, url: str, *, body: bytes, ctype: str
@@ -293,7 +295,7 @@ class Router:
         async def send() -> None:
             try:
                 response = await self._post(url, body, ctype)
-                outcome = "ok" if response.status_code < 400 else "http_error"
+                outcome = "ok" if response.status < 400 else "http_error"
             except Exception:  # a shadow's failure never reaches the caller: it is counted
                 outcome = "error"
             self.stats.shadow.labels(axon, model, backend.name, backend.version, outcome).inc()
@@ -334,14 +336,14 @@ class Router:
             ) from exc
         if backend is not None:
             self.stats.backend.labels(
-                axon, node.model, backend.name, backend.version, str(response.status_code)
+                axon, node.model, backend.name, backend.version, str(response.status)
             ).inc()
-        if response.status_code != 200:
+        if response.status != 200:
             raise _NodeFailure(
                 Response(
                     response.content,
-                    status_code=response.status_code,
-                    media_type=response.headers.get("content-type", "application/json"),
+                    status_code=response.status,
+                    media_type=response.content_type,
                 )
             )
         return response.content, backend.key if backend is not None else None
@@ -467,13 +469,9 @@ class Router:
             )
         except httpx.HTTPError as exc:
             return error_response(502, f"forwarding feedback failed: {exc!r}")
-        worst = max(responses, key=lambda r: r.status_code)
-        self.stats.requests.labels(axon, FEEDBACK_PATH, str(worst.status_code)).inc()
-        return Response(
-            worst.content,
-            status_code=worst.status_code,
-            media_type=worst.headers.get("content-type", "application/json"),
-        )
+        worst = max(responses, key=lambda r: r.status)
+        self.stats.requests.labels(axon, FEEDBACK_PATH, str(worst.status)).inc()
+        return Response(worst.content, status_code=worst.status, media_type=worst.content_type)
 
     async def health(self) -> Response:
         """GET /health: 200 once a table is loaded."""

@@ -14,12 +14,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import functools
+from collections.abc import Mapping
+from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import httpx
 
 _MAX_HEAD = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
+
+
+class RawResponse(NamedTuple):
+    """What the router needs of an answer."""
+
+    status: int
+    content_type: str
+    content: bytes
+
+
+@functools.lru_cache(maxsize=1024)
+def _split(url: str) -> tuple[str, int, str, str]:
+    """host, port, Host header and request target of a plain-http URL (cached: few distinct)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"not a plain http URL: {url!r}")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.hostname, parts.port or 80, parts.netloc, target
 
 
 class _StaleConnection(Exception):
@@ -102,7 +123,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         return _Connection(reader, writer)
 
     async def _exchange(
-        self, conn: _Connection, request: httpx.Request, data: bytes, *, reused: bool
+        self, conn: _Connection, method: str, data: bytes, *, reused: bool
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
         """Send one request and read its answer; returns status, headers, body, keep-alive."""
         conn.writer.write(data)
@@ -126,7 +147,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                 chunked = b"chunked" in value.lower()
             elif lowered == b"connection":
                 close = b"close" in value.lower()
-        if request.method == "HEAD" or status in _NO_BODY_STATUS or status < 200:
+        if method == "HEAD" or status in _NO_BODY_STATUS or status < 200:
             body = b""
         elif chunked:
             body = await _read_chunked(conn.reader)
@@ -137,34 +158,35 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             close = True
         return status, headers, body, not close
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send `request` on an idle connection to its host (or a new one)."""
-        if request.url.scheme != "http":
-            return await self._fallback.handle_async_request(request)
-        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
-        host = request.url.host
-        port = request.url.port or 80
-        data = await request.aread()
-        message = _head(request, data) + data
-        key = (host, port)
-        idle = self._idle.setdefault(key, [])
+    async def _roundtrip(
+        self,
+        host: str,
+        port: int,
+        message: bytes,
+        *,
+        method: str,
+        timeouts: Mapping[str, float | None],
+        where: str,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Send one serialised request on an idle connection (or a new one); read the answer."""
+        idle = self._idle.setdefault((host, port), [])
         for _attempt in range(2):
             reused = bool(idle)
             conn = idle.pop() if idle else await self._open(host, port, timeouts.get("connect"))
             try:
                 async with asyncio.timeout(timeouts.get("read")):
                     status, headers, body, keep = await self._exchange(
-                        conn, request, message, reused=reused
+                        conn, method, message, reused=reused
                     )
             except _StaleConnection:
                 conn.close()
                 continue  # the server closed an idle connection: try a fresh one
             except TimeoutError as exc:
                 conn.close()
-                raise httpx.ReadTimeout(f"{request.url} did not answer in time") from exc
+                raise httpx.ReadTimeout(f"{where} did not answer in time") from exc
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 conn.close()
-                raise httpx.ReadError(f"{request.url}: {exc!r}") from exc
+                raise httpx.ReadError(f"{where}: {exc!r}") from exc
             except BaseException:
                 conn.close()
                 raise
@@ -172,14 +194,50 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                 idle.append(conn)
             else:
                 conn.close()
-            return httpx.Response(
-                status,
-                headers=headers,
-                content=body,
-                request=request,
-                extensions={"http_version": b"HTTP/1.1"},
-            )
-        raise httpx.ReadError(f"{request.url}: the server keeps closing connections")
+            return status, headers, body
+        raise httpx.ReadError(f"{where}: the server keeps closing connections")
+
+    async def post(
+        self, url: str, body: bytes, content_type: str, timeouts: Mapping[str, float | None]
+    ) -> RawResponse:
+        """POST `body` to a plain-http URL without building httpx objects (the router's hot path).
+
+        Raises the same httpx exceptions as a client call would.
+        """
+        host, port, netloc, target = _split(url)
+        message = (
+            f"POST {target} HTTP/1.1\r\nHost: {netloc}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode("latin-1") + body
+        status, headers, content = await self._roundtrip(
+            host, port, message, method="POST", timeouts=timeouts, where=url
+        )
+        ctype = next(
+            (v.decode("latin-1") for k, v in headers if k.lower() == b"content-type"),
+            "application/json",
+        )
+        return RawResponse(status, ctype, content)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` on an idle connection to its host (or a new one)."""
+        if request.url.scheme != "http":
+            return await self._fallback.handle_async_request(request)
+        data = await request.aread()
+        status, headers, body = await self._roundtrip(
+            request.url.host,
+            request.url.port or 80,
+            _head(request, data) + data,
+            method=request.method,
+            timeouts=request.extensions.get("timeout", {}),
+            where=str(request.url),
+        )
+        return httpx.Response(
+            status,
+            headers=headers,
+            content=body,
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
 
     async def aclose(self) -> None:
         """Close every idle connection."""

@@ -135,3 +135,25 @@ async def test_timeouts_and_refused_connections_are_httpx_errors(
     await listener.wait_closed()
     with pytest.raises(httpx.ConnectError):
         await client.post(f"http://127.0.0.1:{port}/", content=b"")
+
+
+async def test_raw_post_is_the_same_exchange_without_httpx_objects(
+    server: tuple[str, list[int]],
+) -> None:
+    url, connections = server
+    transport = KeepAliveTransport()
+    timeouts = {"connect": 2.0, "read": 2.0}
+    try:
+        for body in (b"one", b"two"):
+            answer = await transport.post(url + "/echo", body, "text/plain", timeouts)
+            assert (answer.status, answer.content, answer.content_type) == (
+                200,
+                body,
+                "application/json",  # the raw server names none: JSON is assumed
+            )
+        assert (await transport.post(url + "/error", b"", "text/plain", timeouts)).status == 503
+        assert len(connections) == 1
+        with pytest.raises(ValueError, match="not a plain http URL"):
+            await transport.post("https://example.invalid/", b"", "text/plain", timeouts)
+    finally:
+        await transport.aclose()
