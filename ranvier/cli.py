@@ -7,6 +7,7 @@ exit; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import typer
@@ -28,7 +29,19 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ranvier.commands.serving",
     "ranvier.commands.events",
     "ranvier.commands.sensors",
+    "ranvier.commands.endpoint",
+    "ranvier.commands.control",
 )
+
+
+# Messages that already say where and what (`FILE:LINE:COL: error: ...`) are printed as they are.
+_LOCATED = re.compile(r"^\S+?(?::\d+:\d+)?: error: ")
+
+
+def error_line(exc: RanvierError) -> str:
+    """The one line the CLI prints for a user mistake."""
+    text = str(exc)
+    return text if _LOCATED.match(text) else f"error: {text}"
 
 
 def _register_all() -> None:
@@ -59,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # typer's standalone mode ends every run with SystemExit
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except RanvierError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(error_line(exc), err=True)
         return exc.exit_code
     return 0
 

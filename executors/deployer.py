@@ -1,0 +1,953 @@
+"""The deployer action on this machine: model servers as processes, the router table in KV.
+
+A deployer action names trained models; serving them means choosing a version of each (the
+best by the trainer's `lossMetric`, or the newest), running `ranvier serve` for it, and only
+then pointing the router at it. The order is what makes a deploy safe to get wrong: servers are
+started and health-checked first, the routing table is switched (one KV write the router picks
+up live), the deployment record is written, and only then are servers that are no longer routed
+stopped. A server that does not come up stops every process this deploy started and leaves the
+previous table alone, so a broken model class never takes traffic away from a working one.
+
+Versions are remembered per backend model in the deployment record (`history`, newest first):
+rolloutSpec's `destinationIndex` 0 is the version this deploy selected, 1 the one deployed
+before it, and so on. A canary is therefore "deploy again after training": the new version
+takes index 0, the previous one index 1, and the weights split traffic between them.
+
+Model servers are process trees in their own session (like the local backend's runs) and each
+is recorded in `<state-dir>/local-servers/<id>.json` (pid, kernel start time, boot id, owner),
+so `recover()` after a crash, `shutdown()` and `undeploy_axon()` stop all of them and never
+signal an unrelated process that reused a pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import structlog
+from pydantic import ValidationError
+
+from events.bus import Bus, BusError, RevisionMismatch, kv_key
+from events.errors import RanvierError
+from events.model import ActionRequest, LifecycleData, format_time, new_id, utcnow
+from events.subjects import MODELS_BUCKET, token
+from executors.backends.base import Started
+from executors.backends.local import RunOutcome, group_members, lifecycle, stop_tree
+from executors.kv import BusKeyValue
+from executors.registry import ModelRegistry, ModelVersion, select_best, select_latest
+from executors.serving.kv_table import ROUTER_URL_KEY
+from executors.serving.routing import (
+    Backend,
+    DeployerTable,
+    Endpoint,
+    RoutingError,
+    RoutingTable,
+    build_deployer_table,
+    compile_table,
+)
+from sensors.spec import Artifact, Axon, BackendModel, Deployer, EnvVar, Task
+
+log = structlog.get_logger(__name__)
+
+SERVERS_DIR: Final = "local-servers"
+DEFAULT_START_TIMEOUT: Final = 120.0
+DEFAULT_GRACE: Final = 5.0
+_POLL: Final = 0.05
+_CAS_ATTEMPTS: Final = 20
+_LISTENING: Final = re.compile(rb"ranvier: listening on (http://\S+)")
+_LOG_HEAD: Final = 65536
+
+
+class DeployError(RanvierError, RuntimeError):
+    """A deployment that cannot be carried out (no trained version, bad task, server down)."""
+
+
+def deploy_key(namespace: str, axon: str, deployer: str) -> str:
+    """KV key of a deployment record: `deploy.<ns>.<axon>.<deployer>`."""
+    return kv_key("deploy", namespace, axon, deployer)
+
+
+def router_key(namespace: str, axon: str) -> str:
+    """KV key of an axon's part of the routing table: `router.<ns>.<axon>`."""
+    return kv_key("router", namespace, axon)
+
+
+def fixed_url(router_url: str, axon: str) -> str:
+    """The stable URL of an axon's deployers behind the router, ending in `/`."""
+    return f"{router_url.rstrip('/')}/{axon}/"
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning (pure)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The version a backend model serves after this deploy, and how to run its servers."""
+
+    model: str
+    backend: BackendModel
+    deploy_task: Task
+    version: ModelVersion
+    history: tuple[int, ...]
+
+
+def versions_kept(deployer: Deployer) -> int:
+    """How many versions per backend model the rolloutSpec can route to (at least 1)."""
+    indices = [d.destination_index for r in deployer.rollout_spec for d in r.destinations]
+    indices += [r.shadow.destination_index for r in deployer.rollout_spec if r.shadow]
+    return max(indices, default=0) + 1
+
+
+def next_history(previous: Sequence[int], chosen: int, keep: int) -> tuple[int, ...]:
+    """Deployed versions newest first once `chosen` is deployed (index 0), at most `keep`."""
+    return tuple([chosen, *(v for v in previous if v != chosen)][:keep])
+
+
+def choose_version(
+    backend: BackendModel, strategy: str, trainer: Task, versions: Sequence[ModelVersion]
+) -> ModelVersion:
+    """`best` (by the trainer's lossMetric) or `latest`; `DeployError` when none qualifies."""
+    done = select_latest(versions)
+    if done is None:
+        raise DeployError(
+            f"backend model {backend.name!r}: trainer {trainer.name!r} has no Succeeded version",
+            hint="run the trainer first (deploy after it Succeeded)",
+        )
+    train = trainer.train
+    if strategy == "latest" or train is None or not train.loss_metric:
+        return done
+    best = select_best(versions, train.loss_metric, train.loss_metric_selector)
+    if best is None:
+        raise DeployError(
+            f"backend model {backend.name!r}: no version of {trainer.name!r} reported "
+            f"lossMetric {train.loss_metric!r}",
+            hint="write it to MODEL_PATH/metrics.json, or use modelSelectionStrategy: latest",
+        )
+    return best
+
+
+def routed_versions(table: DeployerTable) -> set[tuple[str, str]]:
+    """(backend model, version) pairs that take traffic or a shadow copy in `table`."""
+    found: set[tuple[str, str]] = set()
+    for model in table.models:
+        for backend in [*model.backends, *(b for v in model.variants for b in v.backends)]:
+            if backend.shadow or backend.weight > 0:
+                found.add((backend.name, backend.version))
+    return found
+
+
+def expand_replicas(
+    table: DeployerTable, urls: Mapping[tuple[str, str], Sequence[str]]
+) -> DeployerTable:
+    """The table with each backend's share split evenly over its version's replicas."""
+
+    def expand(backends: Iterable[Backend]) -> list[Backend]:
+        out: list[Backend] = []
+        for backend in backends:
+            replicas = list(urls[(backend.name, backend.version)])
+            if backend.shadow:
+                out.append(backend.model_copy(update={"url": replicas[0]}))
+                continue
+            share = backend.weight / len(replicas)
+            out.extend(backend.model_copy(update={"url": u, "weight": share}) for u in replicas)
+        return out
+
+    models = [
+        m.model_copy(
+            update={
+                "backends": expand(m.backends),
+                "variants": [
+                    v.model_copy(update={"backends": expand(v.backends)}) for v in m.variants
+                ],
+            }
+        )
+        for m in table.models
+    ]
+    return table.model_copy(update={"models": models})
+
+
+def merge_part(
+    part: RoutingTable | None, deployer: str, table: DeployerTable | None
+) -> RoutingTable:
+    """An axon's table part with `deployer` replaced by `table` (or removed when None)."""
+    current = part or RoutingTable()
+    deployers = [d for d in current.deployers if d.name != deployer]
+    if table is not None:
+        deployers.append(table)
+    return RoutingTable(revision=current.revision + 1, deployers=deployers)
+
+
+def deployer_spec(request: ActionRequest, axon: Axon) -> Deployer:
+    """The deployer spec carried by the action, else the one of that name in the Axon."""
+    raw = request.params.get("deployer")
+    if raw is not None:
+        try:
+            return Deployer.model_validate(raw)
+        except ValidationError as exc:
+            raise DeployError(f"deployer {request.task!r}: invalid spec: {exc}") from None
+    for sensor in axon.spec.sensors:
+        for step in sensor.tasks:
+            for action in step if isinstance(step, list) else [step]:
+                if action.deployer is not None and action.deployer.name == request.task:
+                    return action.deployer
+    raise DeployError(f"no deployer named {request.task!r} in axon {axon.metadata.name!r}")
+
+
+def _task_artifact(axon: Axon, task: Task) -> Artifact | None:
+    build = task.body.image_build
+    if build is not None:
+        found = axon.spec.artifact(build.artifact)
+        if found is None:
+            raise DeployError(
+                f"task {task.name!r} builds from artifact {build.artifact!r}, which is not in "
+                f"spec.artifacts"
+            )
+        return found
+    sources = [a for a in axon.spec.artifacts if a.local is not None or a.git is not None]
+    return sources[0] if len(sources) == 1 else None
+
+
+def working_dir(axon: Axon, task: Task, axon_dir: Path, workspace: Path) -> Path:
+    """Where a deploy task's class file is: workingDir under its artifact or the Axon's dir.
+
+    The same resolution as the local backend's; a git artifact is the checkout the trainer
+    already cloned into the workspace.
+    """
+    artifact = _task_artifact(axon, task)
+    if artifact is None:
+        base = axon_dir.resolve()
+    elif artifact.local is not None:
+        base = (axon_dir / artifact.local.path).resolve()
+    elif artifact.git is not None:
+        base = workspace / "src" / token(artifact.name) / token(artifact.git.revision)
+        if not base.is_dir():
+            raise DeployError(
+                f"git artifact {artifact.name!r} of task {task.name!r} is not checked out",
+                hint="run a task from it first (the trainer clones it)",
+            )
+    else:
+        raise DeployError(f"artifact {artifact.name!r} of task {task.name!r} is not local or git")
+    body = task.body
+    sub = body.working_dir
+    if sub is None and body.image_build is not None:
+        sub = body.image_build.build_location.lstrip("/") or None
+    cwd = (base / sub).resolve() if sub else base
+    if not cwd.is_dir():
+        raise DeployError(
+            f"working directory {cwd} of task {task.name!r} does not exist",
+            hint="fix workingDir (relative to the artifact or the Axon file)",
+        )
+    return cwd
+
+
+def _env(items: Iterable[EnvVar] | object, where: str) -> dict[str, str]:
+    if not items:
+        return {}
+    out: dict[str, str] = {}
+    for item in items if isinstance(items, list) else []:
+        var = item if isinstance(item, EnvVar) else EnvVar.model_validate(item)
+        if var.value_from is not None:
+            raise DeployError(
+                f"{where}: env {var.name} takes its value from a Secret or ConfigMap",
+                hint="give it a value for local deploys",
+            )
+        out[var.name] = var.value or ""
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def _proc_start(pid: int) -> int | None:
+    """The kernel's start time of `pid` (to tell it from a later process with the same pid)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _last_line(path: Path, limit: int = 300) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """A model server process, as written to disk so that nothing outlives its executor."""
+
+    id: str
+    namespace: str
+    axon: str
+    deployer: str
+    task: str
+    backend: str
+    version: str
+    replica: int
+    spec: str
+    pid: int
+    pgid: int
+    proc_start: int | None
+    boot_id: str | None
+    owner_pid: int
+    owner_start: int | None
+    log_path: str
+    model_path: str
+    started: str
+    url: str | None = None
+
+
+@dataclass
+class _Server:
+    record: ServerRecord
+    proc: asyncio.subprocess.Process | None
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """Everything needed to start the servers of one backend model version."""
+
+    backend: str
+    version: str
+    spec: str
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    model_path: Path
+    replicas: int
+    task: str
+
+
+@dataclass(frozen=True)
+class DeployStarted:
+    """A deploy is under way: what the runner reports as Running."""
+
+    run_id: str
+
+    def to_lifecycle(self, request: ActionRequest) -> LifecycleData:
+        """The Running lifecycle payload."""
+        return lifecycle(request, self.run_id, "Running")
+
+
+@dataclass
+class _Context:
+    request: ActionRequest
+    axon: Axon
+    deployer: Deployer
+    run_id: str
+    started: list[_Server] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployer
+
+
+class LocalDeployer:
+    """Carries out deployer actions with model-server processes on this machine."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        state_dir: Path,
+        host: str = "127.0.0.1",
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        grace: float = DEFAULT_GRACE,
+        drain: float = 0.5,
+        python: str = sys.executable,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`drain`: seconds old servers keep answering after the table switched (in-flight)."""
+        self.bus = bus
+        self.state_dir = Path(state_dir).resolve()
+        self.host = host
+        self.start_timeout = start_timeout
+        self.grace = grace
+        self.drain = drain
+        self.python = python
+        inherited = os.environ if base_env is None else base_env
+        # ranvier's own settings may hold credentials; servers get what they need per launch.
+        self.base_env = {k: v for k, v in inherited.items() if not k.startswith("RANVIER_")}
+        self.registry = ModelRegistry(BusKeyValue(bus, MODELS_BUCKET))
+        self._servers: dict[str, _Server] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._closed = False
+
+    @property
+    def servers_dir(self) -> Path:
+        """Where live server records are kept."""
+        return self.state_dir / SERVERS_DIR
+
+    def workspace(self, axon: str, namespace: str = "default") -> Path:
+        """`<state-dir>/<namespace>/<axon>/` (shared with the local backend)."""
+        return self.state_dir / token(namespace) / token(axon)
+
+    def live_servers(self) -> list[ServerRecord]:
+        """Model servers running now, started by this deployer."""
+        return [s.record for s in self._servers.values()]
+
+    # -- deploying ----------------------------------------------------------------------------
+
+    async def deploy(
+        self,
+        request: ActionRequest,
+        axon: Axon,
+        axon_dir: Path,
+        on_running: Callable[[Started], Awaitable[None]] | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> RunOutcome:
+        """Deploy one deployer action; never raises for a deployment that cannot be done."""
+        run_id = run_id or new_id()
+        bound = log.bind(run_id=run_id, axon=request.axon, deployer=request.task)
+        if self._closed:
+            return RunOutcome(run_id, "Failed", "cancelled: executor shut down")
+        started_at = utcnow()
+        lock = self._locks.setdefault((request.namespace, request.axon), asyncio.Lock())
+        async with lock:
+            try:
+                deployer = deployer_spec(request, axon)
+                ctx = _Context(request, axon, deployer, run_id)
+                if on_running is not None:
+                    await on_running(DeployStarted(run_id))
+                outputs = await self._deploy(ctx, Path(axon_dir))
+            except (DeployError, RoutingError) as exc:
+                bound.info("deploy.failed", reason=str(exc))
+                return RunOutcome(run_id, "Failed", str(exc), started=started_at)
+        bound.info("deploy.succeeded", url=outputs.get("url"))
+        return RunOutcome(
+            run_id,
+            "Succeeded",
+            outputs["summary"],
+            outputs={k: v for k, v in outputs.items() if k != "summary"},
+            started=started_at,
+        )
+
+    async def _deploy(self, ctx: _Context, axon_dir: Path) -> dict[str, Any]:
+        request, deployer = ctx.request, ctx.deployer
+        ns, name = request.namespace, request.axon
+        previous = await self._read_json(deploy_key(ns, name, deployer.name))
+        history_before = {
+            h["backend"]: [int(v) for v in h.get("versions", [])]
+            for h in (previous or {}).get("history", [])
+        }
+        choices = await self._choose(ctx, history_before)
+        versions = {
+            c.backend.name: [Endpoint(version=str(v), url=f"http://pending/{v}") for v in c.history]
+            for c in choices
+        }
+        planned = build_deployer_table(name, deployer, versions)
+        needed = sorted(routed_versions(planned))
+        by_backend = {c.backend.name: c for c in choices}
+        launches = {
+            (b, v): await self._launch(ctx, by_backend[b], axon_dir, int(v)) for b, v in needed
+        }
+        try:
+            results = await asyncio.gather(
+                *(self._ensure(ctx, launches[key]) for key in needed), return_exceptions=True
+            )
+            urls: dict[tuple[str, str], list[str]] = {}
+            for key, found in zip(needed, results, strict=True):
+                if isinstance(found, BaseException):
+                    raise next(
+                        (r for r in results if isinstance(r, BaseException)
+                         and not isinstance(r, DeployError)),
+                        found,
+                    )  # fmt: skip
+                urls[key] = found
+            table = expand_replicas(planned, urls)
+            await self._write_part(ns, name, deployer.name, table)
+        except BaseException:
+            await asyncio.shield(self._stop_all(ctx.started, "rolled back"))
+            raise
+        router = await self._router_url()
+        url = fixed_url(router, name) if router else None
+        record = {
+            "deployer": deployer.name,
+            "namespace": ns,
+            "axon": name,
+            "url": url,
+            "models": [
+                {
+                    "name": m.name,
+                    "backends": [
+                        {
+                            "name": b.name,
+                            "version": b.version,
+                            "url": b.url,
+                            "weight": b.weight,
+                            "shadow": b.shadow,
+                        }
+                        for b in [*m.backends, *(b for v in m.variants for b in v.backends)]
+                    ],
+                }
+                for m in table.models
+            ],
+            "history": [
+                {
+                    "model": c.model,
+                    "backend": c.backend.name,
+                    "versions": [str(v) for v in c.history],
+                }
+                for c in choices
+            ],
+            "run_id": ctx.run_id,
+            "updated": format_time(utcnow()),
+        }
+        await self.bus.kv_put(
+            MODELS_BUCKET, deploy_key(ns, name, deployer.name), json.dumps(record).encode()
+        )
+        keep = {launches[k].spec for k in needed}
+        stale = [
+            s
+            for s in self._servers.values()
+            if s.record.namespace == ns
+            and s.record.axon == name
+            and s.record.deployer == deployer.name
+            and s.record.spec not in keep
+        ]
+        if stale:
+            await asyncio.sleep(self.drain)  # requests routed by the old table finish first
+            await self._stop_all(stale, "no longer routed")
+        serving = ", ".join(
+            f"{b.name} v{b.version} ({b.weight:g}%)"
+            for m in table.models
+            for b in m.backends
+            if not b.shadow
+        )
+        return {
+            "summary": f"serving {serving}" + (f" at {url}" if url else ""),
+            "url": url,
+            "models": record["models"],
+            "stopped": len(stale),
+        }
+
+    async def _choose(self, ctx: _Context, before: Mapping[str, list[int]]) -> list[Choice]:
+        request, axon, deployer = ctx.request, ctx.axon, ctx.deployer
+        keep = versions_kept(deployer)
+        choices: list[Choice] = []
+        for model in deployer.models:
+            for backend in model.backend_models:
+                trainer = axon.spec.task(backend.trainer)
+                if trainer is None or trainer.kind != "train":
+                    raise DeployError(
+                        f"backend model {backend.name!r}: {backend.trainer!r} is not a train task"
+                    )
+                deploy = axon.spec.task(backend.deployer)
+                if deploy is None or deploy.deploy is None:
+                    raise DeployError(
+                        f"backend model {backend.name!r}: {backend.deployer!r} is not a deploy task"
+                    )
+                if not deploy.deploy.model:
+                    raise DeployError(
+                        f"deploy task {deploy.name!r} has no `model`",
+                        hint="set model: to the model class (a file-named Class or module.Class)",
+                    )
+                strategy = (
+                    backend.model_selection_strategy
+                    if "model_selection_strategy" in backend.model_fields_set
+                    else model.model_selection_strategy
+                )
+                versions = await self.registry.versions(
+                    request.axon, trainer.name, namespace=request.namespace
+                )
+                version = choose_version(backend, strategy, trainer, versions)
+                history = next_history(before.get(backend.name, []), version.version, keep)
+                choices.append(Choice(model.name, backend, deploy, version, history))
+        return choices
+
+    async def _launch(self, ctx: _Context, choice: Choice, axon_dir: Path, version: int) -> _Launch:
+        request, axon = ctx.request, ctx.axon
+        record = await self.registry.get(
+            request.axon, choice.backend.trainer, version, namespace=request.namespace
+        )
+        if record is None:
+            raise DeployError(
+                f"backend model {choice.backend.name!r}: version {version} of "
+                f"{choice.backend.trainer!r} is no longer in the registry"
+            )
+        model_path = Path(record.path)
+        if not await asyncio.to_thread(model_path.is_dir):
+            raise DeployError(
+                f"backend model {choice.backend.name!r}: version {version} directory "
+                f"{model_path} does not exist"
+            )
+        task = choice.deploy_task
+        assert task.deploy is not None  # checked by _choose
+        assert task.deploy.model
+        cwd = working_dir(axon, task, axon_dir, self.workspace(request.axon, request.namespace))
+        env = dict(self.base_env)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(_env(task.body.env, f"task {task.name!r}"))
+        env.update(_env(ctx.deployer.env, f"deployer {ctx.deployer.name!r}"))
+        env.update(
+            MODEL_PATH=str(model_path),
+            TASK_NAME=task.name,
+            AXON_NAME=request.axon,
+            NAMESPACE=request.namespace,
+            RANVIER_AXON=request.axon,
+            RANVIER_MODEL=choice.backend.name,
+            RANVIER_VERSION=str(version),
+        )
+        argv = [
+            self.python,
+            "-m",
+            "ranvier",
+            "serve",
+            task.deploy.model,
+            "--model-path",
+            str(model_path),
+            "--port",
+            "0",
+            "--host",
+            self.host,
+            "--workdir",
+            str(cwd),
+            "--model-version",
+            str(version),
+        ]
+        spec = hashlib.sha256(
+            json.dumps(
+                [
+                    request.namespace,
+                    request.axon,
+                    ctx.deployer.name,
+                    choice.backend.name,
+                    argv,
+                    str(cwd),
+                    sorted(env.items()),
+                ]
+            ).encode()
+        ).hexdigest()[:16]
+        return _Launch(
+            backend=choice.backend.name,
+            version=str(version),
+            spec=spec,
+            argv=argv,
+            cwd=cwd,
+            env=env,
+            model_path=model_path,
+            replicas=max(1, task.deploy.replicas),
+            task=task.name,
+        )
+
+    async def _ensure(self, ctx: _Context, launch: _Launch) -> list[str]:
+        """URLs of the launch's replicas: running ones are reused, missing ones started."""
+        urls: list[str] = []
+        for replica in range(launch.replicas):
+            running = next(
+                (
+                    s
+                    for s in self._servers.values()
+                    if s.record.spec == launch.spec
+                    and s.record.replica == replica
+                    and s.record.url is not None
+                    and (s.proc is None or s.proc.returncode is None)
+                ),
+                None,
+            )
+            if running is None:
+                running = await self._start(ctx, launch, replica)
+            assert running.record.url is not None
+            urls.append(running.record.url)
+        return urls
+
+    async def _start(self, ctx: _Context, launch: _Launch, replica: int) -> _Server:
+        request = ctx.request
+        server_id = new_id()
+        log_path = (
+            self.workspace(request.axon, request.namespace)
+            / "logs"
+            / token(launch.task)
+            / f"server-{token(launch.backend)}-v{token(launch.version)}-{server_id}.log"
+        )
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("wb") as logfile:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *launch.argv,
+                    cwd=launch.cwd,
+                    env=launch.env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=logfile,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise DeployError(f"cannot start model server: {exc}") from None
+        record = ServerRecord(
+            id=server_id,
+            namespace=request.namespace,
+            axon=request.axon,
+            deployer=ctx.deployer.name,
+            task=launch.task,
+            backend=launch.backend,
+            version=launch.version,
+            replica=replica,
+            spec=launch.spec,
+            pid=proc.pid,
+            pgid=proc.pid,
+            proc_start=_proc_start(proc.pid),
+            boot_id=_boot_id(),
+            owner_pid=os.getpid(),
+            owner_start=_proc_start(os.getpid()),
+            log_path=str(log_path),
+            model_path=str(launch.model_path),
+            started=format_time(utcnow()),
+        )
+        server = _Server(record, proc)
+        self._servers[server_id] = server
+        ctx.started.append(server)
+        self._write_record(record)
+        log.info(
+            "deploy.server_started",
+            axon=request.axon,
+            backend=launch.backend,
+            version=launch.version,
+            pid=proc.pid,
+            log=str(log_path),
+        )
+        url = await self._await_healthy(proc, log_path, launch)
+        server.record = record = ServerRecord(**{**asdict(record), "url": url})
+        self._write_record(record)
+        return server
+
+    async def _await_healthy(
+        self, proc: asyncio.subprocess.Process, log_path: Path, launch: _Launch
+    ) -> str:
+        what = f"model server {launch.backend} version {launch.version}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        url: str | None = None
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                if proc.returncode is not None:
+                    last = _last_line(log_path)
+                    raise DeployError(
+                        f"{what} did not start: exited with code {proc.returncode}"
+                        + (f": {last}" if last else "")
+                    )
+                if url is None:
+                    url = _listening_url(log_path)
+                if url is not None:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{url}/health")).status_code == 200:
+                            return url
+                if loop.time() >= deadline:
+                    last = _last_line(log_path)
+                    raise DeployError(
+                        f"{what} not healthy after {self.start_timeout:g}s"
+                        + (f": {last}" if last else ""),
+                        hint="see its log " + str(log_path),
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(proc.wait()), _POLL)
+
+    # -- KV -----------------------------------------------------------------------------------
+
+    async def _read_json(self, key: str) -> dict[str, Any] | None:
+        found = await self.bus.kv_get(MODELS_BUCKET, key)
+        if found is None:
+            return None
+        try:
+            value = json.loads(found[0])
+        except ValueError:
+            log.warning("deploy.record_unreadable", key=key)
+            return None
+        return value if isinstance(value, dict) else None
+
+    async def _router_url(self) -> str | None:
+        found = await self._read_json(ROUTER_URL_KEY)
+        url = (found or {}).get("url")
+        return url if isinstance(url, str) else None
+
+    async def _write_part(
+        self, namespace: str, axon: str, deployer: str, table: DeployerTable | None
+    ) -> None:
+        """Replace one deployer in the axon's router part (compare-and-set; checked first)."""
+        key = router_key(namespace, axon)
+        for _ in range(_CAS_ATTEMPTS):
+            found = await self.bus.kv_get(MODELS_BUCKET, key)
+            current = None
+            if found is not None:
+                try:
+                    current = RoutingTable.model_validate_json(found[0])
+                except ValidationError:
+                    log.warning("deploy.router_part_unreadable", key=key)
+            part = merge_part(current, deployer, table)
+            compile_table(part)  # a table the router would refuse is never written
+            raw = part.model_dump_json(by_alias=True).encode()
+            if not part.deployers:
+                if found is not None:
+                    await self.bus.kv_delete(MODELS_BUCKET, key)
+                return
+            if found is None:
+                if await self.bus.kv_create(MODELS_BUCKET, key, raw) is not None:
+                    return
+                continue
+            try:
+                await self.bus.kv_update(MODELS_BUCKET, key, raw, found[1])
+            except RevisionMismatch:
+                continue
+            return
+        raise DeployError(f"could not update {key} after {_CAS_ATTEMPTS} attempts (contention)")
+
+    async def _forget(self, namespace: str, axon: str, deployer: str | None) -> None:
+        """Remove deployments (one deployer, or all of the axon) from the table and records."""
+        if deployer is not None:
+            await self._write_part(namespace, axon, deployer, None)
+            await self.bus.kv_delete(MODELS_BUCKET, deploy_key(namespace, axon, deployer))
+            return
+        await self.bus.kv_delete(MODELS_BUCKET, router_key(namespace, axon))
+        prefix = f"{kv_key('deploy', namespace, axon)}."
+        for key in await self.bus.kv_keys(MODELS_BUCKET, f"{prefix}>"):
+            await self.bus.kv_delete(MODELS_BUCKET, key)
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    async def _stop(self, server: _Server, reason: str) -> None:
+        record = server.record
+        try:
+            await stop_tree(record.pgid, self.grace, server.proc)
+        finally:
+            self._servers.pop(record.id, None)
+            (self.servers_dir / f"{token(record.id)}.json").unlink(missing_ok=True)
+        log.info(
+            "deploy.server_stopped",
+            axon=record.axon,
+            backend=record.backend,
+            version=record.version,
+            pid=record.pid,
+            reason=reason,
+        )
+
+    async def _stop_all(self, servers: Iterable[_Server], reason: str) -> None:
+        await asyncio.gather(*(self._stop(s, reason) for s in list(servers)))
+
+    async def undeploy_axon(self, namespace: str, name: str) -> None:
+        """Stop an Axon's model servers and remove its routes and deployment records."""
+        lock = self._locks.setdefault((namespace, name), asyncio.Lock())
+        async with lock:
+            mine = [
+                s
+                for s in self._servers.values()
+                if s.record.namespace == namespace and s.record.axon == name
+            ]
+            await self._forget(namespace, name, None)
+            await self._stop_all(mine, "axon deleted")
+
+    async def shutdown(self) -> None:
+        """Stop every model server and take their deployments out of the router."""
+        self._closed = True
+        servers = list(self._servers.values())
+        deployments = {(s.record.namespace, s.record.axon, s.record.deployer) for s in servers}
+        for namespace, axon, deployer in sorted(deployments):
+            try:
+                await self._forget(namespace, axon, deployer)
+            except (BusError, OSError, TimeoutError, RanvierError) as exc:
+                # the bus may already be gone at shutdown; the processes are what must stop
+                log.warning("deploy.forget_failed", axon=axon, deployer=deployer, error=str(exc))
+        await self._stop_all(servers, "executor shut down")
+
+    async def recover(self) -> list[ServerRecord]:
+        """At start-up: stop model servers a previous executor left and unroute them."""
+        if not self.servers_dir.is_dir():
+            return []
+        boot = _boot_id()
+        stopped: list[ServerRecord] = []
+        for path in sorted(self.servers_dir.glob("*.json")):
+            try:
+                record = ServerRecord(**json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("deploy.server_record_unreadable", path=str(path), error=str(exc))
+                path.unlink(missing_ok=True)
+                continue
+            if record.id in self._servers or _owner_alive(record, boot):
+                continue
+            if record.boot_id == boot and (
+                _proc_start(record.pid) == record.proc_start or group_members(record.pgid)
+            ):
+                await stop_tree(record.pgid, self.grace)
+            path.unlink(missing_ok=True)
+            stopped.append(record)
+            log.info("deploy.server_recovered", axon=record.axon, pid=record.pid)
+        for namespace, axon, deployer in sorted(
+            {(r.namespace, r.axon, r.deployer) for r in stopped}
+        ):
+            await self._forget(namespace, axon, deployer)
+        return stopped
+
+    def _write_record(self, record: ServerRecord) -> None:
+        self.servers_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".server.", dir=self.servers_dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(asdict(record), out)
+        os.replace(tmp, self.servers_dir / f"{token(record.id)}.json")
+
+
+def _owner_alive(record: ServerRecord, boot: str | None) -> bool:
+    """True if another, still running executor started the server (it is not ours to stop)."""
+    if record.owner_pid == os.getpid() or record.boot_id != boot:
+        return False
+    start = _proc_start(record.owner_pid)
+    return start is not None and start == record.owner_start
+
+
+def _listening_url(log_path: Path) -> str | None:
+    try:
+        with log_path.open("rb") as f:
+            head = f.read(_LOG_HEAD)
+    except OSError:
+        return None
+    match = _LISTENING.search(head)
+    return match.group(1).decode() if match else None
+
+
+__all__ = [
+    "ROUTER_URL_KEY",
+    "Choice",
+    "DeployError",
+    "DeployStarted",
+    "LocalDeployer",
+    "ServerRecord",
+    "choose_version",
+    "deploy_key",
+    "deployer_spec",
+    "expand_replicas",
+    "fixed_url",
+    "merge_part",
+    "next_history",
+    "routed_versions",
+    "router_key",
+    "versions_kept",
+    "working_dir",
+]

@@ -1,0 +1,178 @@
+"""The router's table from the `ranvier_models` KV bucket, and the router as a role.
+
+Each Axon's deployments write their own part of the table (`router.<ns>.<axon>`), so two
+deployers never rewrite each other's routes; the router needs one table, so this module merges
+the parts. A KV watch delivers every change in revision order, and each merged table is a
+consistent snapshot of the bucket at that revision: the router compiles it and swaps it in with
+one assignment (in-flight requests finish on the table they started with).
+
+`RouterRole` is what `ranvier run --role router` and `ranvier up` run: the router on a host and
+port, its base URL recorded under `router.url` so that the deployer and `ranvier endpoint` can
+tell users where their models are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from typing import Final
+
+import structlog
+import uvicorn
+from pydantic import ValidationError
+
+from events.bus import Bus, BusError
+from events.subjects import MODELS_BUCKET
+from executors.serving.router import create_router_app
+from executors.serving.routing import RoutingTable
+from executors.serving.server import bind_socket, url_of
+
+log = structlog.get_logger(__name__)
+
+ROUTER_URL_KEY: Final = "router.url"
+PARTS_PATTERN: Final = "router.*.*"  # router.<ns>.<axon>; router.url has one token less
+
+
+def merge_parts(parts: Mapping[str, RoutingTable], revision: int) -> RoutingTable:
+    """One table from the axons' parts (in key order, so the result is deterministic)."""
+    return RoutingTable(
+        revision=revision,
+        deployers=[d for key in sorted(parts) for d in parts[key].deployers],
+    )
+
+
+def parse_part(key: str, raw: bytes) -> RoutingTable | None:
+    """A part from its stored bytes, or None (logged) when it is not a valid table."""
+    try:
+        return RoutingTable.model_validate_json(raw)
+    except ValidationError as exc:
+        log.error("router.part_rejected", key=key, reason=str(exc.errors()[0]["msg"]))
+        return None
+
+
+class KvTableSource:
+    """A `TableSource` over the router keys of `ranvier_models`."""
+
+    def __init__(self, bus: Bus, *, bucket: str = MODELS_BUCKET) -> None:
+        self.bus = bus
+        self.bucket = bucket
+        self._revision = 0
+
+    async def get(self) -> RoutingTable:
+        """The table merged from the parts stored now."""
+        parts: dict[str, RoutingTable] = {}
+        revision = 0
+        for key in await self.bus.kv_keys(self.bucket, PARTS_PATTERN):
+            found = await self.bus.kv_get(self.bucket, key)
+            if found is None:
+                continue
+            revision = max(revision, found[1])
+            part = parse_part(key, found[0])
+            if part is not None:
+                parts[key] = part
+        self._revision = revision
+        return merge_parts(parts, revision)
+
+    async def changes(self) -> AsyncGenerator[RoutingTable, None]:
+        """A merged table after every change to a part (runs until cancelled).
+
+        Current values are replayed first; a merged table is yielded for those only when they
+        are newer than what `get()` returned, so nothing changed between the two is missed.
+        """
+        parts: dict[str, RoutingTable] = {}
+        async for change in self.bus.kv_watch(self.bucket, PARTS_PATTERN):
+            if change.value is None:
+                parts.pop(change.key, None)
+            else:
+                part = parse_part(change.key, change.value)
+                if part is None:
+                    continue  # keep the key's previous part
+                parts[change.key] = part
+            if change.initial and change.revision <= self._revision:
+                continue
+            self._revision = max(self._revision, change.revision)
+            yield merge_parts(parts, change.revision)
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the process that runs the roles owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class RouterRole:
+    """Serves the router over `KvTableSource` and records its URL under `router.url`."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        on_listening: Callable[[str], None] | None = None,
+        backend_timeout_s: float = 30.0,
+    ) -> None:
+        self.bus = bus
+        self.host = host
+        self.port = port
+        self.on_listening = on_listening
+        self.backend_timeout_s = backend_timeout_s
+        self.url: str | None = None
+        self.listening = asyncio.Event()
+
+    async def run(self) -> None:
+        """Serve until cancelled; then stop accepting, finish requests, forget the URL."""
+        app = create_router_app(KvTableSource(self.bus), timeout=self.backend_timeout_s)
+        sock = bind_socket(self.host, self.port)
+        server = _QuietServer(
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                access_log=False,
+                lifespan="on",
+                timeout_keep_alive=30,
+                proxy_headers=False,
+                server_header=False,
+            )
+        )
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            while not server.started:
+                if serving.done():
+                    await serving  # start-up failed: raise why
+                    raise RuntimeError("router stopped during start-up")
+                await asyncio.sleep(0.01)
+            self.url = url_of(sock)
+            await self.bus.kv_put(
+                MODELS_BUCKET, ROUTER_URL_KEY, json.dumps({"url": self.url}).encode()
+            )
+            log.info("router.listening", url=self.url)
+            self.listening.set()
+            if self.on_listening is not None:
+                self.on_listening(self.url)
+            await asyncio.shield(serving)
+        finally:
+            server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            sock.close()
+            await self._forget_url()
+
+    async def _forget_url(self) -> None:
+        """Remove `router.url` if it still names this router (another may have replaced it)."""
+        if self.url is None:
+            return
+        try:
+            found = await self.bus.kv_get(MODELS_BUCKET, ROUTER_URL_KEY)
+            if found is not None and json.loads(found[0]).get("url") == self.url:
+                await self.bus.kv_delete(MODELS_BUCKET, ROUTER_URL_KEY)
+        except (BusError, ValueError, OSError) as exc:
+            # the bus may already be closing at shutdown; a stale URL is only informative
+            log.warning("router.url_not_removed", error=str(exc))
+
+
+__all__ = ["PARTS_PATTERN", "ROUTER_URL_KEY", "KvTableSource", "RouterRole", "merge_parts"]
