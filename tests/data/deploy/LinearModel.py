@@ -21,8 +21,7 @@ class LinearModel:
 
     def predict(self, X: list[list[float]], feature_names: list[str]) -> list[list[float]]:
         return [
-            [sum(w * x for w, x in zip(self.weights, row, strict=False)) + self.bias]
-            for row in X
+            [sum(w * x for w, x in zip(self.weights, row, strict=False)) + self.bias] for row in X
         ]
 
     def send_feedback(self, features: Any, feature_names: Any, reward: float, truth: Any) -> None:
