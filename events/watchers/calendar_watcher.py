@@ -1,7 +1,7 @@
 """The Calendar watcher role: publish a `ranvier.calendar` event for every due tick, once.
 
 The schedule maths is in `events.watchers.calendar`; this is the loop around it. For each
-Calendar trigger it keeps the last tick it published in KV (`ranvier_state`,
+Calendar trigger it keeps the last tick it published in KV (`ranvier_runs`,
 `calendar.<ns>.<axon>.<sensor>.<trigger>`), and on every wake-up publishes the ticks in
 (last, now], then moves the mark forward. The order is publish, then persist, and every tick's
 event id is deterministic (`tick_event_id`), so a crash between the two re-publishes ticks the
@@ -48,7 +48,7 @@ class ScheduledTrigger:
 
     @property
     def key(self) -> str:
-        """Where its last published tick is kept in `ranvier_state`."""
+        """Where its last published tick is kept in `ranvier_runs`."""
         return kv_key("calendar", self.namespace, self.axon, self.sensor, self.trigger)
 
 
@@ -89,7 +89,7 @@ class CalendarWatcher:
 
     async def publish_due(self, trigger: ScheduledTrigger, now: datetime) -> list[datetime]:
         """Publish the ticks of `trigger` in (last published, now]; the ticks published."""
-        found = await self.bus.kv_get(subjects.STATE_BUCKET, trigger.key)
+        found = await self.bus.kv_get(subjects.RUNS_BUCKET, trigger.key)
         if found is None:
             last, revision = trigger.armed, None
         else:
@@ -141,9 +141,9 @@ class CalendarWatcher:
         value = json.dumps({"last": tick.isoformat()}).encode("utf-8")
         try:
             if revision is None:
-                await self.bus.kv_create(subjects.STATE_BUCKET, trigger.key, value)
+                await self.bus.kv_create(subjects.RUNS_BUCKET, trigger.key, value)
             else:
-                await self.bus.kv_update(subjects.STATE_BUCKET, trigger.key, value, revision)
+                await self.bus.kv_update(subjects.RUNS_BUCKET, trigger.key, value, revision)
         except RevisionMismatch:
             log.info("calendar.mark_raced", key=trigger.key)
 

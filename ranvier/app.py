@@ -1,0 +1,419 @@
+"""The composition root: which roles run in a process, and `ranvier up`'s whole-pipeline loop.
+
+Every role (engine, executor, watcher, router) is a class built on a connected `Bus` with an
+`async run()` that runs until cancelled and cleans up on cancellation. `ranvier run --role X`
+runs one (or all) of them against a shared NATS, for clusters; `ranvier up` runs all of them in
+one process, on an embedded nats-server unless `--nats-url` is given, submits an Axon and
+watches it until a goal (`--until`) is reached. What a user sees while it runs is computed from
+the same KV records that `ranvier get axon` prints (`axon_status`), so the two never disagree.
+
+Roles owned by other modules that may not be installed (the engine runtime, the deployer and
+the router) are looked up by name, so a process runs the roles that exist and says clearly which
+one is missing when it is asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import structlog
+
+from events import subjects
+from events.bus import Bus
+from events.errors import RanvierError
+from events.model import RestData
+from events.watchers.calendar import Schedule
+from events.watchers.calendar_watcher import CalendarWatcher, ScheduledTrigger
+from executors.backends.base import Backend
+from executors.backends.local import LocalBackend
+from executors.kv import BusKeyValue
+from executors.registry import ModelRegistry
+from executors.runner import Deployer, ExecutorRunner
+from sensors.axons import AxonStore, StoredAxon
+from sensors.spec import CalendarTrigger, RestTrigger
+
+log = structlog.get_logger(__name__)
+
+ROLES: Final = ("engine", "executor", "watcher", "router")
+Goal = Literal["succeeded", "deployed", "idle"]
+ENGINE_DURABLE: Final = "ranvier-engine"
+SOURCE: Final = "ranvier/cli"
+
+
+class AppError(RanvierError, RuntimeError):
+    """A role cannot run here (missing module, unknown backend, bad combination of flags)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building roles
+
+
+def _optional(module: str, attr: str) -> Any | None:
+    """`module.attr` if that module is installed, else None (roles other modules provide)."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.startswith(exc.name):
+            return None
+        raise
+
+
+def make_backend(name: str, *, state_dir: Path, nats_url: str | None) -> Backend:
+    """The backend named by `--backend` / RANVIER_BACKEND: local or kubernetes."""
+    if name == "local":
+        return LocalBackend(state_dir, nats_url=nats_url)
+    if name == "kubernetes":
+        backend = _optional("executors.backends.kubernetes", "KubernetesBackend")
+        if backend is None:
+            raise AppError(
+                "the kubernetes backend is not available in this installation",
+                hint="use --backend local",
+            )
+        made: Backend = backend.from_config()
+        return made
+    raise AppError(f"unknown backend {name!r}", hint="choose local or kubernetes")
+
+
+def make_deployer(bus: Bus, state_dir: Path) -> Deployer | None:
+    """The local deployer (model servers behind the router), if it is installed."""
+    deployer = _optional("executors.deployer", "LocalDeployer")
+    if deployer is None:
+        return None
+    made: Deployer = deployer(bus, state_dir=state_dir)
+    return made
+
+
+def calendar_provider(store: AxonStore) -> Callable[[], Awaitable[list[ScheduledTrigger]]]:
+    """The Calendar triggers of every submitted (not deleted) Axon, as plain schedules."""
+
+    async def provide() -> list[ScheduledTrigger]:
+        found: list[ScheduledTrigger] = []
+        for stored in await store.list():
+            for sensor in stored.axon.spec.sensors:
+                for trigger in sensor.triggers:
+                    if isinstance(trigger, CalendarTrigger):
+                        found.append(
+                            ScheduledTrigger(
+                                namespace=stored.namespace,
+                                axon=stored.name,
+                                sensor=sensor.name,
+                                trigger=trigger.name,
+                                schedule=Schedule(
+                                    cron=trigger.schedule,
+                                    interval=trigger.interval,
+                                    timezone=trigger.timezone,
+                                ),
+                                armed=stored.submitted,
+                            )
+                        )
+        return found
+
+    return provide
+
+
+@dataclass
+class RoleOptions:
+    """What the roles of one process are built with."""
+
+    state_dir: Path
+    backend: str = "local"
+    nats_url: str | None = None
+    concurrency: int = 16
+    router_host: str = "127.0.0.1"
+    router_port: int = 0
+
+
+def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[str, Any]:
+    """The role objects for `names` (each has `async run()`); errors name what is missing."""
+    roles: dict[str, Any] = {}
+    for name in names:
+        if name == "engine":
+            runtime = _optional("sensors.runtime", "EngineRuntime")
+            if runtime is None:
+                raise AppError("the engine role is not available (sensors.runtime is missing)")
+            roles[name] = runtime(bus, durable=ENGINE_DURABLE)
+        elif name == "executor":
+            backend = make_backend(
+                options.backend, state_dir=options.state_dir, nats_url=options.nats_url
+            )
+            roles[name] = ExecutorRunner(
+                bus,
+                backend=backend,
+                deployer=make_deployer(bus, options.state_dir),
+                state_dir=options.state_dir,
+                concurrency=options.concurrency,
+            )
+        elif name == "watcher":
+            roles[name] = CalendarWatcher(bus, calendar_provider(AxonStore(bus)))
+        elif name == "router":
+            router = _optional("executors.serving.kv_table", "RouterRole")
+            if router is None:
+                raise AppError(
+                    "the router role is not available (executors.serving.kv_table is missing)"
+                )
+            roles[name] = router(bus, options.router_host, options.router_port)
+        else:
+            raise AppError(f"unknown role {name!r}", hint=f"choose {', '.join(ROLES)} or all")
+    return roles
+
+
+def available_roles() -> list[str]:
+    """Every role whose module is installed (what `--role all` and `ranvier up` run)."""
+    found = ["executor", "watcher"]
+    if _optional("sensors.runtime", "EngineRuntime") is not None:
+        found.insert(0, "engine")
+    if _optional("executors.serving.kv_table", "RouterRole") is not None:
+        found.append("router")
+    return found
+
+
+async def run_roles(roles: dict[str, Any], stop: asyncio.Event) -> None:
+    """Run the roles until `stop` is set or one of them fails; then cancel and await them all."""
+    tasks = {
+        asyncio.create_task(role.run(), name=f"role-{name}"): name for name, role in roles.items()
+    }
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            if isinstance(result, RanvierError):
+                raise result
+            raise AppError(f"the {tasks[task]} role failed: {result!r}") from result
+    del done
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Any:
+    """SIGTERM and SIGINT set `stop` (a clean shutdown) while the block runs."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+# ---------------------------------------------------------------------------------------------
+# What an Axon is doing (the `get axon -o json` contract)
+
+
+async def _records(bus: Bus, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for key in await bus.kv_keys(bucket, f"{prefix}.>"):
+        got = await bus.kv_get(bucket, key)
+        if got is None:
+            continue
+        try:
+            value = json.loads(got[0])
+        except ValueError:
+            log.warning("status.unreadable", bucket=bucket, key=key)
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
+def _prefix(kind: str, namespace: str, axon: str) -> str:
+    return f"{kind}.{subjects.token(namespace)}.{subjects.token(axon)}"
+
+
+async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
+    """Everything `get axon NAME -o json` prints: sensors' runs, task runs, models, deployments."""
+    ns, name = stored.namespace, stored.name
+    spec = stored.axon.spec
+    sensor_runs = await _records(bus, subjects.RUNS_BUCKET, _prefix("sensor", ns, name))
+    task_runs = await _records(bus, subjects.RUNS_BUCKET, _prefix("task", ns, name))
+    deployments = await _records(bus, subjects.MODELS_BUCKET, _prefix("deploy", ns, name))
+    versions = await ModelRegistry(BusKeyValue(bus, subjects.MODELS_BUCKET)).versions(
+        name, namespace=ns
+    )
+
+    def by_start(run: dict[str, Any]) -> str:
+        return str(run.get("started") or "~")
+
+    sensors = []
+    sensor_names = [s.name for s in spec.sensors]
+    sensor_names += sorted({str(r.get("sensor")) for r in sensor_runs} - set(sensor_names))
+    for sensor in sensor_names:
+        runs = sorted((r for r in sensor_runs if r.get("sensor") == sensor), key=by_start)
+        sensors.append(
+            {
+                "name": sensor,
+                "runs": [
+                    {
+                        "id": r.get("id"),
+                        "phase": r.get("phase"),
+                        "trigger": r.get("trigger"),
+                        "started": r.get("started"),
+                        "finished": r.get("finished"),
+                        "reason": r.get("reason"),
+                        "steps": [
+                            {k: s.get(k) for k in ("index", "kind", "task", "phase", "run_id")}
+                            for s in r.get("steps") or []
+                        ],
+                    }
+                    for r in runs
+                ],
+            }
+        )
+    tasks = []
+    kinds: dict[str, str] = {t.name: t.kind for t in spec.tasks}
+    task_names = list(kinds)
+    task_names += sorted({str(r.get("task")) for r in task_runs} - set(task_names))
+    for task in task_names:
+        runs = sorted((r for r in task_runs if r.get("task") == task), key=by_start)
+        kind = kinds.get(task) or next((str(r.get("kind")) for r in runs), "deployer")
+        tasks.append(
+            {
+                "name": task,
+                "kind": kind,
+                "runs": [
+                    {
+                        "id": r.get("id"),
+                        "phase": r.get("phase"),
+                        "started": r.get("started"),
+                        "finished": r.get("finished"),
+                        "message": r.get("message") or "",
+                        "version": r.get("version"),
+                        "exit_code": r.get("exit_code"),
+                        "sensor": r.get("sensor"),
+                        "sensor_run_id": r.get("sensor_run_id"),
+                        "step": r.get("step"),
+                        "attempt": r.get("attempt"),
+                        "log_path": r.get("log_path"),
+                    }
+                    for r in runs
+                ],
+            }
+        )
+    models: dict[str, list[dict[str, Any]]] = {}
+    for v in versions:
+        models.setdefault(v.task, []).append(
+            {
+                "version": v.version,
+                "run_id": v.run_id,
+                "phase": v.phase,
+                "metrics": v.metrics,
+                "metrics_error": v.metrics_error,
+                "path": v.path,
+                "created": v.model_dump(mode="json")["created"],
+            }
+        )
+    return {
+        "name": name,
+        "namespace": ns,
+        "generation": stored.generation,
+        "deleted": stored.deleted,
+        "sensors": sensors,
+        "tasks": tasks,
+        "models": [{"task": t, "versions": vs} for t, vs in models.items()],
+        "deployments": [
+            {k: d.get(k) for k in ("deployer", "url", "models", "updated")}
+            for d in sorted(deployments, key=lambda d: str(d.get("deployer")))
+        ],
+    }
+
+
+async def bus_idle(bus: Bus) -> bool:
+    """No action waiting or running, and the engine has handled every event."""
+    actions = await bus.stream_info(subjects.ACTIONS_STREAM)
+    if actions.state.messages:
+        return False
+    try:
+        info = await bus.js.consumer_info(subjects.EVENTS_STREAM, ENGINE_DURABLE)
+    except Exception:  # no engine consumer yet: it has not started, so it is not idle
+        return False
+    return not info.num_pending and not info.num_ack_pending
+
+
+@dataclass(frozen=True)
+class GoalCheck:
+    """Whether `--until` is reached, failed for good, or still pending (with why)."""
+
+    reached: bool
+    failed: str | None = None
+
+
+def check_goal(goal: Goal, status: dict[str, Any], idle: bool) -> GoalCheck:
+    """Pure: decide `--until` from an `axon_status` document and whether the bus is idle."""
+    runs = [r for s in status["sensors"] for r in s["runs"]]
+    active = [r for r in runs if r.get("phase") not in ("Succeeded", "Failed")]
+    tasks_active = [
+        r
+        for t in status["tasks"]
+        for r in t["runs"]
+        if r.get("phase") not in ("Succeeded", "Failed")
+    ]
+    settled = idle and not active and not tasks_active
+    if goal == "deployed":
+        if any(
+            r.get("phase") == "Succeeded"
+            for t in status["tasks"]
+            if t["kind"] in ("deployer", "deploy")
+            for r in t["runs"]
+        ):
+            return GoalCheck(True)
+        if settled and runs:
+            return GoalCheck(False, _failure(runs) or "idle, and no deployer step succeeded")
+        return GoalCheck(False)
+    if goal == "idle":
+        return GoalCheck(settled)
+    failed = _failure(runs)
+    if failed is not None:
+        return GoalCheck(False, failed)
+    return GoalCheck(settled and bool(runs))
+
+
+def _failure(runs: list[dict[str, Any]]) -> str | None:
+    for run in runs:
+        if run.get("phase") == "Failed":
+            reason = run.get("reason") or "no reason recorded"
+            return f"sensor run {run.get('id')} Failed: {reason}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Triggers
+
+
+async def trigger_rest(
+    bus: Bus, namespace: str, axon: str, sensor: str, payload: dict[str, Any]
+) -> str:
+    """Publish a Rest event for `sensor` after checking it exists and has a Rest trigger."""
+    stored = await AxonStore(bus).get(namespace, axon)
+    if stored is None or stored.deleted:
+        raise AppError(f"no Axon {namespace}/{axon} is submitted", hint="see `ranvier list axon`")
+    found = stored.axon.spec.sensor(sensor)
+    if found is None:
+        names = ", ".join(s.name for s in stored.axon.spec.sensors) or "none"
+        raise AppError(f"Axon {axon} has no sensor {sensor!r} (sensors: {names})")
+    rest = [t for t in found.triggers if isinstance(t, RestTrigger)]
+    if not rest:
+        raise AppError(
+            f"sensor {sensor!r} of Axon {axon} has no Rest trigger",
+            hint="add `- {name: manual, type: Rest}` to its triggers",
+        )
+    event = RestData(
+        axon=axon, namespace=namespace, sensor=sensor, trigger=rest[0].name, payload=payload
+    ).to_event(source=SOURCE)
+    await bus.publish(event)
+    return event.id

@@ -1,0 +1,925 @@
+"""The control-plane commands: run roles, `up`/`down` a whole pipeline, and look at Axons.
+
+`ranvier up` is the quickstart's one command: embedded NATS in the state dir, every role in one
+process, the Axon submitted, progress on screen, and (with `--until`) an exit code scripts can
+trust. `-d` runs the same command in the background, in its own session, with its output in
+`<state-dir>/up.log`, and returns when it is up (or its goal reached); `ranvier down` stops it
+through its pid file. The other commands are thin readers of the KV records the roles write
+(`get`, `list`, `watch`, `logs`) or one call into the Axon store (`submit`, `delete`,
+`trigger`), and take the same connection flags as every command that connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Annotated, Any, Final
+
+import structlog
+import typer
+import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from events.bus import Bus
+from events.server import EmbeddedServer
+from executors.backends.local import group_members, stop_tree
+from executors.runner import TaskRun, task_run_key
+from ranvier.app import (
+    ROLES,
+    AppError,
+    Goal,
+    RoleOptions,
+    available_roles,
+    axon_status,
+    build_roles,
+    bus_idle,
+    check_goal,
+    run_roles,
+    stop_on_signals,
+    trigger_rest,
+)
+from ranvier.commands.events import (
+    Creds,
+    NatsUrl,
+    NkeySeed,
+    Password,
+    StateDir,
+    TlsCa,
+    Token,
+    User,
+    _connect_or_start,
+    _run,
+    _settings,
+)
+from ranvier.settings import Settings, remove_url_file, write_url_file
+from sensors.axons import AxonStore, StoredAxon
+from sensors.loader import load_axon
+from sensors.spec import Axon
+
+log = structlog.get_logger(__name__)
+
+PID_FILE: Final = "up.pid"
+STATUS_FILE: Final = "up.json"
+LOG_FILE: Final = "up.log"
+POLL: Final = 0.5
+DOWN_TIMEOUT: Final = 30.0
+
+Namespace = Annotated[str, typer.Option("--namespace", "-n", help="The Axon's namespace.")]
+Backend = Annotated[
+    str,
+    typer.Option(
+        "--backend", envvar="RANVIER_BACKEND", help="Where tasks run: local or kubernetes."
+    ),
+]
+
+list_app = typer.Typer(name="list", help="List submitted resources.", no_args_is_help=True)
+get_app = typer.Typer(name="get", help="Show one resource.", no_args_is_help=True)
+watch_app = typer.Typer(name="watch", help="Follow a resource live.", no_args_is_help=True)
+delete_app = typer.Typer(name="delete", help="Delete a resource.", no_args_is_help=True)
+
+
+class GoalOption(enum.StrEnum):
+    """`--until` goals."""
+
+    succeeded = "succeeded"
+    deployed = "deployed"
+    idle = "idle"
+
+
+class GetFormat(enum.StrEnum):
+    """Output formats of `get axon`."""
+
+    text = "text"
+    json = "json"
+    yaml = "yaml"
+    wide = "wide"
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pure helpers
+
+
+def _short(run_id: object) -> str:
+    text = str(run_id or "-")
+    return text[-8:] if len(text) > 12 else text
+
+
+def progress_lines(status: dict[str, Any]) -> dict[str, str]:
+    """One line per sensor run and task run, keyed so that a change of state is a new line."""
+    lines: dict[str, str] = {}
+    for sensor in status["sensors"]:
+        for run in sensor["runs"]:
+            steps = " ".join(
+                f"{s.get('index')}:{s.get('task')}={s.get('phase')}" for s in run["steps"]
+            )
+            lines[f"s/{run['id']}"] = (
+                f"sensor {sensor['name']} run {_short(run['id'])} {run['phase']}"
+                + (f" [{steps}]" if steps else "")
+                + (f": {run['reason']}" if run.get("reason") and run["phase"] == "Failed" else "")
+            )
+    for task in status["tasks"]:
+        for run in task["runs"]:
+            extra = f" version {run['version']}" if run.get("version") is not None else ""
+            message = f": {run['message']}" if run.get("message") else ""
+            lines[f"t/{run['id']}"] = (
+                f"task {task['name']} run {_short(run['id'])} {run['phase']}{extra}{message}"
+            )
+    return lines
+
+
+def status_table(status: dict[str, Any], *, wide: bool = False) -> Table:
+    """A rich table of an Axon's sensor runs, task runs and model versions."""
+    table = Table(title=f"axon {status['namespace']}/{status['name']} g{status['generation']}")
+    for column in ("WHAT", "NAME", "RUN", "PHASE", "DETAIL"):
+        table.add_column(column)
+    for sensor in status["sensors"]:
+        if not sensor["runs"]:
+            table.add_row("sensor", sensor["name"], "-", "-", "no runs yet")
+        for run in sensor["runs"]:
+            steps = ", ".join(f"{s.get('task')} {s.get('phase')}" for s in run["steps"])
+            detail = steps if run["phase"] != "Failed" else str(run.get("reason") or "")
+            table.add_row("sensor", sensor["name"], _short(run["id"]), run["phase"], detail)
+    for task in status["tasks"]:
+        for run in task["runs"]:
+            parts = []
+            if run.get("version") is not None:
+                parts.append(f"version {run['version']}")
+            if run.get("message"):
+                parts.append(str(run["message"]))
+            if wide and run.get("log_path"):
+                parts.append(str(run["log_path"]))
+            run_id = str(run["id"]) if wide else _short(run["id"])
+            table.add_row("task", task["name"], run_id, run["phase"], "; ".join(parts))
+    for model in status["models"]:
+        for version in model["versions"]:
+            metrics = ", ".join(f"{k}={v:g}" for k, v in sorted(version["metrics"].items()))
+            table.add_row(
+                "model", model["task"], _short(version["run_id"]), f"v{version['version']}", metrics
+            )
+    for deployment in status["deployments"]:
+        table.add_row("deploy", str(deployment["deployer"]), "-", "-", str(deployment.get("url")))
+    return table
+
+
+class Progress:
+    """Shows an Axon's progress: a live rich table on a terminal, plain lines otherwise."""
+
+    def __init__(self, *, tty: bool | None = None) -> None:
+        self.console = Console()
+        self.tty = self.console.is_terminal if tty is None else tty
+        self._seen: dict[str, str] = {}
+        self._live: Live | None = None
+
+    def __enter__(self) -> Progress:
+        if self.tty:
+            self._live = Live(console=self.console, auto_refresh=False, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def update(self, status: dict[str, Any]) -> None:
+        """Show the new state (only what changed, in plain mode)."""
+        if self._live is not None:
+            self._live.update(status_table(status), refresh=True)
+            return
+        for key, line in progress_lines(status).items():
+            if self._seen.get(key) != line:
+                self._seen[key] = line
+                typer.echo(line)
+        sys.stdout.flush()
+
+    def note(self, text: str) -> None:
+        """A one-off message (goal reached, timed out...)."""
+        if self._live is not None:
+            self._live.console.print(text)
+        else:
+            typer.echo(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# State-dir files of a running `ranvier up`
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(value) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _alive(pid: int) -> bool:
+    """True if `pid` runs and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X")
+
+
+def running_pid(state_dir: Path) -> int | None:
+    """The pid of the `ranvier up` recorded in `state_dir`, if it is still running."""
+    found = _read_json(state_dir / PID_FILE)
+    pid = found.get("pid") if found else None
+    return pid if isinstance(pid, int) and pid != os.getpid() and _alive(pid) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# ranvier up
+
+
+@dataclass
+class _UpRun:
+    """What one `ranvier up` process does, and what it has reported so far."""
+
+    file: Path
+    axon: Axon
+    settings: Settings
+    backend: str
+    goal: Goal | None
+    limit: float | None
+    detached: bool
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status_path(self) -> Path:
+        return self.settings.state_dir / STATUS_FILE
+
+    def report(self, **changes: Any) -> None:
+        """Update `<state-dir>/up.json` (what `up -d` waits on)."""
+        self.status.update(changes)
+        _write_json(self.status_path, self.status)
+
+
+async def _up(plan: _UpRun) -> int:
+    settings = plan.settings
+    server: EmbeddedServer | None = None
+    url, _ = settings.resolve_url()
+    if not settings.nats_url:
+        server = EmbeddedServer(store_dir=settings.store_dir)
+        url = await asyncio.to_thread(server.start)
+        write_url_file(settings.url_file, url)
+    plan.report(pid=os.getpid(), state="starting", url=url)
+    try:
+        options = settings.connect_options().model_copy(update={"servers": [url]})
+        async with Bus.connect(options) as bus:
+            role_options = RoleOptions(settings.state_dir, backend=plan.backend, nats_url=url)
+            roles = build_roles(bus, available_roles(), role_options)
+            stop = asyncio.Event()
+            with stop_on_signals(stop):
+                runner = asyncio.create_task(run_roles(roles, stop))
+                try:
+                    stored = await AxonStore(bus).submit(plan.axon, plan.file)
+                    plan.report(state="running", axon=stored.name, namespace=stored.namespace)
+                    return await _follow(plan, bus, stored, runner, stop)
+                finally:
+                    stop.set()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await runner
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+            remove_url_file(settings.url_file, url)
+        plan.report(state="stopped")
+
+
+async def _follow(
+    plan: _UpRun, bus: Bus, stored: StoredAxon, runner: asyncio.Task[None], stop: asyncio.Event
+) -> int:
+    loop = asyncio.get_running_loop()
+    goal = plan.goal
+    deadline = loop.time() + plan.limit if plan.limit is not None and not plan.detached else None
+    reported = False
+    with Progress(tty=False if plan.detached else None) as progress:
+        while True:
+            doc = await axon_status(bus, stored)
+            progress.update(doc)
+            if goal is not None and not reported:
+                check = check_goal(goal, doc, await bus_idle(bus))
+                if check.reached or check.failed:
+                    reported = True
+                    state = "reached" if check.reached else "failed"
+                    plan.report(state=state, reason=check.failed or f"{goal} reached")
+                    progress.note(f"{state}: {plan.status['reason']}")
+                    if not plan.detached:
+                        return 0 if check.reached else 1
+            if runner.done():
+                runner.result()  # a role failed: its error is the command's error
+                return 0
+            if stop.is_set():
+                return 0
+            if deadline is not None and loop.time() >= deadline:
+                progress.note(f"timed out after {plan.limit:g}s before {goal or 'stop'}")
+                return 3
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stop.wait()), POLL)
+
+
+def _detach(argv: list[str], state_dir: Path, goal: Goal | None, timeout: float | None) -> int:
+    """Start `ranvier up` in the background and wait until it is up (or its goal reached)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    status_path = state_dir / STATUS_FILE
+    status_path.unlink(missing_ok=True)
+    logfile = state_dir / LOG_FILE
+    with logfile.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ranvier", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "RANVIER_LOG_LEVEL": os.environ.get("RANVIER_LOG_LEVEL", "info")},
+        )
+    _write_json(state_dir / PID_FILE, {"pid": proc.pid})
+    wanted = ("reached", "failed") if goal else ("running", "reached", "failed")
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    while True:
+        status = _read_json(status_path) or {}
+        if status.get("pid") == proc.pid and status.get("state") in wanted:
+            break
+        if proc.poll() is not None:
+            tail = logfile.read_text(encoding="utf-8", errors="replace").splitlines()[-3:]
+            raise AppError(
+                f"ranvier up exited with code {proc.returncode}: {' | '.join(tail)}",
+                hint=f"see {logfile}",
+            )
+        if deadline is not None and time.monotonic() >= deadline:
+            raise AppError(
+                f"ranvier up (pid {proc.pid}) did not reach {goal or 'running'} within "
+                f"{timeout:g}s; it is still running",
+                hint="see `ranvier get axon` and stop it with `ranvier down`",
+            )
+        time.sleep(0.2)
+    typer.echo(
+        f"ranvier up running in the background (pid {proc.pid}, logs {logfile}); "
+        f"stop it with `ranvier down`"
+    )
+    if status.get("state") == "failed":
+        typer.echo(f"goal not reached: {status.get('reason')}", err=True)
+        return 1
+    if goal:
+        typer.echo(f"reached: {status.get('reason')}")
+    return 0
+
+
+def up(
+    file: Annotated[Path, typer.Argument(help="The Axon file to run.")],
+    *,
+    until: Annotated[
+        GoalOption | None,
+        typer.Option("--until", help="Exit 0 once reached (succeeded, deployed, idle)."),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="With --until: give up after S seconds.")
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Run in the background (see `ranvier down`).")
+    ] = False,
+    backend: Backend = "local",
+    detached_child: Annotated[bool, typer.Option("--detached-child", hidden=True)] = False,
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Run an Axon with everything in one process: NATS, engine, executor, watchers, router."""
+    axon = load_axon(file)
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+    root = settings.state_dir.resolve()
+    other = running_pid(root)
+    if other is not None and other != os.getpid():
+        raise AppError(
+            f"ranvier up is already running for {root} (pid {other})",
+            hint="stop it with `ranvier down`, or use another --state-dir",
+        )
+    goal: Goal | None = until.value if until is not None else None
+    if detach:
+        argv = ["up", str(file.resolve()), "--state-dir", str(root), "--backend", backend]
+        argv += ["--detached-child"] + (["--until", goal] if goal else [])
+        if nats_url:
+            argv += ["--nats-url", nats_url]
+        raise typer.Exit(_detach(argv, root, goal, timeout))
+    root.mkdir(parents=True, exist_ok=True)
+    _write_json(root / PID_FILE, {"pid": os.getpid()})
+    try:
+        plan = _UpRun(
+            file=file.resolve(),
+            axon=axon,
+            settings=settings.model_copy(update={"state_dir": root}),
+            backend=backend,
+            goal=goal,
+            limit=timeout,
+            detached=detached_child,
+        )
+        code = _run(_up(plan))
+    finally:
+        found = _read_json(root / PID_FILE)
+        if found and found.get("pid") == os.getpid():
+            (root / PID_FILE).unlink(missing_ok=True)
+    raise typer.Exit(code)
+
+
+def down(
+    *,
+    state_dir: StateDir = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait before killing it.")
+    ] = DOWN_TIMEOUT,
+) -> None:
+    """Stop the `ranvier up` running in the background (SIGTERM, then SIGKILL after --timeout)."""
+    root = Settings.from_flags(state_dir=state_dir).state_dir.resolve()
+    pid = running_pid(root)
+    if pid is None:
+        (root / PID_FILE).unlink(missing_ok=True)
+        raise AppError(f"no ranvier up is running for {root}", hint="start one with `ranvier up`")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    killed = _alive(pid)
+    leftovers = group_members(pid)
+    if killed or leftovers:
+        asyncio.run(stop_tree(pid, 2.0))
+    (root / PID_FILE).unlink(missing_ok=True)
+    how = "killed after the timeout" if killed else "stopped"
+    typer.echo(f"ranvier up (pid {pid}) {how}")
+
+
+# ---------------------------------------------------------------------------------------------
+# run --role
+
+
+def run(
+    *,
+    role: Annotated[
+        list[str], typer.Option("--role", help="engine, executor, watcher, router or all.")
+    ],
+    backend: Backend = "local",
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", help="Executor: actions run at once.")
+    ] = 16,
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Run control-plane roles against a NATS server until SIGTERM or Ctrl-C."""
+    names: list[str] = []
+    for item in role:
+        for raw in item.split(","):
+            name = raw.strip()
+            if name == "all":
+                names += [r for r in available_roles() if r not in names]
+            elif name not in ROLES:
+                raise AppError(f"unknown role {name!r}", hint=f"choose {', '.join(ROLES)} or all")
+            elif name not in names:
+                names.append(name)
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+
+    async def go() -> None:
+        url, _ = settings.resolve_url()
+        options = RoleOptions(
+            settings.state_dir.resolve(), backend=backend, nats_url=url, concurrency=concurrency
+        )
+        async with Bus.connect(settings.connect_options(name=f"ranvier-{'-'.join(names)}")) as bus:
+            roles = build_roles(bus, names, options)
+            stop = asyncio.Event()
+            with stop_on_signals(stop):
+                log.info("roles.started", roles=names, url=url)
+                await run_roles(roles, stop)
+
+    _run(go())
+
+
+# ---------------------------------------------------------------------------------------------
+# submit, list, get, watch, delete, trigger, logs
+
+
+async def _read_only(settings: Settings, body: Callable[[Bus], Awaitable[None]]) -> None:
+    """Connect for reading; with no server recorded, open the state dir's store (DESIGN.md)."""
+    _, origin = settings.resolve_url()
+    if origin != "default" or not settings.store_dir.is_dir():
+        await _connect_or_start(settings, body, read_only=True)
+        return
+    async with (
+        EmbeddedServer(store_dir=settings.store_dir) as srv,
+        Bus.connect(settings.connect_options().model_copy(update={"servers": [srv.url]})) as bus,
+    ):
+        await body(bus)
+
+
+def _with_namespace(axon: Axon, namespace: str | None) -> Axon:
+    if namespace is None or namespace == axon.metadata.namespace:
+        return axon
+    metadata = axon.metadata.model_copy(update={"namespace": namespace})
+    return axon.model_copy(update={"metadata": metadata})
+
+
+async def _stored(bus: Bus, namespace: str, name: str) -> StoredAxon:
+    stored = await AxonStore(bus).get(namespace, name)
+    if stored is None:
+        raise AppError(f"no Axon {namespace}/{name} was submitted", hint="see `ranvier list axon`")
+    return stored
+
+
+async def _watch(bus: Bus, stored: StoredAxon) -> None:
+    with Progress() as progress:
+        while True:
+            progress.update(await axon_status(bus, stored))
+            await asyncio.sleep(POLL)
+
+
+def submit(
+    file: Annotated[Path, typer.Argument(help="The Axon file to submit.")],
+    *,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Override metadata.namespace.")
+    ] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Then follow its progress.")] = False,
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Submit an Axon to a running control plane (a new generation if it changed)."""
+    axon = _with_namespace(load_axon(file), namespace)
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+
+    async def go() -> None:
+        async with Bus.connect(settings.connect_options()) as bus:
+            stored = await AxonStore(bus).submit(axon, file)
+            typer.echo(
+                f"axon {stored.namespace}/{stored.name} submitted (generation {stored.generation})"
+            )
+            if watch:
+                await _watch(bus, stored)
+
+    _run(go())
+
+
+@list_app.command("axon")
+def list_axon(
+    *,
+    output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """List submitted Axons."""
+    if output not in ("text", "json"):
+        raise AppError(f"-o {output}: choose text or json")
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+
+    async def body(bus: Bus) -> None:
+        rows = [
+            {
+                "name": s.name,
+                "namespace": s.namespace,
+                "generation": s.generation,
+                "submitted": s.submitted.isoformat(),
+                "source": str(s.source) if s.source else None,
+            }
+            for s in await AxonStore(bus).list()
+        ]
+        if output == "json":
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        table = Table("NAMESPACE", "NAME", "GENERATION", "SUBMITTED")
+        for row in rows:
+            table.add_row(
+                str(row["namespace"]),
+                str(row["name"]),
+                str(row["generation"]),
+                str(row["submitted"]),
+            )
+        Console().print(table)
+
+    _run(_read_only(settings, body))
+
+
+@get_app.command("axon")
+def get_axon(
+    name: Annotated[str, typer.Argument(help="The Axon's name.")],
+    *,
+    namespace: Namespace = "default",
+    output: Annotated[
+        GetFormat, typer.Option("--output", "-o", help="text, json, yaml or wide.")
+    ] = GetFormat.text,
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Show an Axon's sensor runs, steps, task runs, model versions and deployments."""
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+
+    async def body(bus: Bus) -> None:
+        doc = await axon_status(bus, await _stored(bus, namespace, name))
+        if output is GetFormat.json:
+            typer.echo(json.dumps(doc, indent=2))
+        elif output is GetFormat.yaml:
+            typer.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
+        else:
+            Console().print(status_table(doc, wide=output is GetFormat.wide))
+
+    _run(_read_only(settings, body))
+
+
+@watch_app.command("axon")
+def watch_axon(
+    name: Annotated[str, typer.Argument(help="The Axon's name.")],
+    *,
+    namespace: Namespace = "default",
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Follow an Axon's progress live until Ctrl-C."""
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+
+    async def go() -> None:
+        async with Bus.connect(settings.connect_options()) as bus:
+            await _watch(bus, await _stored(bus, namespace, name))
+
+    _run(go())
+
+
+@delete_app.command("axon")
+def delete_axon(
+    name: Annotated[str, typer.Argument(help="The Axon's name.")],
+    *,
+    namespace: Namespace = "default",
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Delete an Axon: its sensors stop and its running tasks are stopped."""
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+
+    async def go() -> None:
+        async with Bus.connect(settings.connect_options()) as bus:
+            stored = await AxonStore(bus).delete(namespace, name)
+        typer.echo(f"axon {stored.namespace}/{stored.name} deleted")
+
+    _run(go())
+
+
+def trigger(
+    axon: Annotated[str, typer.Argument(help="The Axon's name.")],
+    sensor: Annotated[str, typer.Argument(help="The sensor to fire (it needs a Rest trigger).")],
+    *,
+    data: Annotated[str, typer.Option("--data", help="JSON object passed as the payload.")] = "{}",
+    namespace: Namespace = "default",
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Fire a sensor's Rest trigger."""
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise AppError(f"--data is not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(payload, dict):
+        raise AppError("--data must be a JSON object")
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+
+    async def go() -> None:
+        async with Bus.connect(settings.connect_options()) as bus:
+            event_id = await trigger_rest(bus, namespace, axon, sensor, payload)
+        typer.echo(f"triggered {axon}/{sensor} (event {event_id})")
+
+    _run(go())
+
+
+async def _task_runs(bus: Bus, namespace: str, axon: str, task: str) -> list[TaskRun]:
+    prefix = task_run_key(namespace, axon, task, "x")[: -len("x")]
+    runs = []
+    for key in await bus.kv_keys("ranvier_runs", f"{prefix}>"):
+        got = await bus.kv_get("ranvier_runs", key)
+        if got is not None:
+            runs.append(TaskRun.from_json(got[0]))
+    return sorted(runs, key=lambda r: r.started or "~")
+
+
+def _pick_run(runs: list[TaskRun], run_id: str | None, axon: str, task: str) -> TaskRun:
+    if not runs:
+        raise AppError(f"task {task!r} of Axon {axon} has no runs yet")
+    if run_id is None:
+        return runs[-1]
+    found = [r for r in runs if r.id == run_id or r.id.endswith(run_id)]
+    if len(found) != 1:
+        ids = ", ".join(r.id for r in runs[-5:])
+        raise AppError(f"no single run of {task} matches {run_id!r}", hint=f"recent runs: {ids}")
+    return found[0]
+
+
+def _copy(source: IO[bytes], sink: IO[bytes]) -> int:
+    chunk = source.read()
+    sink.write(chunk)
+    sink.flush()
+    return len(chunk)
+
+
+def logs(
+    axon: Annotated[str, typer.Argument(help="The Axon's name.")],
+    task: Annotated[str, typer.Argument(help="The task.")],
+    *,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="Run id (or its end); default the latest.")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
+    namespace: Namespace = "default",
+    nats_url: NatsUrl = None,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    creds: Creds = None,
+    nkey: NkeySeed = None,
+    tls_ca: TlsCa = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Print a task run's log (stdout and stderr of its process)."""
+    settings = _settings(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds=creds,
+        nkey=nkey,
+        tls_ca=tls_ca,
+        state_dir=state_dir,
+    )
+
+    async def body(bus: Bus) -> None:
+        run = _pick_run(await _task_runs(bus, namespace, axon, task), run_id, axon, task)
+        if not run.log_path:
+            raise AppError(f"run {run.id} of {task} has no log ({run.phase}: {run.message})")
+        path = Path(run.log_path)
+        sink = sys.stdout.buffer
+        try:
+            source = path.open("rb")  # noqa: ASYNC230  # a local file, read in small pieces
+        except OSError as exc:
+            raise AppError(f"cannot read {path}: {exc.strerror}") from None
+        with source:
+            _copy(source, sink)
+            while follow and run.phase not in ("Succeeded", "Failed"):
+                await asyncio.sleep(POLL)
+                _copy(source, sink)
+                got = await bus.kv_get("ranvier_runs", run.key)
+                run = TaskRun.from_json(got[0]) if got is not None else run
+            _copy(source, sink)
+
+    _run(_read_only(settings, body))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the control-plane commands to the root CLI."""
+    app.command("run")(run)
+    app.command("up")(up)
+    app.command("down")(down)
+    app.command("submit")(submit)
+    app.command("trigger")(trigger)
+    app.command("logs")(logs)
+    app.add_typer(list_app, name="list")
+    app.add_typer(get_app, name="get")
+    app.add_typer(watch_app, name="watch")
+    app.add_typer(delete_app, name="delete")
+
+
+__all__ = ["register"]
