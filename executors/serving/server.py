@@ -284,11 +284,14 @@ class ModelService:
             request_path={self.name: self.version},
         )
 
-    def _timed_predict(self, x: Any, names: list[str]) -> Any:
+    def _predict_and_answer(
+        self, x: Any, names: list[str], form: protocol.Form, puid: str | None
+    ) -> dict[str, Any]:
+        """predict() and the answer's meta in one worker-thread hop."""
         started = time.perf_counter()
         output = self._predict(x, names)
         self.stats.latency.labels(**self.labels).observe(time.perf_counter() - started)
-        return output
+        return self._answer(output, form, puid)
 
     def _answer(self, output: Any, form: protocol.Form, puid: str | None) -> dict[str, Any]:
         return protocol.answer(output, form, meta=self.meta(puid))
@@ -316,9 +319,11 @@ class ModelService:
                 started = time.perf_counter()
                 output = await self._predict(x, names)
                 self.stats.latency.labels(**self.labels).observe(time.perf_counter() - started)
+                body = await self._in_thread(self._answer, output, message.form(), puid)
             else:
-                output = await self._in_thread(self._timed_predict, x, names)
-            body = await self._in_thread(self._answer, output, message.form(), puid)
+                body = await self._in_thread(
+                    self._predict_and_answer, x, names, message.form(), puid
+                )
             response = json_response(body)
         except Exception as exc:
             log.exception("model.predict_failed", model=self.name, version=self.version)

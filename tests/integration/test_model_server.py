@@ -264,3 +264,44 @@ def test_a_bad_class_is_a_one_line_cli_error(
     assert err.startswith("error: ")
     assert message in err
     assert err.count("\n") == 1
+
+
+ASYNC_MODEL = textwrap.dedent(
+    '''
+    import asyncio
+
+
+    class Slowish:
+        """An async predict is awaited on the server's loop, not sent to a thread."""
+
+        def __init__(self):
+            self.seen = 0
+
+        async def predict(self, X, feature_names):
+            await asyncio.sleep(0)
+            self.seen += 1
+            if X == "fail":
+                raise KeyError("missing")
+            return {"seen": self.seen, "names": feature_names}
+    '''
+)
+
+
+def test_an_async_predict_is_awaited(tmp_path: Path) -> None:
+    (tmp_path / "asyncmodel.py").write_text(ASYNC_MODEL)
+    with (
+        running(serve_argv("asyncmodel:Slowish"), cwd=tmp_path) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        body = {"data": {"names": ["a"], "ndarray": [[1]]}}
+        first = client.post("/predict", json=body).json()
+        second = client.post("/predict", json=body).json()
+        assert (first["jsonData"], second["jsonData"]) == (
+            {"seen": 1, "names": ["a"]},
+            {"seen": 2, "names": ["a"]},
+        )
+        assert second["meta"]["modelName"] == "Slowish"
+        failed = client.post("/predict", json={"strData": "fail"})
+        assert failed.status_code == 500
+        assert "KeyError" in failed.json()["status"]["reason"]
+        assert client.get("/health").status_code == 200
