@@ -1,0 +1,94 @@
+"""The quickstart's acceptance path, through the real CLI as a user types it.
+
+`ranvier up examples/01-quickstart/axon.yaml -d --until deployed` (embedded NATS, engine,
+executor, deployer, router in one background process), then `ranvier endpoint -o json`, a
+prediction at `${fixedUrl}predict`, feedback counted in the model server's `/metrics`, and
+`ranvier down` leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from executors.backends.local import group_members
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+AXON = REPO / "examples" / "01-quickstart" / "axon.yaml"
+PAYLOAD = {"data": {"ndarray": [[1, 2]]}}
+
+
+def ranvier(*argv: str, state: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RANVIER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "ranvier", *argv, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=state.parent,
+        timeout=170,
+        check=False,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def feedback_count(metrics: str) -> float:
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "ranvier_model_feedback":
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return 0.0
+
+
+def test_up_deployed_predict_feedback_down(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    up = ranvier("up", str(AXON), "-d", "--until", "deployed", "--timeout", "150", state=state)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        shown = ranvier("endpoint", "quickstart", "-o", "json", state=state)
+        assert shown.returncode == 0, shown.stderr
+        endpoint = json.loads(shown.stdout)
+        url = endpoint["fixedUrl"]
+        assert url.endswith("/quickstart/")
+        [backend] = endpoint["models"][0]["backends"]
+        servers = [
+            json.loads(p.read_text())["pid"] for p in (state / "local-servers").glob("*.json")
+        ]
+        assert servers
+        up_pid = json.loads((state / "up.pid").read_text())["pid"]
+
+        with httpx.Client(timeout=30.0) as client:
+            answer = client.post(f"{url}predict", json=PAYLOAD)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            [[at_one, at_two]] = body["data"]["ndarray"]
+            assert at_two > at_one  # the trained slope is positive (y = 3x + 2 + noise)
+            assert body["meta"]["modelVersion"] == backend["version"]
+
+            before = feedback_count(client.get(f"{backend['url']}/metrics").text)
+            feedback = {"request": PAYLOAD, "response": body, "reward": 1.0}
+            sent = client.post(f"{url}send-feedback", json=feedback)
+            assert sent.status_code == 200, sent.text
+            after = feedback_count(client.get(f"{backend['url']}/metrics").text)
+            assert after == before + 1
+    finally:
+        down = ranvier("down", state=state)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not alive(up_pid)
+    assert not any(alive(pid) or group_members(pid) for pid in servers)
+    assert list((state / "local-servers").glob("*.json")) == []
