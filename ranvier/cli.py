@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ranvier.commands.sensors",
     "ranvier.commands.endpoint",
     "ranvier.commands.control",
+    "ranvier.commands.explain",
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ from structlog.testing import capture_logs
 from events import subjects
 from events.bus import Bus, Outgoing
 from events.model import AXON, Event, LifecycleData
+from events.server import EmbeddedServer
+from ranvier.cli import main
 from sensors import engine
 from sensors.axons import AxonStore
 from sensors.runtime import DURABLE, state_key
@@ -183,3 +187,25 @@ async def test_lifecycle_report_for_an_unknown_axon_concerns_nothing(bus: Bus) -
     assert runtime.stats.events == 1
     assert runtime.stats.actions == runtime.stats.malformed == runtime.stats.ignored == 0
     assert await stored_actions(bus) == []
+
+
+async def test_explain_prints_the_decisions_of_an_event(
+    bus: Bus, nats_server: EmbeddedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await AxonStore(bus).submit(two_step_axon())
+    async with running(bus):
+        await bus.publish(prep_done(3))
+        await caught_up(bus)
+    url = ["--nats-url", nats_server.url]
+    assert await asyncio.to_thread(main, ["explain", "prep-3", *url]) == 0
+    text = capsys.readouterr().out
+    assert f"default/{NAME} retrain [prepped] FIRED" in text
+    assert "trainer:Train@step0" in text
+    assert await asyncio.to_thread(main, ["explain", "prep-3", "-o", "json", *url]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    run_id = engine.sensor_run_id("prep-3", "retrain")
+    assert [(d["sensor"], d["fired"], d["sensor_run_id"]) for d in shown["decisions"]] == [
+        ("retrain", True, run_id)
+    ]
+    assert await asyncio.to_thread(main, ["explain", "no-such-event", *url]) == 1
+    assert "no decisions recorded for event no-such-event" in capsys.readouterr().err
