@@ -326,7 +326,9 @@ class LifecycleWatcher:
             except Exception as exc:
                 if self._stopping.is_set():
                     break
-                bound.info("lifecycle.watch_dropped", error=str(exc) or type(exc).__name__)
+                status = getattr(exc, "status", None)
+                error = f"{status} {getattr(exc, 'reason', '')}" if status else str(exc)
+                bound.info("lifecycle.watch_dropped", error=error or type(exc).__name__)
                 await asyncio.sleep(self.retry_delay)
 
     async def _relist(self, kind: Kind) -> str | None:

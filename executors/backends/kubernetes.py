@@ -1,0 +1,529 @@
+"""The kubernetes backend: an Axon's actions as Jobs, Deployments and Services in its namespace.
+
+`run()` has the local backend's shape, so the runner drives either through
+`executors.backends.base.Backend`: it creates the objects (`executors.backends.k8s_objects`
+renders them), awaits `on_running` once the run's Job or Deployment exists, and returns a
+`RunOutcome` when the Job finished or every model server is available. It polls the run's own
+object for that; publishing lifecycle events for everyone else is the lifecycle watcher's job
+(`events.watchers.lifecycle`), which gives its events the same ids as the runner's would have
+(`lifecycle_event_id`), so the bus keeps one of each.
+
+Objects belong to the Axon: to the Axon custom object when it exists in the namespace, else to a
+per-Axon ConfigMap anchor created on first use; deleting that owner deletes them all.
+
+Images: a task with `image` runs it. A task with `imageBuild` runs
+`<registry>/<repositoryName>:<content hash>`; unless `check_image_exists` finds that tag in the
+registry already, a kaniko Job (one per tag, shared by concurrent runs) builds and pushes it
+first. s2i builds are not supported: such a task runs only when its image already exists.
+
+Cancelling a run deletes its Job (and the pods, in the background). Cancelling the coroutine
+that awaits `run()` does not: the Job keeps running and the watcher reports how it ends.
+The client is the synchronous `kubernetes` client, called in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import structlog
+
+from events.errors import RanvierError
+from events.model import ActionRequest, LifecycleData, Phase, new_id, utcnow
+from events.watchers.lifecycle import MERGE_PATCH, deployment_phase, job_phase
+from executors.backends import k8s_objects as k8s
+from executors.backends.base import Lost
+from executors.backends.local import RunOutcome, lifecycle
+from sensors.spec import Axon, Deployer, Task
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_POLL: Final = 2.0
+_MANIFEST_TYPES: Final = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
+
+
+class ClusterError(RanvierError, RuntimeError):
+    """The cluster refused or could not do what a run needs (say what to check)."""
+
+
+@dataclass(frozen=True)
+class KubeStarted:
+    """A run's Job or Deployment exists: what the runner reports as Running."""
+
+    run_id: str
+    kind: str
+    names: tuple[str, ...]
+    namespace: str
+    image: str | None = None
+
+    def to_lifecycle(self, request: ActionRequest) -> LifecycleData:
+        """The Running lifecycle payload."""
+        outputs: dict[str, Any] = {self.kind.lower(): list(self.names)}
+        if self.image is not None:
+            outputs["image"] = self.image
+        return lifecycle(request, self.run_id, "Running", outputs=outputs)
+
+
+OnRunning = Callable[[KubeStarted], Awaitable[None]]
+
+
+@dataclass
+class _Live:
+    request: ActionRequest
+    namespace: str
+    jobs: list[str] = field(default_factory=list)
+    cancel_reason: str | None = None
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class KubernetesBackend:
+    """Runs Axon actions on a Kubernetes cluster."""
+
+    name: Final = "kubernetes"
+
+    def __init__(
+        self,
+        api_client: Any,
+        *,
+        settings: k8s.RenderSettings | None = None,
+        poll_interval: float = DEFAULT_POLL,
+        check_image_exists: bool = True,
+        registry_scheme: str = "https",
+    ) -> None:
+        """`api_client` is a `kubernetes.client.ApiClient` (see `from_config`)."""
+        from kubernetes import client
+
+        self.api_client = api_client
+        self.settings = settings or k8s.RenderSettings()
+        self.poll_interval = poll_interval
+        self.check_image_exists = check_image_exists
+        self.registry_scheme = registry_scheme
+        self._core = client.CoreV1Api(api_client)
+        self._batch = client.BatchV1Api(api_client)
+        self._apps = client.AppsV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
+        self._live: dict[str, _Live] = {}
+        self._closed = False
+
+    @classmethod
+    def from_config(
+        cls, *, kubeconfig: str | None = None, context: str | None = None, **kwargs: Any
+    ) -> KubernetesBackend:
+        """A backend for the cluster of a kubeconfig (or in-cluster config inside a pod)."""
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        try:
+            config.load_kube_config(  # type: ignore[no-untyped-call]  # untyped in kubernetes
+                config_file=kubeconfig, context=context, client_configuration=configuration
+            )
+        except (config.ConfigException, OSError, TypeError):
+            try:
+                config.load_incluster_config(  # type: ignore[no-untyped-call]  # untyped there
+                    client_configuration=configuration
+                )
+            except config.ConfigException:
+                raise ClusterError(
+                    "no Kubernetes configuration found",
+                    hint="set KUBECONFIG, or run inside a pod with a service account",
+                ) from None
+        return cls(client.ApiClient(configuration), **kwargs)
+
+    # -- API calls (sync client, in threads; bodies are plain dicts) --------------------------
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        resp = await asyncio.to_thread(fn, *args, _preload_content=False, **kwargs)
+        data = resp.data
+        return json.loads(data) if data else {}
+
+    @staticmethod
+    def _status(exc: BaseException) -> int | None:
+        from kubernetes.client import ApiException
+
+        return exc.status if isinstance(exc, ApiException) else None
+
+    def _api_error(self, exc: BaseException, what: str) -> ClusterError:
+        status = self._status(exc)
+        reason = getattr(exc, "reason", None) or str(exc)
+        if status in (401, 403):
+            return ClusterError(
+                f"{what}: the cluster refused ({status} {reason})",
+                hint="check the executor's RBAC (manifests/base/rbac.yaml)",
+            )
+        return ClusterError(f"{what}: {status or ''} {reason}".strip())
+
+    async def _create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Create an object; if it already exists, return the existing one."""
+        kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+        table: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+            "Job": (self._batch.create_namespaced_job, self._batch.read_namespaced_job),
+            "ConfigMap": (
+                self._core.create_namespaced_config_map,
+                self._core.read_namespaced_config_map,
+            ),
+            "PersistentVolumeClaim": (
+                self._core.create_namespaced_persistent_volume_claim,
+                self._core.read_namespaced_persistent_volume_claim,
+            ),
+            "Service": (self._core.create_namespaced_service, self._core.read_namespaced_service),
+            "Deployment": (
+                self._apps.create_namespaced_deployment,
+                self._apps.read_namespaced_deployment,
+            ),
+        }
+        create, read = table[kind]
+        try:
+            created = await self._call(create, ns, dict(obj))
+        except Exception as exc:
+            if self._status(exc) != 409:
+                raise self._api_error(exc, f"creating {kind} {ns}/{name}") from None
+        else:
+            log.info("k8s.created", kind=kind, namespace=ns, name=name)
+            return created
+        return await self._call(read, name, ns)
+
+    # -- ownership, store, images ------------------------------------------------------------
+
+    async def owner(self, axon: Axon) -> k8s.Owner:
+        """The Axon custom object if it exists, else the per-Axon ConfigMap anchor."""
+        ns, name = axon.metadata.namespace, axon.metadata.name
+        try:
+            found = await self._call(
+                self._custom.get_namespaced_custom_object,
+                k8s.GROUP,
+                k8s.VERSION,
+                ns,
+                k8s.PLURAL,
+                name,
+            )
+        except Exception as exc:
+            if self._status(exc) not in (404, 403):
+                raise self._api_error(exc, f"reading Axon {ns}/{name}") from None
+        else:
+            uid = (found.get("metadata") or {}).get("uid")
+            if uid:
+                return k8s.Owner(f"{k8s.GROUP}/{k8s.VERSION}", k8s.KIND, name, uid)
+        anchor = await self._create(k8s.anchor_config_map(axon))
+        uid = (anchor.get("metadata") or {}).get("uid")
+        if not uid:
+            raise ClusterError(
+                f"the API server returned ConfigMap {ns}/{k8s.anchor_name(name)} without a uid",
+                hint="the objects of this Axon cannot be owned; is this a real API server?",
+            )
+        return k8s.Owner("v1", "ConfigMap", k8s.anchor_name(name), uid)
+
+    async def image_exists(self, image: str) -> bool | None:
+        """Whether `registry/repo:tag` exists (registry API v2); None when it cannot tell."""
+        host, _, rest = image.partition("/")
+        repo, _, tag = rest.rpartition(":")
+        url = f"{self.registry_scheme}://{host}/v2/{repo}/manifests/{tag}"
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as http:
+                resp = await http.head(url, headers={"Accept": _MANIFEST_TYPES})
+        except httpx.HTTPError as exc:
+            log.info("k8s.registry_unreachable", image=image, error=str(exc))
+            return None
+        if resp.status_code == 200:
+            return True
+        if resp.status_code == 404:
+            return False
+        log.info("k8s.registry_unknown", image=image, status=resp.status_code)
+        return None
+
+    async def ensure_image(self, axon: Axon, task: Task, owner: k8s.Owner, live: _Live) -> str:
+        """The image a task runs, building it first (kaniko Job) when it has to."""
+        image = k8s.image_ref(axon, task, self.settings)
+        build = task.body.image_build
+        if build is None:
+            return image
+        if self.check_image_exists and await self.image_exists(image):
+            log.info("k8s.image_exists", task=task.name, image=image)
+            return image
+        job = k8s.build_job(axon, task, self.settings, owner)  # RenderError for s2i
+        name = job["metadata"]["name"]
+        await self._create(job)
+        live.jobs.append(name)
+        phase, message = await self._wait_job(axon.metadata.namespace, name, live)
+        live.jobs.remove(name)
+        if phase != "Succeeded":
+            raise ClusterError(f"image build {name} for task {task.name!r} failed: {message}")
+        return image
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(
+        self,
+        request: ActionRequest,
+        axon: Axon,
+        axon_dir: Path,
+        *,
+        run_id: str | None = None,
+        on_running: OnRunning | None = None,
+    ) -> RunOutcome:
+        """Run one action to its end (`axon_dir` is unused: sources come from artifacts).
+
+        Never raises for the task's own failure or a cluster refusal: those come back Failed.
+        """
+        run_id = run_id or new_id()
+        started = utcnow()
+        bound = log.bind(run_id=run_id, axon=request.axon, task=request.task, kind=request.kind)
+        if self._closed:
+            return RunOutcome(run_id, "Failed", "cancelled: executor shut down")
+        live = _Live(request, axon.metadata.namespace)
+        self._live[run_id] = live
+        try:
+            if request.kind == "deployer":
+                phase, message, outputs = await self._deploy(
+                    request, axon, run_id, live, on_running
+                )
+            else:
+                phase, message, outputs = await self._job(request, axon, run_id, live, on_running)
+        except (k8s.RenderError, ClusterError) as exc:
+            bound.info("task.failed", reason=str(exc))
+            return RunOutcome(run_id, "Failed", str(exc), started=started)
+        finally:
+            self._live.pop(run_id, None)
+        bound.info("task.finished", phase=phase, reason=message)
+        return RunOutcome(
+            run_id,
+            "Succeeded" if phase == "Succeeded" else "Failed",
+            message,
+            outputs=outputs,
+            started=started,
+        )
+
+    async def _job(
+        self,
+        request: ActionRequest,
+        axon: Axon,
+        run_id: str,
+        live: _Live,
+        on_running: OnRunning | None,
+    ) -> tuple[Phase, str, dict[str, Any]]:
+        task = k8s.check_runnable(axon, request.kind, request.task)
+        owner = await self.owner(axon)
+        claim = k8s.store_claim(axon, owner)
+        if claim is not None:
+            await self._create(claim)
+        image = await self.ensure_image(axon, task, owner, live)
+        version = request.params.get("version")
+        if task.kind == "train" and version is None:
+            version = run_id
+        run = k8s.Run(request, run_id, model_version=None if version is None else str(version))
+        job = k8s.task_job(axon, task, run, image, settings=self.settings, owner=owner)
+        name = job["metadata"]["name"]
+        if live.cancelled.is_set():
+            return "Failed", live.cancel_reason or "cancelled", {}
+        await self._create(job)
+        live.jobs.append(name)
+        if live.cancel_reason is not None:  # cancelled while the Job was being created
+            await self._delete_jobs(live)
+            return "Failed", live.cancel_reason, {}
+        if on_running is not None:
+            await on_running(KubeStarted(run_id, "Job", (name,), axon.metadata.namespace, image))
+        phase, message = await self._wait_job(axon.metadata.namespace, name, live)
+        outputs: dict[str, Any] = {"job": name, "image": image}
+        if run.model_version is not None:
+            outputs.update(version=run.model_version, model_path=k8s.model_path(task, run))
+        return phase, message, outputs
+
+    async def _deploy(
+        self,
+        request: ActionRequest,
+        axon: Axon,
+        run_id: str,
+        live: _Live,
+        on_running: OnRunning | None,
+    ) -> tuple[Phase, str, dict[str, Any]]:
+        raw = request.params.get("deployer")
+        try:
+            deployer = Deployer.model_validate(raw if raw is not None else {})
+        except ValueError as exc:
+            raise k8s.RenderError(
+                f"deployer action {request.task!r} carries no valid deployer spec: {exc}"
+            ) from None
+        versions: Mapping[str, Any] = request.params.get("versions") or {}
+        owner = await self.owner(axon)
+        claim = k8s.store_claim(axon, owner)
+        if claim is not None:
+            await self._create(claim)
+        names: list[str] = []
+        servers: list[dict[str, Any]] = []
+        for model in deployer.models:
+            for backend in model.backend_models:
+                task = k8s.check_runnable(axon, "deployer", backend.deployer)
+                image = await self.ensure_image(axon, task, owner, live)
+                version = str(versions.get(backend.name, "latest"))
+                run = k8s.Run(request, run_id, model_version=version)
+                deployment, service = k8s.server_objects(
+                    axon, task, run, image, settings=self.settings, owner=owner
+                )
+                await self._apply_server(deployment)
+                await self._create(service)
+                name = deployment["metadata"]["name"]
+                names.append(name)
+                servers.append(
+                    {
+                        "model": model.name,
+                        "backend": backend.name,
+                        "task": task.name,
+                        "version": version,
+                        "deployment": name,
+                        "url": k8s.service_url(axon, task.name, version),
+                    }
+                )
+        if on_running is not None:
+            await on_running(KubeStarted(run_id, "Deployment", tuple(names), live.namespace))
+        for name in names:
+            phase, message = await self._wait_deployment(live.namespace, name, live)
+            if phase != "Succeeded":
+                return phase, message, {"servers": servers}
+        return "Succeeded", "", {"servers": servers}
+
+    async def _apply_server(self, deployment: dict[str, Any]) -> None:
+        """Create the Deployment, or hand an existing one to this run (labels, pod template)."""
+        ns, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
+        try:
+            await self._call(self._apps.create_namespaced_deployment, ns, deployment)
+            log.info("k8s.created", kind="Deployment", namespace=ns, name=name)
+            return
+        except Exception as exc:
+            if self._status(exc) != 409:
+                raise self._api_error(exc, f"creating Deployment {ns}/{name}") from None
+        meta = deployment["metadata"]
+        patch = {
+            "metadata": {
+                "labels": meta["labels"],
+                "annotations": {**meta["annotations"], "ranvier.dev/reported": None},
+            },
+            "spec": {
+                "replicas": deployment["spec"]["replicas"],
+                "template": deployment["spec"]["template"],
+            },
+        }
+        try:
+            await self._call(
+                self._apps.patch_namespaced_deployment, name, ns, patch, _content_type=MERGE_PATCH
+            )
+        except Exception as exc:
+            raise self._api_error(exc, f"updating Deployment {ns}/{name}") from None
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    async def _poll(
+        self,
+        read: Callable[..., Any],
+        namespace: str,
+        name: str,
+        live: _Live,
+        phase_of: Callable[[Mapping[str, Any]], tuple[Phase, str]],
+    ) -> tuple[Phase, str]:
+        while True:
+            try:
+                obj = await self._call(read, name, namespace)
+            except Exception as exc:
+                if self._status(exc) == 404:
+                    return "Failed", live.cancel_reason or f"{name} was deleted"
+                log.info("k8s.poll_failed", name=name, error=str(exc))
+                await asyncio.sleep(max(self.poll_interval, 0.5))  # the API server is away
+            else:
+                phase, message = phase_of(obj)
+                if phase in ("Succeeded", "Failed"):
+                    return phase, message
+            if live.cancel_reason is not None:
+                return "Failed", live.cancel_reason
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.cancelled.wait(), self.poll_interval)
+
+    async def _wait_job(self, namespace: str, name: str, live: _Live) -> tuple[Phase, str]:
+        return await self._poll(
+            self._batch.read_namespaced_job_status, namespace, name, live, job_phase
+        )
+
+    async def _wait_deployment(self, namespace: str, name: str, live: _Live) -> tuple[Phase, str]:
+        return await self._poll(
+            self._apps.read_namespaced_deployment_status, namespace, name, live, deployment_phase
+        )
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    async def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
+        """Delete a live run's Jobs (pods go in the background); False if unknown here.
+
+        A deploy run stops waiting; its Deployment stays (it may already serve traffic).
+        """
+        live = self._live.get(run_id)
+        if live is None:
+            return False
+        if live.cancel_reason is None:
+            live.cancel_reason = reason
+        await self._delete_jobs(live)
+        live.cancelled.set()
+        return True
+
+    async def _delete_jobs(self, live: _Live) -> None:
+        """Delete a cancelled run's Jobs (not shared builds); gone already is fine."""
+        for name in list(live.jobs):
+            if "-build-" in name:
+                continue  # a build is shared by concurrent runs of the same image
+            try:
+                await self._call(
+                    self._batch.delete_namespaced_job,
+                    name,
+                    live.namespace,
+                    propagation_policy="Background",
+                )
+            except Exception as exc:
+                if self._status(exc) != 404:
+                    log.warning("k8s.cancel_failed", name=name, error=str(exc))
+
+    async def cancel_axon(
+        self, axon: str, namespace: str = "default", reason: str = "cancelled: axon deleted"
+    ) -> list[str]:
+        """Stop every live run of an Axon here; the run ids stopped."""
+        ids = [
+            rid
+            for rid, live in self._live.items()
+            if live.request.axon == axon and live.namespace == namespace
+        ]
+        await asyncio.gather(*(self.cancel(rid, reason) for rid in ids))
+        return ids
+
+    async def shutdown(self, reason: str = "cancelled: executor shut down") -> None:
+        """Stop every live run (their Jobs are deleted) and refuse new ones."""
+        self._closed = True
+        await asyncio.gather(*(self.cancel(rid, reason) for rid in list(self._live)))
+
+    async def recover(self) -> list[Lost]:
+        """Nothing is lost by an executor restart: Jobs keep running, the watcher reports them."""
+        return []
+
+    async def delete_axon(self, axon: Axon) -> None:
+        """Delete the anchor ConfigMap; the garbage collector deletes what it owns."""
+        name = k8s.anchor_name(axon.metadata.name)
+        try:
+            await self._call(
+                self._core.delete_namespaced_config_map,
+                name,
+                axon.metadata.namespace,
+                propagation_policy="Background",
+            )
+        except Exception as exc:
+            if self._status(exc) != 404:
+                raise self._api_error(exc, f"deleting ConfigMap {name}") from None
+
+
+__all__ = ["ClusterError", "KubeStarted", "KubernetesBackend"]
