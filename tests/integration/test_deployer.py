@@ -192,6 +192,7 @@ def pids(stack: Stack) -> dict[str, int]:
     return {s.version: s.pid for s in stack.deployer.live_servers()}
 
 
+@pytest.mark.slow
 async def test_canary_splits_traffic_then_moves_to_the_new_version(stack: Stack) -> None:
     first = await stack.train()
     outcome = await stack.deploy(deployer_spec(rollout=CANARY))
@@ -253,7 +254,8 @@ async def test_undeploy_and_recover_leave_no_processes(stack: Stack, bus: Bus) -
 
     # a second executor on the same state dir finds servers nobody watches any more
     other = LocalDeployer(bus, state_dir=stack.deployer.state_dir)
-    stack.deployer._servers.clear()  # simulate the first executor's crash: it forgot them
+    # the first executor "crashes": it forgets its servers (their records stay on disk)
+    stack.deployer._servers.clear()
     recovered = await other.recover()
     assert [r.pid for r in recovered] == [server.pid]
     assert not group_members(server.pid)
@@ -289,6 +291,7 @@ async def run_cli(*argv: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.slow
 async def test_endpoint_json(stack: Stack) -> None:
     nats = stack.bus.url
     code, _, err = await run_cli("endpoint", AXON, "-o", "json", "--nats-url", nats)
