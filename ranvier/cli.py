@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ranvier.commands.endpoint",
     "ranvier.commands.control",
     "ranvier.commands.explain",
+    "ranvier.commands.k8s",
 )
 
 
