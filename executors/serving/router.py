@@ -99,7 +99,7 @@ class InMemoryTableSource:
         return self._table
 
     def set(self, table: RoutingTable) -> None:
-        """Replace the table and wake every `changes()` iterator."""
+        """Replace the table and wake every `changes()` iterator (call it on the router's loop)."""
         self._table = table
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -404,7 +404,9 @@ class Router:
                 if axon in compiled.deployers
                 else f"no axon {axon!r} is deployed on this router"
             )
-            self.stats.requests.labels(axon, path, str(status)).inc()
+            # unknown names are not labels: random paths must not grow the metric without bound
+            known = axon if axon in compiled.deployers else "unknown"
+            self.stats.requests.labels(known, "unknown", str(status)).inc()
             return error_response(status, reason)
         return await self.serve_route(route, axon, path, request)
 
