@@ -203,3 +203,52 @@ def test_sigkill_of_up_mid_run_then_up_again_resumes(tmp_path: Path) -> None:
     assert [r["phase"] for r in tasks["Step1"]] == ["Failed", "Succeeded"]
     assert "executor restart" in tasks["Step1"][0]["message"]
     assert all(len(tasks[f"Step{i}"]) == 1 for i in (0, 2, 3))
+
+
+SLOW = """
+apiVersion: ranvier.dev/v1alpha1
+kind: Axon
+metadata: {name: slow}
+spec:
+  tasks:
+    - name: Wait
+      container: {command: [%s, -c, "import time; time.sleep(120)"]}
+  sensors:
+    - name: OnStart
+      tasks: [{resourceExecutor: {task: Wait}}]
+"""
+
+
+def test_until_not_reached_within_timeout_exits_non_zero_and_stops_the_task(
+    tmp_path: Path,
+) -> None:
+    axon = tmp_path / "slow.yaml"
+    axon.write_text(SLOW % json.dumps(sys.executable), encoding="utf-8")
+    state = tmp_path / "state"
+    up = ranvier("up", str(axon), "--until", "succeeded", "--timeout", "3", state=state)
+    assert up.returncode == 3, up.stdout + up.stderr
+    assert "timed out after 3s before succeeded" in up.stdout
+    doc = get_axon("slow", state)
+    [wait_run] = next(t["runs"] for t in doc["tasks"] if t["name"] == "Wait")
+    assert wait_run["phase"] == "Failed"
+    assert wait_run["message"] == "cancelled: executor shut down"
+    assert list((state / "local-runs").glob("*.json")) == []
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    down = ranvier("down", state=state)
+    assert down.returncode == 1
+    assert (
+        down.stderr.strip()
+        == f"error: no ranvier up is running for {state} (start one with `ranvier up`)"
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: ranvier.dev/v1alpha1\nkind: Axon\nmetadata: {name: x}\n")
+    up = ranvier("up", str(bad), state=state)
+    assert up.returncode == 1
+    [line] = up.stderr.strip().splitlines()
+    assert line.startswith(f"{bad}:")
+    assert ": error: " in line
+    assert "error: error" not in line
+    assert not line.startswith("error:")
