@@ -959,3 +959,117 @@ def render_axon(
         else:
             runs.append(task_job(axon, task, run, image, settings=settings, owner=owner))
     return [*head, *builds.values(), *runs], notes
+
+
+# ---------------------------------------------------------------------------------------------
+# The Axon CustomResourceDefinition (manifests/crd/axon.yaml is generated from this)
+
+_DROP: Final = frozenset({"$schema", "$id", "$defs", "discriminator", "default", "const", "title"})
+
+
+def _structural(node: Any, defs: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON Schema node as a Kubernetes structural schema (refs inlined, unions loosened).
+
+    Unions of objects become one object with every variant's properties; unions of different
+    types (and multi-type nodes) keep their value unchecked (`x-kubernetes-preserve-unknown-
+    fields`): ranvier's loader validates Axons fully, the CRD only keeps the shape.
+    """
+    if not isinstance(node, Mapping):
+        return {"x-kubernetes-preserve-unknown-fields": True}
+    if "$ref" in node:
+        target = defs[str(node["$ref"]).rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    description = node.get("description")
+    out: dict[str, Any] = {"description": description} if description else {}
+    variants = node.get("anyOf") or node.get("oneOf")
+    if variants and "properties" not in node:
+        parts = [_structural(v, defs) for v in variants if v.get("type") != "null"]
+        types = {p.get("type") for p in parts}
+        if len(parts) == 1:
+            return {**parts[0], **out}
+        if types == {"object"}:
+            props: dict[str, Any] = {}
+            for part in parts:
+                props.update(part.get("properties", {}))
+            return {**out, "type": "object", "properties": props}
+        return {**out, "x-kubernetes-preserve-unknown-fields": True}
+    kind = node.get("type")
+    if isinstance(kind, list):
+        real = [t for t in kind if t != "null"]
+        if len(real) != 1:
+            return {**out, "x-kubernetes-preserve-unknown-fields": True}
+        kind = real[0]
+    if kind == "object" or "properties" in node:
+        out["type"] = "object"
+        if "properties" in node:
+            out["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}
+            if node.get("required"):
+                out["required"] = list(node["required"])
+        elif isinstance(node.get("additionalProperties"), Mapping):
+            out["additionalProperties"] = _structural(node["additionalProperties"], defs)
+        else:
+            out["x-kubernetes-preserve-unknown-fields"] = True
+        return out
+    if kind == "array":
+        return {**out, "type": "array", "items": _structural(node.get("items", {}), defs)}
+    if kind is None:
+        return {**out, "x-kubernetes-preserve-unknown-fields": True}
+    out["type"] = kind
+    if "enum" in node or "const" in node:
+        out["enum"] = list(node.get("enum", [node.get("const")]))
+    for key in ("minimum", "maximum", "minLength", "maxLength", "pattern", "minItems"):
+        if key in node:
+            out[key] = node[key]
+    return out
+
+
+def axon_crd(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The Axon CRD (`axons.ranvier.dev`) embedding the Axon JSON Schema's `spec`."""
+    defs = schema.get("$defs", {})
+    spec = _structural(schema["properties"]["spec"], defs)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{PLURAL}.{GROUP}",
+            "labels": {MANAGED_BY: MANAGER},
+            "annotations": {"ranvier.dev/generated-from": "manifests/schema/axon.schema.json"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "plural": PLURAL,
+                "singular": "axon",
+                "listKind": "AxonList",
+                "shortNames": ["ax"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": schema.get("description", "An Axon."),
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                },
+                            },
+                            "required": ["spec"],
+                        }
+                    },
+                    "subresources": {"status": {}},
+                }
+            ],
+        },
+    }
