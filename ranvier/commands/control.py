@@ -327,8 +327,10 @@ async def _follow(
                 if check.reached or check.failed:
                     reported = True
                     state = "reached" if check.reached else "failed"
-                    plan.report(state=state, reason=check.failed or f"{goal} reached")
-                    progress.note(f"{state}: {plan.status['reason']}")
+                    plan.report(state=state, reason=check.failed or f"--until {goal} reached")
+                    progress.note(
+                        f"failed: {check.failed}" if check.failed else plan.status["reason"]
+                    )
                     if not plan.detached:
                         return 0 if check.reached else 1
             if runner.done():
@@ -386,7 +388,7 @@ def _detach(argv: list[str], state_dir: Path, goal: Goal | None, timeout: float 
         typer.echo(f"goal not reached: {status.get('reason')}", err=True)
         return 1
     if goal:
-        typer.echo(f"reached: {status.get('reason')}")
+        typer.echo(str(status.get("reason")))
     return 0
 
 

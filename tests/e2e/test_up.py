@@ -61,7 +61,7 @@ def test_quickstart_until_succeeded_then_get_axon(tmp_path: Path) -> None:
     state = tmp_path / "state"
     up = ranvier("up", str(QUICKSTART), "--until", "succeeded", "--timeout", "120", state=state)
     assert up.returncode == 0, up.stdout + up.stderr
-    assert "reached: succeeded" in up.stdout
+    assert "--until succeeded reached" in up.stdout
     assert not (state / "up.pid").exists()
 
     doc = get_axon("quickstart", state)
