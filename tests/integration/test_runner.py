@@ -315,3 +315,29 @@ async def test_two_executor_processes_run_each_of_500_requests_exactly_once(
     assert len(files) == count  # one run per request, each wrote its own file once
     assert all(len(f.read_text().splitlines()) == 1 for f in files)
     assert len(await bus.kv_keys(subjects.RUNS_BUCKET, kv_key("claim") + ".>")) == count
+
+
+@pytest.mark.usefixtures("submitted")
+async def test_redelivered_request_of_a_vanished_executor_is_reported_failed(
+    bus: Bus, tmp_path: Path
+) -> None:
+    req = request("Ok", run="orphaned")
+    # What an executor that died mid-run leaves: its claim and a Running record, no process.
+    gone = TaskRun.new(req, "RUN-OF-A-DEAD-EXECUTOR", "host/1/dead")
+    gone.phase = "Running"
+    await bus.kv_put(subjects.RUNS_BUCKET, gone.key, gone.to_json())
+    claim = {"run_id": gone.id, "action_key": req.idempotency_key, "executor": gone.executor}
+    await bus.kv_create(
+        subjects.RUNS_BUCKET, claim_key(req.idempotency_key), json.dumps(claim).encode()
+    )
+    async with running(bus, tmp_path):
+        await bus.publish(req.to_event(source="test"))
+        [done] = await finals(bus, 1)
+    assert (done.run_id, done.phase) == (gone.id, "Failed")
+    assert done.message == (
+        "lost: the executor that claimed it (host/1/dead) stopped before the run finished"
+    )
+    raw = await bus.kv_get(subjects.RUNS_BUCKET, gone.key)
+    assert raw is not None
+    assert TaskRun.from_json(raw[0]).phase == "Failed"
+    assert await bus.kv_keys(subjects.RUNS_BUCKET, "task.>") == [gone.key]
