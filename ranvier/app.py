@@ -43,6 +43,7 @@ from sensors.spec import CalendarTrigger, RestTrigger
 log = structlog.get_logger(__name__)
 
 ROLES: Final = ("engine", "executor", "watcher", "router")
+BACKENDS: Final = ("local", "kubernetes")
 Goal = Literal["succeeded", "deployed", "idle"]
 ENGINE_DURABLE: Final = "ranvier-engine"
 SOURCE: Final = "ranvier/cli"
@@ -79,7 +80,12 @@ def make_backend(name: str, *, state_dir: Path, nats_url: str | None) -> Backend
             )
         made: Backend = backend.from_config()
         return made
-    raise AppError(f"unknown backend {name!r}", hint="choose local or kubernetes")
+    raise unknown_backend(name)
+
+
+def unknown_backend(name: str) -> AppError:
+    """The error for a `--backend` that does not exist."""
+    return AppError(f"unknown backend {name!r}", hint="choose local or kubernetes")
 
 
 def make_deployer(bus: Bus, state_dir: Path) -> Deployer | None:

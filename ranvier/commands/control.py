@@ -37,6 +37,7 @@ from events.server import EmbeddedServer
 from executors.backends.local import group_members, stop_tree
 from executors.runner import TaskRun, task_run_key
 from ranvier.app import (
+    BACKENDS,
     ROLES,
     AppError,
     Goal,
@@ -49,6 +50,7 @@ from ranvier.app import (
     run_roles,
     stop_on_signals,
     trigger_rest,
+    unknown_backend,
 )
 from ranvier.commands.events import (
     Creds,
@@ -417,6 +419,8 @@ def up(
     state_dir: StateDir = None,
 ) -> None:
     """Run an Axon with everything in one process: NATS, engine, executor, watchers, router."""
+    if backend not in BACKENDS:
+        raise unknown_backend(backend)
     axon = load_axon(file)
     settings = _settings(
         nats_url=nats_url,
