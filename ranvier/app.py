@@ -30,6 +30,7 @@ from events import subjects
 from events.bus import Bus
 from events.errors import RanvierError
 from events.model import RestData
+from events.telemetry import Telemetry
 from events.watchers.calendar import Schedule
 from events.watchers.calendar_watcher import CalendarWatcher, ScheduledTrigger
 from executors.backends.base import Backend
@@ -39,6 +40,7 @@ from executors.registry import ModelRegistry
 from executors.runner import Deployer, ExecutorRunner
 from sensors.axons import AxonStore, StoredAxon
 from sensors.spec import CalendarTrigger, RestTrigger
+from sensors.watcher import MetricsWatcher
 
 log = structlog.get_logger(__name__)
 
@@ -135,6 +137,38 @@ class RoleOptions:
     concurrency: int = 16
     router_host: str = "127.0.0.1"
     router_port: int = 0
+    prometheus_url: str | None = None
+    telemetry: Telemetry | None = None
+
+
+@dataclass(slots=True)
+class ExecutorStats:
+    """The executor runner's counters, as `ranvier run --metrics-port` exposes them."""
+
+    handled: int = 0
+
+
+def _attribute(role: Any, name: str) -> Callable[[], Any]:
+    """Read `role.<name>` when Prometheus scrapes (the role keeps counting in plain fields)."""
+    return lambda: getattr(role, name, None)
+
+
+def _executor_stats(runner: ExecutorRunner) -> Callable[[], ExecutorStats]:
+    return lambda: ExecutorStats(handled=runner.handled)
+
+
+class WatcherRole:
+    """The watcher role: Calendar ticks and metric values, side by side until cancelled."""
+
+    def __init__(self, bus: Bus, telemetry: Telemetry | None, prometheus_url: str | None) -> None:
+        self.calendar = CalendarWatcher(bus, calendar_provider(AxonStore(bus)))
+        self.metrics = MetricsWatcher(bus, prometheus_url=prometheus_url, telemetry=telemetry)
+
+    async def run(self) -> None:
+        """Run both watchers; either failing stops (cancels) the other."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.calendar.run())
+            group.create_task(self.metrics.run())
 
 
 def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[str, Any]:
@@ -145,20 +179,24 @@ def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[st
             runtime = _optional("sensors.runtime", "EngineRuntime")
             if runtime is None:
                 raise AppError("the engine role is not available (sensors.runtime is missing)")
-            roles[name] = runtime(bus, durable=ENGINE_DURABLE)
+            roles[name] = made = runtime(bus, durable=ENGINE_DURABLE)
+            if options.telemetry is not None and hasattr(made, "stats"):
+                options.telemetry.add_stats("engine", _attribute(made, "stats"))
         elif name == "executor":
             backend = make_backend(
                 options.backend, state_dir=options.state_dir, nats_url=options.nats_url
             )
-            roles[name] = ExecutorRunner(
+            roles[name] = runner = ExecutorRunner(
                 bus,
                 backend=backend,
                 deployer=make_deployer(bus, options.state_dir),
                 state_dir=options.state_dir,
                 concurrency=options.concurrency,
             )
+            if options.telemetry is not None:
+                options.telemetry.add_stats("executor", _executor_stats(runner))
         elif name == "watcher":
-            roles[name] = CalendarWatcher(bus, calendar_provider(AxonStore(bus)))
+            roles[name] = WatcherRole(bus, options.telemetry, options.prometheus_url)
         elif name == "router":
             router = _optional("executors.serving.kv_table", "RouterRole")
             if router is None:

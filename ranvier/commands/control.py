@@ -34,6 +34,7 @@ from rich.table import Table
 
 from events.bus import Bus
 from events.server import EmbeddedServer
+from events.telemetry import Telemetry
 from executors.backends.local import group_members, stop_tree
 from executors.runner import TaskRun, task_run_key
 from ranvier.app import (
@@ -513,6 +514,21 @@ def run(
     nkey: NkeySeed = None,
     tls_ca: TlsCa = None,
     state_dir: StateDir = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve the roles' own /metrics on this port."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address /metrics listens on.")
+    ] = "127.0.0.1",
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            "--prometheus-url",
+            envvar="RANVIER_PROMETHEUS_URL",
+            help="Watcher: Prometheus for Axons with metrics source prometheus and no url.",
+        ),
+    ] = None,
 ) -> None:
     """Run control-plane roles against a NATS server until SIGTERM or Ctrl-C."""
     names: list[str] = []
@@ -538,15 +554,30 @@ def run(
 
     async def go() -> None:
         url, _ = settings.resolve_url()
+        telemetry = Telemetry() if metrics_port is not None else None
         options = RoleOptions(
-            settings.state_dir.resolve(), backend=backend, nats_url=url, concurrency=concurrency
+            settings.state_dir.resolve(),
+            backend=backend,
+            nats_url=url,
+            concurrency=concurrency,
+            prometheus_url=prometheus_url,
+            telemetry=telemetry,
         )
         async with Bus.connect(settings.connect_options(name=f"ranvier-{'-'.join(names)}")) as bus:
             roles = build_roles(bus, names, options)
+            served = (
+                telemetry.serve(metrics_port, metrics_host)
+                if telemetry is not None and metrics_port is not None
+                else None
+            )
             stop = asyncio.Event()
-            with stop_on_signals(stop):
-                log.info("roles.started", roles=names, url=url)
-                await run_roles(roles, stop)
+            try:
+                with stop_on_signals(stop):
+                    log.info("roles.started", roles=names, url=url)
+                    await run_roles(roles, stop)
+            finally:
+                if served is not None:
+                    served.close()
 
     _run(go())
 
