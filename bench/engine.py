@@ -8,9 +8,12 @@ event independent of the sensors it cannot concern. The mix is a third each of: 
 succeeding (fires a sensor, requests an action), a metric sample flipping an alert (fires on
 every other sample), and the lifecycle report of an action requested earlier (ends its run).
 
-The runtime part (events through `sensors.runtime` on a real nats-server vs a raw nats-py
-durable consume of the same stream, and publish-to-action latency) is added by the runtime's
-author: `measure_runtime` is its slot. `--pure-only` runs without it. The last line is ONE JSON
+The runtime part (`measure_runtime`) starts a fresh nats-server per size, submits the Axon,
+stores the events (`build_runtime_events`: every action is reported back, as in a live system,
+so state stays bounded), then reads the whole stream twice: with plain nats-py (durable pull
+fetch + ack, the raw reference) and through `EngineRuntime`. `measure_latency` runs the engine
+in its own process and times each event from publish to its action request, at 1,000 events/s
+over 1,000 sensors. `--pure-only` runs without the bus. The last line is ONE JSON
 object in DESIGN.md's shape: {"bench": "engine", "results": [{"sensors", "events_per_s",
 "raw_consume_per_s", "ratio", "pure_events_per_s"}], "latency": {...}}; keys that the run did
 not measure are absent.
@@ -123,9 +126,252 @@ def measure_pure(sensors: int, count: int, repeats: int = 3) -> float:
     return best
 
 
-def measure_runtime(sensors: int, count: int) -> dict[str, float]:  # pragma: no cover - slot
-    """Runtime figures (events_per_s, raw_consume_per_s, ratio): added with sensors/runtime.py."""
-    raise NotImplementedError("the runtime bench is not written yet; use --pure-only")
+def build_runtime_events(sensors: int, count: int) -> list[Event]:
+    """`count` events where, as in a live system, every requested action is reported back.
+
+    A quarter are tasks succeeding (fire a sensor), a quarter metric samples (fire an alert
+    every other sample), half the executor's reports of actions requested earlier (Failed: it
+    ends their runs and fires no other sensor), oldest first; the pure engine says which
+    actions were requested. So the number of active runs, and the state the runtime writes
+    per batch, stays bounded.
+    """
+    state = engine.EngineState()
+    submit = AxonData(axon=AXON, generation=1, action="submitted").to_event(
+        source="bench", id="submit", time=T0
+    )
+    engine.submit(state, build_axon(sensors), 1, submit, T0)
+    requested: list[Any] = []  # ActionRequest, oldest first
+    events: list[Event] = []
+    for n in range(count):
+        i = (n * 7919) % sensors
+        time_ = T0 + timedelta(milliseconds=n)
+        data: LifecycleData | MetricData
+        if n % 4 == 1:
+            data = MetricData(axon=AXON, name=f"m{i}", value=0.3 if (n // 4) % 2 else 0.7)
+        elif n % 4 in (2, 3) and requested:
+            act = requested.pop(0)
+            data = LifecycleData(  # Failed: ends the run without firing the task's sensor
+                axon=AXON,
+                task=act.task,
+                run_id=f"act{n}",
+                phase="Failed",
+                sensor=act.sensor,
+                sensor_run_id=act.sensor_run_id,
+                step=act.step,
+            )
+        else:
+            data = LifecycleData(axon=AXON, task=f"t{i}", run_id=f"run{n}", phase="Succeeded")
+        event = data.to_event(source="bench", id=f"ev{n:08d}", time=time_)
+        requested += engine.step(state, event, time_).actions
+        events.append(event)
+    return events
+
+
+def _bench_server(tmp: Path) -> Any:
+    from events.server import EmbeddedServer
+
+    return EmbeddedServer(store_dir=tmp / "nats")
+
+
+def _options(url: str, name: str) -> Any:
+    from events.bus import ConnectOptions
+
+    return ConnectOptions(servers=[url], name=name)
+
+
+async def _fill(url: str, sensors: int, count: int) -> tuple[Axon, int]:
+    """Submit the bench Axon and store `count` events; returns the Axon and the last seq."""
+    from events.bus import Bus
+    from sensors.axons import AxonStore
+
+    axon = build_axon(sensors)
+    async with Bus.connect(_options(url, "bench-fill")) as bus:
+        await AxonStore(bus).submit(axon)
+        await bus.publish_many(build_runtime_events(sensors, count), max_in_flight=1024)
+        last = int((await bus.stream_info()).state.last_seq)
+    return axon, last
+
+
+async def _raw_consume(url: str, total: int, batch: int) -> float:
+    """Plain nats-py: a durable pull consumer, fetch + ack every message of the stream."""
+    import nats
+
+    from events import subjects
+
+    nc = await nats.connect(url, name="bench-raw")
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(
+            subjects.EVENTS_SUBJECTS, durable="bench-raw", stream=subjects.EVENTS_STREAM
+        )
+        got = 0
+        started = time.perf_counter()
+        while got < total:
+            msgs = await sub.fetch(batch, timeout=5)
+            for msg in msgs:
+                await msg.ack()
+            got += len(msgs)
+        elapsed = time.perf_counter() - started
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return total / elapsed
+
+
+async def _through_runtime(url: str, total: int, batch: int) -> float:
+    """Events per second through `EngineRuntime` until all `total` are acked."""
+    import asyncio
+    import contextlib
+
+    from events.bus import Bus
+    from sensors.runtime import EngineRuntime
+
+    async with Bus.connect(_options(url, "bench-engine")) as bus:
+        runtime = EngineRuntime(bus, batch=batch)
+        task = asyncio.create_task(runtime.run())
+        await runtime.ready.wait()
+        started = time.perf_counter()
+        while runtime.stats.acked < total:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.002)
+        elapsed = time.perf_counter() - started
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return total / elapsed
+
+
+def measure_runtime(sensors: int, count: int, batch: int = 256) -> dict[str, float]:
+    """Events/s through the runtime vs a raw nats-py fetch + ack of the same stream, same server.
+
+    One fresh nats-server per size: the Axon is submitted and `count` events stored first, then
+    the raw consumer and the runtime each read the whole stream with their own durable.
+    """
+    import asyncio
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, _bench_server(Path(tmp)) as server:
+        _, total = asyncio.run(_fill(server.url, sensors, count))
+        raw = asyncio.run(_raw_consume(server.url, total, batch))
+        through = asyncio.run(_through_runtime(server.url, total, batch))
+    return {
+        "events_per_s": round(through),
+        "raw_consume_per_s": round(raw),
+        "ratio": round(through / raw, 3),
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _latency_run(url: str, sensors: int, rate: int, seconds: float) -> list[float]:
+    """Publish "task succeeded" events at `rate`/s; time each until its action request arrives
+    (a core subscription on the actions subjects, in this process: one clock)."""
+    import asyncio
+    import contextlib
+
+    from events import subjects
+    from events.bus import MSG_ID, Bus
+
+    count = int(rate * seconds)
+    events = [
+        LifecycleData(
+            axon=AXON, task=f"t{(n * 7919) % sensors}", run_id=f"lat{n}", phase="Succeeded"
+        ).to_event(source="bench", id=f"lat{n:08d}", time=T0)
+        for n in range(count)
+    ]
+    owner = {
+        engine.sensor_run_id(e.id, f"s{(n * 7919) % sensors}"): n for n, e in enumerate(events)
+    }
+    sent: list[float] = [0.0] * count
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    async def on_action(msg: Any) -> None:
+        run_id = str(msg.headers.get(MSG_ID, "")).split("/")[2]
+        n = owner.get(run_id)
+        if n is not None and sent[n]:
+            latencies.append((time.perf_counter() - sent[n]) * 1000)
+            if len(latencies) >= count:
+                done.set()
+
+    async with Bus.connect(_options(url, "bench-latency")) as bus:
+        await bus.nc.subscribe(subjects.ACTIONS_SUBJECTS, cb=on_action)
+        encoded = [bus.outgoing(e) for e in events]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for n, item in enumerate(encoded):
+            delay = start + n / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent[n] = time.perf_counter()
+            await bus.nc.publish(item.subject, item.data, headers={MSG_ID: item.msg_id})
+        with contextlib.suppress(TimeoutError):  # report what arrived
+            await asyncio.wait_for(done.wait(), 30)
+    return latencies
+
+
+def measure_latency(sensors: int, rate: int, seconds: float) -> dict[str, float]:
+    """p50/p99 ms from event publish to action request, the engine in its own process."""
+    import asyncio
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, _bench_server(Path(tmp)) as server:
+        asyncio.run(_fill(server.url, sensors, 0))
+        engine_proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve-engine", server.url],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert engine_proc.stdout is not None
+            if engine_proc.stdout.readline().strip() != b"ready":
+                raise RuntimeError("the engine process did not start")
+            latencies = asyncio.run(_latency_run(server.url, sensors, rate, seconds))
+        finally:
+            engine_proc.kill()
+            engine_proc.wait()
+    if not latencies:
+        raise RuntimeError("no action request arrived")
+    return {
+        "rate_per_s": rate,
+        "sensors": sensors,
+        "events": len(latencies),
+        "p50_ms": round(_percentile(latencies, 0.50), 3),
+        "p99_ms": round(_percentile(latencies, 0.99), 3),
+    }
+
+
+def serve_engine(url: str) -> None:
+    """Run the runtime until killed (the latency bench's engine process)."""
+    import asyncio
+
+    from events.bus import Bus
+    from sensors.runtime import EngineRuntime
+
+    async def go() -> None:
+        async with Bus.connect(_options(url, "bench-engine")) as bus:
+            runtime = EngineRuntime(bus)
+            task = asyncio.create_task(runtime.run())
+            await runtime.ready.wait()
+            print("ready", flush=True)
+            await task
+
+    asyncio.run(go())
+
+
+def _quiet_logs() -> None:
+    import logging
+
+    import structlog
+
+    structlog.configure(
+        logger_factory=lambda *_: structlog.PrintLogger(file=sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,17 +380,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer events (under a minute)")
     parser.add_argument("--events", type=int, default=None, help="events per size")
     parser.add_argument("--repeats", type=int, default=3, help="pure runs per size (best kept)")
+    parser.add_argument("--serve-engine", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=str, default=None, help="comma-separated sensor counts")
     args = parser.parse_args(argv)
+    _quiet_logs()
+    if args.serve_engine:
+        serve_engine(args.serve_engine)
+        return 0
     count = args.events or (15_000 if args.quick else 60_000)
+    sizes = tuple(int(x) for x in args.sizes.split(",")) if args.sizes else SIZES
     results: list[dict[str, Any]] = []
-    for sensors in SIZES:
+    for sensors in sizes:
         row: dict[str, Any] = {"sensors": sensors}
         row["pure_events_per_s"] = round(measure_pure(sensors, count, args.repeats))
         if not args.pure_only:
             row.update(measure_runtime(sensors, count))
         results.append(row)
         print(f"# {sensors} sensors: {row}", file=sys.stderr)
-    print(json.dumps({"bench": "engine", "events": count, "results": results}))
+    report: dict[str, Any] = {"bench": "engine", "events": count, "results": results}
+    if not args.pure_only:
+        report["latency"] = measure_latency(1000, 1000, 3.0 if args.quick else 10.0)
+        print(f"# latency: {report['latency']}", file=sys.stderr)
+    print(json.dumps(report))
     return 0
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from typing import Any, Final
 import nats.errors
 import nats.js.errors
 import structlog
+from nats.js import api
 
 from events import subjects
 from events.bus import Bus, BusError, Consumer, Outgoing, Received, RevisionMismatch, kv_key
@@ -71,6 +73,10 @@ SOURCE: Final = "ranvier/engine"
 DURABLE: Final = "ranvier-engine"
 RUN_RECORDS_KEPT: Final = 4096
 """Sensor-run records kept in memory (to update them without reading KV back)."""
+COMPRESS_OVER: Final = 64 * 1024
+"""State values larger than this are stored zlib-compressed (prefixed `zlib:`): an Axon with
+thousands of sensors has megabytes of JSON state, over NATS's default max payload."""
+_ZLIB: Final = b"zlib:"
 _MAX_ID: Final = 128
 _RETRY_DELAY: Final = 0.5
 
@@ -80,6 +86,7 @@ class RuntimeStats:
     """Counters of what the runtime did since it started (also logged)."""
 
     events: int = 0
+    acked: int = 0
     redelivered: int = 0
     malformed: int = 0
     ignored: int = 0
@@ -196,6 +203,7 @@ class EngineRuntime:
         self._runs: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._consumer: Consumer | None = None
         self._ticked_at: datetime | None = None
+        self._due: datetime | None = None
         self.ready = asyncio.Event()
         """Set once state is loaded and the consumer is in place (tests and `up` wait on it)."""
 
@@ -237,6 +245,7 @@ class EngineRuntime:
         await self._load_state()
         self._consumer = await self._recreate_consumer()
         self._ticked_at = None
+        self._due = engine.next_deadline(self._state)
 
     async def _recreate_consumer(self) -> Consumer:
         stream = subjects.EVENTS_STREAM
@@ -251,13 +260,17 @@ class EngineRuntime:
             # Unacked messages of a dead process would come back only after their ack wait,
             # behind newer ones; a fresh consumer from the floor brings them back in order.
             await self._bus.js.delete_consumer(stream, self.durable)
-        consumer = await self._bus.consumer(
-            stream,
-            self.durable,
+        # Ack-all: one ack per batch (its last message) instead of one per message.
+        config = api.ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=api.AckPolicy.ALL,
             ack_wait=self.ack_wait,
-            deliver_from=start,
             max_ack_pending=max(self.batch * 4, 1024),
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
         )
+        await self._bus.js.add_consumer(stream, config)
+        consumer = Consumer(self._bus.nc, stream=stream, durable=self.durable)
         log.info("runtime.consuming", durable=self.durable, from_seq=start)
         return consumer
 
@@ -272,10 +285,10 @@ class EngineRuntime:
                 continue
             raw, revision = got
             try:
-                record = json.loads(raw)
+                record = json.loads(zlib.decompress(raw[len(_ZLIB) :]) if raw[:1] != b"{" else raw)
                 ns, name = str(record["namespace"]), str(record["axon"])
                 slot = _Slot(ns, name, revision=revision, applied=int(record["seq"]))
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, zlib.error) as exc:
                 log.error("runtime.state_unreadable", key=key, error=str(exc))
                 continue
             self._slots[engine.axon_key(ns, name)] = slot
@@ -310,7 +323,7 @@ class EngineRuntime:
         if consumer is None:
             raise _Conflict("no consumer")
         wait = self.max_wait
-        due = engine.next_deadline(self._state, self._ticked_at)
+        due = self._due
         if due is not None:
             wait = max(0.0, min(wait, (due - utcnow()).total_seconds()))
         received = await consumer.fetch(self.batch, wait=wait)
@@ -320,12 +333,14 @@ class EngineRuntime:
         await self._maybe_tick()
 
     async def _maybe_tick(self) -> None:
-        due = engine.next_deadline(self._state, self._ticked_at)
+        # next_deadline looks at every armed alert: once per loop, not per fetch and tick.
+        due = self._due = engine.next_deadline(self._state, self._ticked_at)
         now = utcnow()
         if due is None or due > now:
             return
         result = engine.tick(self._state, now)
         self._ticked_at = now
+        self._due = engine.next_deadline(self._state, now)
         self.stats.ticks += 1
         if not (result.decisions or result.actions or result.touched):
             return
@@ -420,11 +435,12 @@ class EngineRuntime:
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         if failed:
             raise _Conflict(f"state write failed: {failed[0]!r}")
-        for rec in batch.ack:
-            await rec.ack()
+        if batch.ack:  # ack-all policy: acking the last acks the batch's earlier messages
+            await max(batch.ack, key=_seq_of).ack()
         for rec in batch.term:
             await rec.term()
         self.stats.batches += 1
+        self.stats.acked += len(batch.ack) + len(batch.term)
         self.stats.actions += len(batch.actions)
         self.stats.decisions += len(batch.decisions)
         if batch.actions:
@@ -446,6 +462,8 @@ class EngineRuntime:
             generation = self._state.generation(slot.namespace, slot.name)
             head = canonical_json({**header, "generation": generation, "deleted": False})
             value = b'{"engine":' + dump + b"," + head[1:]
+        if len(value) > COMPRESS_OVER:
+            value = _ZLIB + zlib.compress(value, 1)
         bucket = subjects.STATE_BUCKET
         if slot.revision is None:
             revision = await self._bus.kv_create(bucket, key_of(slot), value)
@@ -532,7 +550,9 @@ class EngineRuntime:
             record["steps"] = [steps[k] for k in sorted(steps)]
             self._remember(rkey, record)
             out.append(
-                Outgoing(f"$KV.{subjects.RUNS_BUCKET}.{rkey}", canonical_json(record), new_id())
+                Outgoing(
+                    f"$KV.{subjects.RUNS_BUCKET}.{rkey}", json.dumps(record).encode(), new_id()
+                )
             )
         return out
 
@@ -553,6 +573,10 @@ class EngineRuntime:
         self._runs.move_to_end(key)
         while len(self._runs) > RUN_RECORDS_KEPT:
             self._runs.popitem(last=False)
+
+
+def _seq_of(rec: Received) -> int:
+    return rec.seq
 
 
 def key_of(slot: _Slot) -> str:
