@@ -45,6 +45,15 @@ spec:
 """
 
 
+CHANGED_SENSOR = """\
+    - name: audit
+      triggers:
+        - {name: evaluated, type: Lifecycle, task: Eval, condition: Succeeded}
+      tasks:
+        - resourceExecutor: {task: Prep}
+"""
+
+
 def two_step_axon(extra_sensor: str = "") -> Axon:
     """The test Axon: Prep succeeding runs Train then Eval (plus `extra_sensor` YAML lines)."""
     return load_axon_text(AXON_YAML + extra_sensor, "axon.yaml")

@@ -19,6 +19,7 @@ from sensors.axons import AxonStore
 from sensors.runtime import DURABLE, state_key
 from sensors.spec import Axon
 from tests.integration.runtime_kit import (
+    CHANGED_SENSOR,
     NAME,
     as_action,
     caught_up,
@@ -35,14 +36,6 @@ from tests.integration.runtime_kit import (
 )
 
 pytestmark = pytest.mark.integration
-
-CHANGED_SENSOR = """\
-    - name: audit
-      triggers:
-        - {name: evaluated, type: Lifecycle, task: Eval, condition: Succeeded}
-      tasks:
-        - resourceExecutor: {task: Prep}
-"""
 
 
 async def test_submitted_axon_and_lifecycle_events_give_exactly_the_expected_actions(
