@@ -26,7 +26,14 @@ import contextlib
 import json
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -1128,10 +1135,14 @@ async def _open(options: ConnectOptions) -> tuple[Client, _Callbacks]:
             "authorization" in str(exc).lower()
         ):
             raise _auth_error(options) from None
+        cause = cb.failures[-1] if cb.failures else exc
+        if isinstance(cause, ssl.SSLError):
+            raise ConnectError(
+                f"TLS with the NATS server at {options.url} failed ({_reason(cause)})",
+                hint="pass the CA that signed its certificate with --tls-ca (RANVIER_TLS_CA_FILE)",
+            ) from None
         raise ConnectError(
-            f"cannot reach a NATS server at {options.url} "
-            f"({_reason(cb.failures[-1] if cb.failures else exc)})",
-            hint=START_HINT,
+            f"cannot reach a NATS server at {options.url} ({_reason(cause)})", hint=START_HINT
         ) from None
     # Connected: from now on a lost connection is retried rather than fatal. nats-py reads
     # these options at reconnect time, so enabling them after the first connect is safe.
@@ -1144,13 +1155,22 @@ async def _open(options: ConnectOptions) -> tuple[Client, _Callbacks]:
 
 async def _discard(nc: Client) -> None:
     """Close a client whose first connect failed (nats-py leaves its socket open)."""
-    with contextlib.suppress(Exception):  # best effort: it never fully connected
-        await nc.close()
+    # Best effort and bounded: after a failed TLS handshake the stream never reports itself
+    # closed, so the close runs as its own task that we stop waiting for after a second.
+    await _bounded(nc.close())
     transport = getattr(nc, "_transport", None)  # nats-py keeps the socket here
     if transport is not None:
-        with contextlib.suppress(Exception):  # best effort, as above
-            transport.close()
-            await transport.wait_closed()
+        transport.close()
+        await _bounded(transport.wait_closed())
+
+
+async def _bounded(aw: Awaitable[Any], seconds: float = 1.0) -> None:
+    """Run `aw` for at most `seconds`, ignoring its outcome (cleanup that may hang)."""
+    task = asyncio.ensure_future(aw)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieve, never raise
+    _, pending = await asyncio.wait([task], timeout=seconds)
+    for late in pending:
+        late.cancel()
 
 
 def _reason(exc: BaseException) -> str:

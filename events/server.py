@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final, Self
@@ -74,11 +75,14 @@ class EmbeddedServer:
         password: str | None = None,
         token: str | None = None,
         max_payload: int | None = None,
+        nkey_users: Sequence[str] = (),
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
         binary: Path | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        if token and (user or password):
-            raise ServerError("choose either a token or a user and password, not both")
+        if sum(bool(x) for x in (token, user or password, nkey_users)) > 1:
+            raise ServerError("choose one of: a token, a user and password, or nkey users")
         self.store_dir = Path(store_dir)
         self.host = host
         self.requested_port = port
@@ -87,6 +91,10 @@ class EmbeddedServer:
         self._password = password
         self._token = token
         self._max_payload = max_payload
+        self._nkey_users = tuple(nkey_users)
+        if (tls_cert is None) != (tls_key is None):
+            raise ServerError("TLS needs both a certificate and its key")
+        self._tls = (tls_cert, tls_key) if tls_cert and tls_key else None
         self._binary = binary
         self._extra_args = extra_args
         self._proc: subprocess.Popen[bytes] | None = None
@@ -97,10 +105,11 @@ class EmbeddedServer:
 
     @property
     def url(self) -> str:
-        """`nats://host:port` of the running server."""
+        """`nats://host:port` (`tls://` with TLS) of the running server."""
         if self.port is None:
             raise ServerError("the embedded nats-server is not running")
-        return f"nats://{self.host}:{self.port}"
+        scheme = "tls" if self._tls else "nats"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -129,13 +138,26 @@ class EmbeddedServer:
             argv += ["--user", self._user, "--pass", self._password or ""]
         if self._token is not None:
             argv += ["--auth", self._token]
-        if self._max_payload is not None:
-            # No flag for it: a one-line config file in the store dir, flags still win.
-            conf = self.store_dir / "ranvier-nats.conf"
-            conf.parent.mkdir(parents=True, exist_ok=True)
-            conf.write_text(f"max_payload: {self._max_payload}\n", encoding="utf-8")
-            argv += ["--config", str(conf)]
+        if self._tls is not None:
+            argv += ["--tls", "--tlscert", str(self._tls[0]), "--tlskey", str(self._tls[1])]
+        conf = self.config_text()
+        if conf:
+            # Settings without a flag go in a small config file in the store; flags still win.
+            path = self.store_dir / "ranvier-nats.conf"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(conf, encoding="utf-8")
+            argv += ["--config", str(path)]
         return argv + list(self._extra_args)
+
+    def config_text(self) -> str:
+        """nats-server config for the options that have no command-line flag."""
+        lines = []
+        if self._max_payload is not None:
+            lines.append(f"max_payload: {self._max_payload}")
+        if self._nkey_users:
+            users = ", ".join(f'{{nkey: "{key}"}}' for key in self._nkey_users)
+            lines.append(f"authorization {{ users = [{users}] }}")
+        return "".join(line + "\n" for line in lines)
 
     def start(self, timeout: float = START_TIMEOUT) -> str:
         """Start the server and block until it accepts clients; returns its URL."""

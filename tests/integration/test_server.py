@@ -63,7 +63,7 @@ def test_a_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_conflicting_auth_options_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ServerError, match="either a token or a user"):
+    with pytest.raises(ServerError, match="choose one of"):
         EmbeddedServer(store_dir=tmp_path, user="u", password="p", token="t")
 
 
