@@ -70,9 +70,15 @@ StateDir = Annotated[
 ]
 Since = Annotated[
     str | None,
-    typer.Option("--since", help="Start at: a duration ago (10m, 2h, 1d), RFC 3339, or a seq."),
+    typer.Option(
+        "--since",
+        help="Start at: a duration ago (10m, 2h, 1d) or RFC 3339 time (when stored), or a seq.",
+    ),
 ]
-Until = Annotated[str | None, typer.Option("--until", help="Stop at: duration ago or RFC 3339.")]
+Until = Annotated[
+    str | None,
+    typer.Option("--until", help="Stop at: a duration ago or RFC 3339 time (when stored)."),
+]
 Axon = Annotated[str | None, typer.Option("--axon", help="Only this Axon's events.")]
 Kind = Annotated[
     str | None, typer.Option("--type", help="Only this event type (e.g. lifecycle, metric).")
@@ -170,6 +176,14 @@ def parse_when(text: str, *, flag: str, now: datetime, allow_seq: bool = True) -
         what = "a duration like 10m, an RFC 3339 time" + (" or a sequence" if allow_seq else "")
         raise RanvierError(f"{flag}: expected {what}, got {text!r}") from None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def parse_until(text: str, *, now: datetime) -> datetime:
+    """An `--until` value: a duration ago or an RFC 3339 time (never a sequence)."""
+    when = parse_when(text, flag="--until", now=now, allow_seq=False)
+    if not isinstance(when, datetime):  # pragma: no cover - allow_seq=False returns times
+        raise RanvierError(f"--until: expected a time, got {text!r}")
+    return when
 
 
 def event_type(name: str) -> str:
@@ -444,7 +458,7 @@ def export(
     """Write stored events as JSON lines (the exact stored bytes), oldest first, then exit."""
     now = model.utcnow()
     start = parse_when(since, flag="--since", now=now) if since else None
-    end = parse_when(until, flag="--until", now=now, allow_seq=False) if until else None
+    end = parse_until(until, now=now) if until else None
     subject = events_filter(axon, kind)
     settings = _settings(
         nats_url=nats_url,
@@ -460,7 +474,6 @@ def export(
     async def body(bus: Bus) -> None:
         sink: IO[bytes] = out.open("wb") if out else sys.stdout.buffer
         try:
-            assert end is None or isinstance(end, datetime)  # parse_when(allow_seq=False)
             async for item in bus.replay(since=start, until=end, filter_subject=subject):
                 sink.write(item.raw + b"\n")
         finally:
@@ -534,8 +547,7 @@ def replay(
     """Re-publish matching events as new events whose `replayof` names the original."""
     now = model.utcnow()
     start = parse_when(since, flag="--since", now=now)
-    end = parse_when(until, flag="--until", now=now, allow_seq=False) if until else None
-    assert end is None or isinstance(end, datetime)  # parse_when(allow_seq=False)
+    end = parse_until(until, now=now) if until else None
     subject = events_filter(axon, kind)
     settings = _settings(
         nats_url=nats_url,
