@@ -360,3 +360,31 @@ def test_server_port_taken_is_a_clear_error(nats_server: EmbeddedServer, tmp_pat
 
 def test_subjects_module_is_the_one_naming_the_stream() -> None:
     assert subjects.EVENTS_STREAM == "RANVIER_EVENTS"
+
+
+def test_settings_precedence_flag_env_state_dir_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ranvier.settings import DEFAULT_URL, Settings
+
+    for name in ("RANVIER_NATS_URL", "RANVIER_STATE_DIR", "RANVIER_PASSWORD", "RANVIER_USER"):
+        monkeypatch.delenv(name, raising=False)
+    state = tmp_path / "st"
+    assert Settings.from_flags(state_dir=state).resolve_url() == (DEFAULT_URL, "default")
+    state.mkdir()
+    (state / "nats.url").write_text("nats://127.0.0.1:1111\n")
+    assert Settings.from_flags(state_dir=state).resolve_url() == (
+        "nats://127.0.0.1:1111",
+        str(state / "nats.url"),
+    )
+    monkeypatch.setenv("RANVIER_NATS_URL", "nats://a:1,nats://b:2")
+    monkeypatch.setenv("RANVIER_USER", "ana")
+    monkeypatch.setenv("RANVIER_PASSWORD", "s3cret")
+    settings = Settings.from_flags(state_dir=state)
+    options = settings.connect_options()
+    assert options.servers == ["nats://a:1", "nats://b:2"]
+    assert (options.user, options.password) == ("ana", "s3cret")
+    assert "s3cret" not in repr(settings)
+    flagged = Settings.from_flags(state_dir=state, nats_url="nats://c:3", user=None)
+    assert flagged.connect_options().servers == ["nats://c:3"]
+    assert flagged.user == "ana"  # a flag not given leaves the environment's value
