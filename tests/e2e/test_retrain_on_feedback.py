@@ -1,0 +1,246 @@
+"""examples/02-retrain-on-feedback end to end: bad feedback retrains, the new version serves.
+
+`ranvier up ... -d --until deployed` runs every real role (engine, executor with the deployer,
+router, the calendar and metric watchers) on an embedded NATS. The test then sends feedback
+with reward 0 through the router; the model class turns it into the `quickstart_accuracy`
+gauge, and:
+
+- the PostDeployment sensor's Alert (`{{quickstart_accuracy}} < 0.90`, `for`) starts a retrain
+  within two metric intervals plus `for` of the feedback;
+- the Lifecycle sensor deploys the new version, which answers `/predict` at the fixed URL;
+- a continued stream of bad feedback (to the new version) starts no second retrain inside the
+  cooldown (`cooldown: 10m`, `concurrency: Forbid`).
+
+Once with the `scrape` source (the watcher scrapes the model servers itself, no Prometheus),
+once with `source: prometheus` and a real Prometheus scraping the model servers (targets in a
+file_sd file the test rewrites from the deployment as it changes). Intervals are 1 s here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from events.bus import Bus, ConnectOptions
+from ranvier.app import axon_status
+from sensors.axons import AxonStore
+from tests.integration.prometheus_kit import PrometheusServer, prometheus
+
+__all__ = ["prometheus"]  # the fixture, imported for pytest to find
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(400)]
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "02-retrain-on-feedback"
+NAME = "quickstart-retrain"
+INTERVAL = 1.0
+FOR = 2.0
+SLACK = 15.0
+"""Process start-up and scheduling on a loaded 2-core machine, on top of the contract."""
+PAYLOAD = {"data": {"ndarray": [[1, 2]]}}
+WAIT = 120.0
+
+
+def prepare(tmp_path: Path, source: str) -> Path:
+    """A copy of the example with 1 s intervals (and the metric source under test)."""
+    folder = tmp_path / "example"
+    folder.mkdir()
+    for item in EXAMPLE.iterdir():
+        if item.suffix in (".py", ".yaml"):
+            (folder / item.name).write_text(item.read_text(encoding="utf-8"), encoding="utf-8")
+    doc = yaml.safe_load((folder / "axon.yaml").read_text(encoding="utf-8"))
+    doc["spec"]["metrics"] = {"source": source, "interval": f"{INTERVAL:g}s"}
+    [alert] = next(s for s in doc["spec"]["sensors"] if s["name"] == "PostDeployment")["triggers"]
+    assert alert["cooldown"] == "10m"  # the example's own guard is what is tested
+    alert["for"] = f"{FOR:g}s"
+    (folder / "axon.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return folder / "axon.yaml"
+
+
+def ranvier(*argv: str, state: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ranvier", *argv, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=state.parent,
+        timeout=200,
+        check=False,
+    )
+
+
+async def until(what: str, check: Callable[[], Awaitable[Any]], limit: float = WAIT) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `limit` s."""
+    deadline = time.monotonic() + limit
+    while True:
+        found = await check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.25)
+
+
+def gauge(text: str, name: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    return None
+
+
+class Pipeline:
+    """The running `ranvier up`: its bus (for KV records) and the HTTP client for its servers."""
+
+    def __init__(self, bus: Bus, http: httpx.AsyncClient, prom: PrometheusServer | None) -> None:
+        self.bus = bus
+        self.http = http
+        self.prom = prom
+
+    async def status(self) -> dict[str, Any]:
+        stored = await AxonStore(self.bus).get("default", NAME)
+        assert stored is not None
+        return await axon_status(self.bus, stored)
+
+    async def backends(self) -> list[dict[str, Any]]:
+        status = await self.status()
+        found = [b for d in status["deployments"] for m in d["models"] for b in m["backends"]]
+        if self.prom is not None:  # Prometheus scrapes what is deployed now
+            self.prom.set_targets(b["url"] for b in found)
+        return found
+
+    async def runs(self, sensor: str) -> list[dict[str, Any]]:
+        status = await self.status()
+        return next(s["runs"] for s in status["sensors"] if s["name"] == sensor)
+
+    async def train_runs(self) -> list[dict[str, Any]]:
+        status = await self.status()
+        return next(t["runs"] for t in status["tasks"] if t["name"] == "TrainModel")
+
+    async def feedback(self, url: str, reward: float) -> None:
+        answer = await self.http.post(f"{url}predict", json=PAYLOAD)
+        assert answer.status_code == 200, answer.text
+        sent = await self.http.post(
+            f"{url}send-feedback",
+            json={"request": PAYLOAD, "response": answer.json(), "reward": reward},
+        )
+        assert sent.status_code == 200, sent.text
+
+
+async def retrain_loop(tmp_path: Path, source: str, prom: PrometheusServer | None) -> None:
+    axon = prepare(tmp_path, source)
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RANVIER_")}
+    if prom is not None:
+        env["RANVIER_PROMETHEUS_URL"] = prom.url
+    up = ranvier(
+        "up", str(axon), "-d", "--until", "deployed", "--timeout", "150", state=state, env=env
+    )
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        shown = ranvier("endpoint", NAME, "-o", "json", state=state, env=env)
+        assert shown.returncode == 0, shown.stderr
+        url = json.loads(shown.stdout)["fixedUrl"]
+        nats_url = (state / "nats.url").read_text(encoding="utf-8").strip()
+        options = ConnectOptions(servers=[nats_url], connect_timeout=5.0, request_timeout=5.0)
+        async with Bus.connect(options) as bus, httpx.AsyncClient(timeout=30.0) as http:
+            await run_checks(Pipeline(bus, http, prom), url)
+    finally:
+        down = ranvier("down", state=state, env=env)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+async def run_checks(pipe: Pipeline, url: str) -> None:
+    [first] = await pipe.backends()
+    assert await pipe.runs("PostDeployment") == []
+    if pipe.prom is not None:
+        prom = pipe.prom
+        await until("Prometheus scraping the model server", _scraped(prom, first["url"]))
+
+    # Bad feedback drives the gauge below 0.90; a retrain starts within 2 intervals + `for`.
+    sent = time.time()
+    for _ in range(3):
+        await pipe.feedback(url, 0.0)
+    scraped = (await pipe.http.get(f"{first['url']}/metrics")).text
+    accuracy = gauge(scraped, "quickstart_accuracy")
+    assert accuracy is not None
+    assert accuracy < 0.90
+    [run] = await until("the PostDeployment retrain", lambda: pipe.runs("PostDeployment"))
+    assert run["trigger"] == "accuracy-low"
+    started = _epoch(run["started"])
+    source = "scrape" if pipe.prom is None else "prometheus"
+    print(f"\n{source}: retrain started {started - sent:.2f}s after the feedback")
+    assert started - sent <= 2 * INTERVAL + FOR + SLACK
+
+    # The retrained version is deployed and answers at the fixed URL.
+    async def moved() -> list[dict[str, Any]]:
+        found = await pipe.backends()
+        return [b for b in found if b["version"] != first["version"]]
+
+    [new] = await until("the new version deployed", moved)
+    assert int(new["version"]) > int(first["version"])
+    answer = await pipe.http.post(f"{url}predict", json=PAYLOAD)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["meta"]["modelVersion"] == new["version"]
+
+    # A continued stream of bad feedback, now to the new version: no second retrain.
+    async def low_on_new() -> bool:
+        await pipe.backends()  # keeps Prometheus' targets in step with the deployment
+        await pipe.feedback(url, 0.0)
+        text = (await pipe.http.get(f"{new['url']}/metrics")).text
+        value = gauge(text, "quickstart_accuracy")
+        return value is not None and value < 0.90
+
+    await until("the new version's accuracy below 0.90", low_on_new)
+    end = time.monotonic() + FOR + 4 * INTERVAL
+    while time.monotonic() < end:  # the alert sees it for longer than `for`
+        await pipe.feedback(url, 0.0)
+        await asyncio.sleep(INTERVAL / 2)
+    await until("the retrain's TrainModel run to finish", _all_done(pipe))
+    runs = await pipe.runs("PostDeployment")
+    assert [r["trigger"] for r in runs] == ["accuracy-low"]
+    assert len(await pipe.train_runs()) == 2  # the first training and one retrain
+
+
+def _scraped(prom: PrometheusServer, url: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        prom.set_targets([url])
+        found = await asyncio.to_thread(prom.query, 'up{job="ranvier-models"} == 1')
+        return bool(found)
+
+    return check
+
+
+def _all_done(pipe: Pipeline) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        runs = await pipe.train_runs()
+        return all(r["phase"] in ("Succeeded", "Failed") for r in runs)
+
+    return check
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+async def test_retrain_on_bad_feedback_scrape_source(tmp_path: Path) -> None:
+    await retrain_loop(tmp_path, "scrape", None)
+
+
+async def test_retrain_on_bad_feedback_prometheus_source(
+    tmp_path: Path, prometheus: PrometheusServer
+) -> None:
+    await retrain_loop(tmp_path, "prometheus", prometheus)
