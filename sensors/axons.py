@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,6 +43,8 @@ log = structlog.get_logger(__name__)
 SOURCE: Final = "ranvier/axons"
 BUCKET: Final = subjects.AXONS_BUCKET
 _CAS_ATTEMPTS: Final = 20
+COMPRESS_OVER: Final = 64 * 1024
+_ZLIB: Final = b"zlib:"
 
 
 class AxonStoreError(RanvierError, RuntimeError):
@@ -87,8 +90,10 @@ class StoredAxon:
         return self.source.parent if self.source is not None else None
 
     def to_json(self) -> bytes:
-        """The stored record (contract: name, namespace, generation, digest, spec, ...)."""
-        return canonical_json(
+        """The stored record (contract: name, namespace, generation, digest, spec, ...);
+        zlib-compressed behind a `zlib:` prefix when over 64 KiB (an Axon of thousands of
+        sensors is megabytes of JSON, over NATS's default max payload)."""
+        raw = canonical_json(
             {
                 "name": self.name,
                 "namespace": self.namespace,
@@ -100,12 +105,13 @@ class StoredAxon:
                 "deleted": self.deleted,
             }
         )
+        return _ZLIB + zlib.compress(raw, 1) if len(raw) > COMPRESS_OVER else raw
 
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> StoredAxon:
         """Parse a stored record; `where` names the key in errors."""
         try:
-            data = json.loads(raw)
+            data = json.loads(zlib.decompress(raw[len(_ZLIB) :]) if raw[:1] != b"{" else raw)
             source = data.get("source")
             return cls(
                 name=str(data["name"]),
@@ -117,7 +123,7 @@ class StoredAxon:
                 submitted=datetime.fromisoformat(data["submitted"]),
                 deleted=bool(data.get("deleted", False)),
             )
-        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        except (ValueError, KeyError, TypeError, ValidationError, zlib.error) as exc:
             first = str(exc).splitlines()[0]
             raise AxonStoreError(f"{BUCKET}/{where} is unreadable: {first}") from None
 
@@ -171,7 +177,14 @@ class AxonStore:
                 submitted=utcnow(),
             )
             history = self.key(ns, name, generation)
-            if await self._bus.kv_create(BUCKET, history, stored.to_json()) is None:
+            encoded = stored.to_json()
+            if len(encoded) > self._bus.max_payload:
+                raise AxonStoreError(
+                    f"Axon {ns}/{name} is too large to store ({len(encoded)} bytes "
+                    f"compressed, the server takes {self._bus.max_payload})",
+                    hint="raise the NATS server's max_payload",
+                )
+            if await self._bus.kv_create(BUCKET, history, encoded) is None:
                 earlier = await self._read(history)
                 if earlier is None or earlier[0].digest != digest:
                     continue  # another submit took generation N: start again from the top
