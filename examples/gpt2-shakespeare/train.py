@@ -43,8 +43,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULTS = {"layers": 4, "width": 256, "heads": 4, "context": 128, "steps": 600, "batch": 16}
-DEFAULT_LR = 1.5e-3
+DEFAULTS = {"layers": 4, "width": 192, "heads": 4, "context": 128, "steps": 600, "batch": 16}
+DEFAULT_LR = 2e-3
 TINY = {"layers": 1, "width": 32, "heads": 2, "context": 32, "steps": 40, "batch": 8}
 TINY_LR = 1e-2
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -463,6 +463,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         ("lr", "GPT2_LR", base_lr, "peak learning rate"),
         ("seed", "GPT2_SEED", 1234, "random seed"),
         ("threads", "GPT2_THREADS", os.cpu_count() or 1, "torch threads"),
+        ("warmup", "GPT2_WARMUP", 0, "warm-up steps (0: 5% of the steps, at most 30)"),
         ("eval_tokens", "GPT2_EVAL_TOKENS", 32768, "validation tokens evaluated (at most)"),
         (
             "max_minutes",
@@ -496,14 +497,14 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         steps=args.steps,
         batch=args.batch,
         lr=args.lr,
-        warmup=max(1, args.steps // 20),
+        warmup=args.warmup if args.warmup > 0 else max(1, min(args.steps // 20, 30)),
         weight_decay=args.weight_decay,
         dropout=args.dropout,
         eval_tokens=args.eval_tokens,
         max_minutes=args.max_minutes,
         seed=args.seed,
         threads=args.threads,
-        log_every=max(1, args.steps // 20),
+        log_every=max(1, min(args.steps // 20, 25)),
     )
     return cfg, args
 

@@ -72,19 +72,24 @@ class Workspace:
         )
         return env
 
-    def preprocess(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run preprocess.py as the DataPrepGPT2 task."""
+    def preprocess(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run preprocess.py as the DataPrepGPT2 task (`env`: the task's own variables)."""
         self.data.mkdir(parents=True, exist_ok=True)
-        env = self.env("DataPrepGPT2", self.root / "models")
-        return _run([sys.executable, "preprocess.py", *args], env)
+        full = {**self.env("DataPrepGPT2", self.root / "models"), **(env or {})}
+        return _run([sys.executable, "preprocess.py", *args], full)
 
-    def train(self, *args: str) -> tuple[int, subprocess.CompletedProcess[str]]:
+    def train(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> tuple[int, subprocess.CompletedProcess[str]]:
         """Run train.py as the TrainGPT2 trainer in the next version directory."""
         root = self.root / "models" / "TrainGPT2"
         root.mkdir(parents=True, exist_ok=True)
         n = max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=0) + 1
         self.version(n).mkdir()
-        done = _run([sys.executable, "train.py", *args], self.env("TrainGPT2", self.version(n)))
+        full = {**self.env("TrainGPT2", self.version(n)), **(env or {})}
+        done = _run([sys.executable, "train.py", *args], full)
         return n, done
 
 
@@ -291,6 +296,25 @@ def test_retraining_starts_from_the_lowest_val_loss(workspace: Workspace, tmp_pa
     n, done = ws.train("--fresh")
     _ok(done)
     assert _metrics(ws.version(n))["initialised_from"] == 0
+
+
+@pytest.mark.timeout(SCRIPT_TIMEOUT_S)
+def test_a_pretrained_checkpoint_gives_tokenizer_and_weights(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    v1 = workspace.version(1)
+    ws = Workspace(tmp_path / "ws")
+    env = {"PRETRAINED": str(v1)}  # as an Axon's task env would set it
+    _ok(ws.preprocess("--source", str(SAMPLE), env=env))
+    assert json.loads((ws.data / "corpus.json").read_text())["pretrained_tokenizer"] == str(v1)
+    ids = json.loads((ws.data / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert ids == json.loads((v1 / "tokenizer.json").read_text())["model"]["vocab"]
+    n, done = ws.train(env=env)
+    _ok(done)
+    metrics = _metrics(ws.version(n))
+    assert metrics["initialised_from"] == 0
+    assert _training(ws.version(n))["initialised_from"] == f"pretrained {v1}"
+    assert metrics["initial_val_loss"] == pytest.approx(_metrics(v1)["val_loss"], rel=1e-4)
 
 
 @pytest.mark.timeout(SCRIPT_TIMEOUT_S)
