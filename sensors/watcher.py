@@ -52,7 +52,7 @@ from sensors.spec import AlertTrigger
 log = structlog.get_logger(__name__)
 
 SOURCE: Final = "ranvier/metrics"
-JOB: Final = "ranvier-models"
+JOB: Final = "ranvier-model-servers"
 """The `job` label of scraped samples (the same job name as manifests/base/prometheus.yaml)."""
 PROMETHEUS_ENV: Final = "RANVIER_PROMETHEUS_URL"
 DEFAULT_REFRESH: Final = 2.0

@@ -218,7 +218,7 @@ async def run_checks(pipe: Pipeline, url: str) -> None:
 def _scraped(prom: PrometheusServer, url: str) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         prom.set_targets([url])
-        found = await asyncio.to_thread(prom.query, 'up{job="ranvier-models"} == 1')
+        found = await asyncio.to_thread(prom.query, 'up{job="ranvier-model-servers"} == 1')
         return bool(found)
 
     return check

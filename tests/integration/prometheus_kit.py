@@ -22,7 +22,7 @@ import pytest
 from events.watchers.metrics import instance_of
 
 BINARY: Final = shutil.which("prometheus") or "/usr/bin/prometheus"
-JOB: Final = "ranvier-models"
+JOB: Final = "ranvier-model-servers"
 START_TIMEOUT: Final = 60.0
 
 
