@@ -201,15 +201,30 @@ class MetricsWatcher:
                     await self._refresh_plans(now)
                 due = [p for p in self._plans.values() if p.next_tick * p.interval <= now]
                 if due:
-                    await asyncio.gather(*(self._guarded_tick(p) for p in due))
+                    await self._finish(asyncio.gather(*(self._guarded_tick(p) for p in due)))
                 wake = self._refreshed + self.refresh
                 for plan in self._plans.values():
                     wake = min(wake, plan.next_tick * plan.interval)
                 await asyncio.sleep(max(wake - self.clock(), 0.01))
         finally:
-            await self._scraper.aclose()
-            for reader in self._readers.values():
-                reader.close()
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients (`run` does it when cancelled; callers of `tick` do it)."""
+        await self._scraper.aclose()
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+
+    async def _finish(self, work: asyncio.Future[list[None]]) -> None:
+        """Await the ticks in flight; on cancellation let them end first (bounded by the
+        timeout), so no scrape is cut off mid-request and no connection is left half open."""
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(work, self.timeout + 1.0)
+            raise
 
     async def _refresh_plans(self, now: float) -> None:
         try:

@@ -196,7 +196,10 @@ async def test_a_tick_is_published_once_across_restarts(bus: Bus, tmp_path: Path
                 assert plan is not None
                 plan.store = SeriesStore()
                 plan.next_tick = 4242
-                published.append(await watcher.tick(plan))
+                try:
+                    published.append(await watcher.tick(plan))
+                finally:
+                    await watcher.aclose()
             assert published == [1, 1]
             assert (await bus.stream_info()).state.messages == before + 1
             async with httpx.AsyncClient() as http:
