@@ -205,6 +205,134 @@ def deployer_spec(request: ActionRequest, axon: Axon) -> Deployer:
     raise DeployError(f"no deployer named {request.task!r} in axon {axon.metadata.name!r}")
 
 
+async def choose_versions(
+    registry: ModelRegistry,
+    request: ActionRequest,
+    axon: Axon,
+    deployer: Deployer,
+    before: Mapping[str, list[int]],
+    *,
+    require_model: bool = True,
+) -> list[Choice]:
+    """The version each backend model serves after this deploy (any backend: local, cluster).
+
+    `before` is the deployment record's history per backend model (newest first);
+    `require_model` asks every deploy task for a `model` class (the local deployer runs
+    `ranvier serve MODEL`; a cluster image may bring its own command instead).
+    """
+    keep = versions_kept(deployer)
+    choices: list[Choice] = []
+    for model in deployer.models:
+        for backend in model.backend_models:
+            trainer = axon.spec.task(backend.trainer)
+            if trainer is None or trainer.kind != "train":
+                raise DeployError(
+                    f"backend model {backend.name!r}: {backend.trainer!r} is not a train task"
+                )
+            deploy = axon.spec.task(backend.deployer)
+            if deploy is None or deploy.deploy is None:
+                raise DeployError(
+                    f"backend model {backend.name!r}: {backend.deployer!r} is not a deploy task"
+                )
+            if require_model and not deploy.deploy.model:
+                raise DeployError(
+                    f"deploy task {deploy.name!r} has no `model`",
+                    hint="set model: to the model class (a file-named Class or module.Class)",
+                )
+            strategy = (
+                backend.model_selection_strategy
+                if "model_selection_strategy" in backend.model_fields_set
+                else model.model_selection_strategy
+            )
+            versions = await registry.versions(
+                request.axon, trainer.name, namespace=request.namespace
+            )
+            version = choose_version(backend, strategy, trainer, versions)
+            history = next_history(before.get(backend.name, []), version.version, keep)
+            choices.append(Choice(model.name, backend, deploy, version, history))
+    return choices
+
+
+def history_of(record: Mapping[str, Any] | None) -> dict[str, list[int]]:
+    """A deployment record's versions per backend model, newest first (empty without one)."""
+    return {
+        h["backend"]: [int(v) for v in h.get("versions", [])]
+        for h in (record or {}).get("history", [])
+    }
+
+
+def deployment_record(
+    request: ActionRequest,
+    deployer: Deployer,
+    table: DeployerTable,
+    choices: Sequence[Choice],
+    *,
+    url: str | None,
+    run_id: str,
+) -> dict[str, Any]:
+    """The deployment record (`deploy_key`) `ranvier endpoint` and `get axon` read."""
+    return {
+        "deployer": deployer.name,
+        "namespace": request.namespace,
+        "axon": request.axon,
+        "url": url,
+        "models": [
+            {
+                "name": m.name,
+                "backends": [
+                    {
+                        "name": b.name,
+                        "version": b.version,
+                        "url": b.url,
+                        "weight": b.weight,
+                        "shadow": b.shadow,
+                    }
+                    for b in [*m.backends, *(b for v in m.variants for b in v.backends)]
+                ],
+            }
+            for m in table.models
+        ],
+        "history": [
+            {"model": c.model, "backend": c.backend.name, "versions": [str(v) for v in c.history]}
+            for c in choices
+        ],
+        "run_id": run_id,
+        "updated": format_time(utcnow()),
+    }
+
+
+async def write_router_part(
+    bus: Bus, namespace: str, axon: str, deployer: str, table: DeployerTable | None
+) -> None:
+    """Replace one deployer in the axon's router part (compare-and-set; checked first)."""
+    key = router_key(namespace, axon)
+    for _ in range(_CAS_ATTEMPTS):
+        found = await bus.kv_get(MODELS_BUCKET, key)
+        current = None
+        if found is not None:
+            try:
+                current = RoutingTable.model_validate_json(found[0])
+            except ValidationError:
+                log.warning("deploy.router_part_unreadable", key=key)
+        part = merge_part(current, deployer, table)
+        compile_table(part)  # a table the router would refuse is never written
+        raw = part.model_dump_json(by_alias=True).encode()
+        if not part.deployers:
+            if found is not None:
+                await bus.kv_delete(MODELS_BUCKET, key)
+            return
+        if found is None:
+            if await bus.kv_create(MODELS_BUCKET, key, raw) is not None:
+                return
+            continue
+        try:
+            await bus.kv_update(MODELS_BUCKET, key, raw, found[1])
+        except RevisionMismatch:
+            continue
+        return
+    raise DeployError(f"could not update {key} after {_CAS_ATTEMPTS} attempts (contention)")
+
+
 def _task_artifact(axon: Axon, task: Task) -> Artifact | None:
     build = task.body.image_build
     if build is not None:
@@ -456,11 +584,7 @@ class LocalDeployer:
         request, deployer = ctx.request, ctx.deployer
         ns, name = request.namespace, request.axon
         previous = await self._read_json(deploy_key(ns, name, deployer.name))
-        history_before = {
-            h["backend"]: [int(v) for v in h.get("versions", [])]
-            for h in (previous or {}).get("history", [])
-        }
-        choices = await self._choose(ctx, history_before)
+        choices = await self._choose(ctx, history_of(previous))
         versions = {
             c.backend.name: [Endpoint(version=str(v), url=f"http://pending/{v}") for v in c.history]
             for c in choices
@@ -491,38 +615,7 @@ class LocalDeployer:
             raise
         router = await self._router_url()
         url = fixed_url(router, name) if router else None
-        record = {
-            "deployer": deployer.name,
-            "namespace": ns,
-            "axon": name,
-            "url": url,
-            "models": [
-                {
-                    "name": m.name,
-                    "backends": [
-                        {
-                            "name": b.name,
-                            "version": b.version,
-                            "url": b.url,
-                            "weight": b.weight,
-                            "shadow": b.shadow,
-                        }
-                        for b in [*m.backends, *(b for v in m.variants for b in v.backends)]
-                    ],
-                }
-                for m in table.models
-            ],
-            "history": [
-                {
-                    "model": c.model,
-                    "backend": c.backend.name,
-                    "versions": [str(v) for v in c.history],
-                }
-                for c in choices
-            ],
-            "run_id": ctx.run_id,
-            "updated": format_time(utcnow()),
-        }
+        record = deployment_record(request, deployer, table, choices, url=url, run_id=ctx.run_id)
         await self.bus.kv_put(
             MODELS_BUCKET, deploy_key(ns, name, deployer.name), json.dumps(record).encode()
         )
@@ -552,38 +645,7 @@ class LocalDeployer:
         }
 
     async def _choose(self, ctx: _Context, before: Mapping[str, list[int]]) -> list[Choice]:
-        request, axon, deployer = ctx.request, ctx.axon, ctx.deployer
-        keep = versions_kept(deployer)
-        choices: list[Choice] = []
-        for model in deployer.models:
-            for backend in model.backend_models:
-                trainer = axon.spec.task(backend.trainer)
-                if trainer is None or trainer.kind != "train":
-                    raise DeployError(
-                        f"backend model {backend.name!r}: {backend.trainer!r} is not a train task"
-                    )
-                deploy = axon.spec.task(backend.deployer)
-                if deploy is None or deploy.deploy is None:
-                    raise DeployError(
-                        f"backend model {backend.name!r}: {backend.deployer!r} is not a deploy task"
-                    )
-                if not deploy.deploy.model:
-                    raise DeployError(
-                        f"deploy task {deploy.name!r} has no `model`",
-                        hint="set model: to the model class (a file-named Class or module.Class)",
-                    )
-                strategy = (
-                    backend.model_selection_strategy
-                    if "model_selection_strategy" in backend.model_fields_set
-                    else model.model_selection_strategy
-                )
-                versions = await self.registry.versions(
-                    request.axon, trainer.name, namespace=request.namespace
-                )
-                version = choose_version(backend, strategy, trainer, versions)
-                history = next_history(before.get(backend.name, []), version.version, keep)
-                choices.append(Choice(model.name, backend, deploy, version, history))
-        return choices
+        return await choose_versions(self.registry, ctx.request, ctx.axon, ctx.deployer, before)
 
     async def _launch(self, ctx: _Context, choice: Choice, axon_dir: Path, version: int) -> _Launch:
         request, axon = ctx.request, ctx.axon
@@ -793,33 +855,7 @@ class LocalDeployer:
     async def _write_part(
         self, namespace: str, axon: str, deployer: str, table: DeployerTable | None
     ) -> None:
-        """Replace one deployer in the axon's router part (compare-and-set; checked first)."""
-        key = router_key(namespace, axon)
-        for _ in range(_CAS_ATTEMPTS):
-            found = await self.bus.kv_get(MODELS_BUCKET, key)
-            current = None
-            if found is not None:
-                try:
-                    current = RoutingTable.model_validate_json(found[0])
-                except ValidationError:
-                    log.warning("deploy.router_part_unreadable", key=key)
-            part = merge_part(current, deployer, table)
-            compile_table(part)  # a table the router would refuse is never written
-            raw = part.model_dump_json(by_alias=True).encode()
-            if not part.deployers:
-                if found is not None:
-                    await self.bus.kv_delete(MODELS_BUCKET, key)
-                return
-            if found is None:
-                if await self.bus.kv_create(MODELS_BUCKET, key, raw) is not None:
-                    return
-                continue
-            try:
-                await self.bus.kv_update(MODELS_BUCKET, key, raw, found[1])
-            except RevisionMismatch:
-                continue
-            return
-        raise DeployError(f"could not update {key} after {_CAS_ATTEMPTS} attempts (contention)")
+        await write_router_part(self.bus, namespace, axon, deployer, table)
 
     async def _forget(self, namespace: str, axon: str, deployer: str | None) -> None:
         """Remove deployments (one deployer, or all of the axon) from the table and records."""
@@ -940,14 +976,18 @@ __all__ = [
     "LocalDeployer",
     "ServerRecord",
     "choose_version",
+    "choose_versions",
     "deploy_key",
     "deployer_spec",
+    "deployment_record",
     "expand_replicas",
     "fixed_url",
+    "history_of",
     "merge_part",
     "next_history",
     "routed_versions",
     "router_key",
     "versions_kept",
     "working_dir",
+    "write_router_part",
 ]
