@@ -47,6 +47,7 @@ from events.model import (
     new_id,
     utcnow,
 )
+from events.watchers.lifecycle import run_event_id
 from executors.backends.base import Backend, Outcome, Started
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry, ModelVersion
@@ -79,8 +80,10 @@ class Deployer(Protocol):
         axon: Axon,
         axon_dir: Path,
         on_running: Callable[[Started], Awaitable[None]] | None = None,
+        *,
+        run_id: str | None = None,
     ) -> Outcome:
-        """Deploy, and return once the deployment is serving (Succeeded) or failed."""
+        """Deploy as run `run_id`; return once it is serving (Succeeded) or failed."""
         ...
 
     async def undeploy_axon(self, namespace: str, name: str) -> None:
@@ -107,8 +110,11 @@ def task_run_key(namespace: str, axon: str, task: str, run_id: str) -> str:
 
 
 def lifecycle_event_id(run_id: str, phase: str) -> str:
-    """A deterministic event id per (run, phase): a re-report is a duplicate the stream drops."""
-    return f"{run_id}.{phase}"
+    """A deterministic event id per (run, phase): a re-report is a duplicate the stream drops.
+
+    The cluster lifecycle watcher gives its events the same ids (`run_event_id`).
+    """
+    return run_event_id(run_id, phase)
 
 
 @dataclass
@@ -480,7 +486,7 @@ class ExecutorRunner:
                 if self.deployer is None:
                     return _failed(record.id, NO_DEPLOYER)
                 return await self.deployer.deploy(
-                    request, loaded.axon, loaded.axon_dir, on_running=on_running
+                    request, loaded.axon, loaded.axon_dir, on_running=on_running, run_id=record.id
                 )
             return await self.backend.run(
                 request, loaded.axon, loaded.axon_dir, run_id=record.id, on_running=on_running

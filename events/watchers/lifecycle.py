@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import threading
-import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -58,7 +57,6 @@ _PHASES: Final[dict[str, Phase]] = {
     "Succeeded": "Succeeded",
     "Failed": "Failed",
 }
-_NAMESPACE_IDS: Final = uuid.UUID("6f1d7c1e-4b36-4e1f-9a55-5d2b8c3e0a77")
 MERGE_PATCH: Final = "application/merge-patch+json"
 
 
@@ -129,14 +127,19 @@ def phase_of(kind: Kind, obj: Mapping[str, Any]) -> tuple[Phase, str]:
     return job_phase(obj) if kind == "Job" else deployment_phase(obj)
 
 
-def lifecycle_event_id(data: LifecycleData) -> str:
-    """A deterministic event id per (namespace, axon, task, run, phase).
+def run_event_id(run_id: str, phase: str) -> str:
+    """The event id of a run's transition to `phase`: `<run_id>.<phase>`.
 
-    Whoever reports a transition (this watcher, a restarted one, the executor's runner) gives it
+    Run ids are unique (the executor's runner draws them), so this is unique per transition,
+    and deterministic: whoever reports it (the runner, this watcher, a restarted one) gives it
     the same id, so JetStream stores it once.
     """
-    key = f"{data.namespace}/{data.axon}/{data.task}/{data.run_id}/{data.phase}"
-    return str(uuid.uuid5(_NAMESPACE_IDS, key))
+    return f"{run_id}.{phase}"
+
+
+def lifecycle_event_id(data: LifecycleData) -> str:
+    """The event id of a lifecycle payload (`run_event_id` of its run and phase)."""
+    return run_event_id(data.run_id, data.phase)
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,7 @@ def observe(kind: Kind, obj: Mapping[str, Any]) -> Observed | None:
     return Observed(
         key=(kind, str(meta.get("namespace")), name),
         request=request,
-        task=str(annotations.get(A_TASK) or request.task),
+        task=request.task,  # the runner's name for the run (a deployer's, not its deploy task's)
         run_id=str(run_id),
         phase=phase,
         message=message,
@@ -503,6 +506,7 @@ __all__ = [
     "lifecycle_event_id",
     "observe",
     "phase_of",
+    "run_event_id",
     "to_lifecycle",
     "transitions",
 ]
