@@ -68,6 +68,12 @@ def read_metrics(model_dir: Path) -> MetricsReading:
         return MetricsReading({})
     except (OSError, UnicodeDecodeError) as exc:
         return MetricsReading({}, f"cannot read {METRICS_FILE}: {exc}")
+    return parse_metrics(text)
+
+
+def parse_metrics(text: str) -> MetricsReading:
+    """Parse the text of a `metrics.json` (from the file, or a pod's termination message)."""
+    hint = 'write a flat JSON object of numbers, e.g. {"loss": 0.12}'
     try:
         raw = json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:

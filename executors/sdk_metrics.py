@@ -9,6 +9,7 @@ never leaves half a file behind. `ranvier.sdk` re-exports `report_metrics` for u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -77,7 +78,9 @@ def report_metrics(model_path: str | os.PathLike[str] | None = None, /, **metric
     """Record metrics of this training run, merged into `MODEL_PATH/metrics.json`.
 
     Call it as often as you like (`report_metrics(loss=0.3)`, later `report_metrics(acc=0.9)`);
-    later values of the same name win. The directory is `MODEL_PATH` unless given.
+    later values of the same name win. The directory is `MODEL_PATH` unless given. When
+    `RANVIER_TERMINATION_LOG` is set (Kubernetes trainer pods), the file is copied there too,
+    so the executor reads the metrics from the pod's termination message.
     """
     model_dir = _model_path(model_path)
     if not metrics:
@@ -97,4 +100,9 @@ def report_metrics(model_path: str | os.PathLike[str] | None = None, /, **metric
                     existing[name] = check_metric(name, value)
                 except MetricsError:
                     continue  # drop what could never have been a valid metric
-    return write_metrics(model_dir, {**existing, **metrics})
+    written = write_metrics(model_dir, {**existing, **metrics})
+    mirror = os.environ.get("RANVIER_TERMINATION_LOG")
+    if mirror:  # on Kubernetes the executor reads the pod's termination message, not the volume
+        with contextlib.suppress(OSError):
+            Path(mirror).write_bytes(written.read_bytes())
+    return written

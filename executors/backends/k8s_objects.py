@@ -72,6 +72,8 @@ STORE_MOUNT: Final = "/ranvier"
 DATA_PATH: Final = f"{STORE_MOUNT}/data"
 MODELS_PATH: Final = f"{STORE_MOUNT}/models"
 SERVER_PORT: Final = 8000
+SERVICE_PORT: Final = 80
+TERMINATION_LOG: Final = "/dev/termination-log"
 JOB_TTL: Final = 86_400  # finished Jobs stay a day, long enough for a watcher to catch up
 
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9_.-]")
@@ -546,6 +548,8 @@ def _pod_spec(
     ]
     if settings.nats_url:
         system_env.append({"name": "RANVIER_NATS_URL", "value": settings.nats_url})
+    if task.kind == "train":  # ranvier.sdk's report_metrics mirrors metrics.json there
+        system_env.append({"name": "RANVIER_TERMINATION_LOG", "value": TERMINATION_LOG})
     env = _merge_env(
         system_env,
         _env_list(body.env, f"task {task.name!r}"),
@@ -723,16 +727,18 @@ def server_objects(
         "metadata": _meta(name, axon, owner, labels, annotations),
         "spec": {
             "selector": selector,
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
         },
     }
     return deployment, service
 
 
 def service_url(axon: Axon, task: str, version: str) -> str:
-    """The in-cluster URL of a deploy task's model server for one version."""
+    """The in-cluster URL of a deploy task's model server for one version (the router's)."""
     name = server_name(axon.metadata.name, task, version)
-    return f"http://{name}.{axon.metadata.namespace}.svc/"
+    return f"http://{name}.{axon.metadata.namespace}.svc:{SERVICE_PORT}"
 
 
 # ---------------------------------------------------------------------------------------------

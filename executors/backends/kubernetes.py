@@ -40,6 +40,7 @@ from events.watchers.lifecycle import MERGE_PATCH, deployment_phase, job_phase
 from executors.backends import k8s_objects as k8s
 from executors.backends.base import Lost
 from executors.backends.local import RunOutcome, lifecycle
+from executors.registry import parse_metrics
 from sensors.spec import Axon, Deployer, Task
 
 log = structlog.get_logger(__name__)
@@ -78,6 +79,8 @@ class KubeStarted:
 
 
 OnRunning = Callable[[KubeStarted], Awaitable[None]]
+AllocateVersion = Callable[[str, str, str], Awaitable[int]]
+"""`(namespace, axon, task) -> version`: the next model version number of a train task."""
 
 
 @dataclass
@@ -102,8 +105,13 @@ class KubernetesBackend:
         poll_interval: float = DEFAULT_POLL,
         check_image_exists: bool = True,
         registry_scheme: str = "https",
+        allocate_version: AllocateVersion | None = None,
     ) -> None:
-        """`api_client` is a `kubernetes.client.ApiClient` (see `from_config`)."""
+        """`api_client` is a `kubernetes.client.ApiClient` (see `from_config`).
+
+        `allocate_version` numbers trainer runs' model versions (1, 2, 3... per task, as the
+        registry needs them); without it a trainer run's version is its run id.
+        """
         from kubernetes import client
 
         self.api_client = api_client
@@ -111,6 +119,7 @@ class KubernetesBackend:
         self.poll_interval = poll_interval
         self.check_image_exists = check_image_exists
         self.registry_scheme = registry_scheme
+        self.allocate_version = allocate_version
         self._core = client.CoreV1Api(api_client)
         self._batch = client.BatchV1Api(api_client)
         self._apps = client.AppsV1Api(api_client)
@@ -321,7 +330,13 @@ class KubernetesBackend:
         image = await self.ensure_image(axon, task, owner, live)
         version = request.params.get("version")
         if task.kind == "train" and version is None:
-            version = run_id
+            version = (
+                run_id
+                if self.allocate_version is None
+                else await self.allocate_version(
+                    axon.metadata.namespace, axon.metadata.name, task.name
+                )
+            )
         run = k8s.Run(request, run_id, model_version=None if version is None else str(version))
         job = k8s.task_job(axon, task, run, image, settings=self.settings, owner=owner)
         name = job["metadata"]["name"]
@@ -336,9 +351,38 @@ class KubernetesBackend:
             await on_running(KubeStarted(run_id, "Job", (name,), axon.metadata.namespace, image))
         phase, message = await self._wait_job(axon.metadata.namespace, name, live)
         outputs: dict[str, Any] = {"job": name, "image": image}
-        if run.model_version is not None:
-            outputs.update(version=run.model_version, model_path=k8s.model_path(task, run))
+        if version is not None:
+            outputs.update(version=version, model_path=k8s.model_path(task, run))
+        if task.kind == "train" and phase == "Succeeded":
+            outputs.update(await self.job_metrics(axon.metadata.namespace, name))
         return phase, message, outputs
+
+    async def job_metrics(self, namespace: str, job: str) -> dict[str, Any]:
+        """A finished trainer Job's metrics, from its pod's termination message.
+
+        `ranvier.sdk.report_metrics` writes them there as well as to `MODEL_PATH/metrics.json`
+        (which only the pods see). `{"metrics": {...}}`, plus `metrics_error` when the message
+        is not a metrics object; nothing when no pod left a message.
+        """
+        try:
+            pods = await self._call(
+                self._core.list_namespaced_pod, namespace, label_selector=f"job-name={job}"
+            )
+        except Exception as exc:
+            log.info("k8s.metrics_unreadable", job=job, error=str(exc))
+            return {}
+        for pod in pods.get("items") or []:
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                if status.get("name") != "main":
+                    continue
+                message = ((status.get("state") or {}).get("terminated") or {}).get("message")
+                if message:
+                    reading = parse_metrics(message)
+                    found: dict[str, Any] = {"metrics": reading.metrics}
+                    if reading.error is not None:
+                        found["metrics_error"] = reading.error
+                    return found
+        return {}
 
     async def _deploy(
         self,
@@ -356,6 +400,11 @@ class KubernetesBackend:
                 f"deployer action {request.task!r} carries no valid deployer spec: {exc}"
             ) from None
         versions: Mapping[str, Any] = request.params.get("versions") or {}
+        wanted = {
+            backend.name: [str(v) for v in _as_list(versions.get(backend.name, "latest"))]
+            for model in deployer.models
+            for backend in model.backend_models
+        }
         owner = await self.owner(axon)
         claim = k8s.store_claim(axon, owner)
         if claim is not None:
@@ -366,25 +415,25 @@ class KubernetesBackend:
             for backend in model.backend_models:
                 task = k8s.check_runnable(axon, "deployer", backend.deployer)
                 image = await self.ensure_image(axon, task, owner, live)
-                version = str(versions.get(backend.name, "latest"))
-                run = k8s.Run(request, run_id, model_version=version)
-                deployment, service = k8s.server_objects(
-                    axon, task, run, image, settings=self.settings, owner=owner
-                )
-                await self._apply_server(deployment)
-                await self._create(service)
-                name = deployment["metadata"]["name"]
-                names.append(name)
-                servers.append(
-                    {
-                        "model": model.name,
-                        "backend": backend.name,
-                        "task": task.name,
-                        "version": version,
-                        "deployment": name,
-                        "url": k8s.service_url(axon, task.name, version),
-                    }
-                )
+                for version in wanted[backend.name]:
+                    run = k8s.Run(request, run_id, model_version=version)
+                    deployment, service = k8s.server_objects(
+                        axon, task, run, image, settings=self.settings, owner=owner
+                    )
+                    await self._apply_server(deployment)
+                    await self._create(service)
+                    name = deployment["metadata"]["name"]
+                    names.append(name)
+                    servers.append(
+                        {
+                            "model": model.name,
+                            "backend": backend.name,
+                            "task": task.name,
+                            "version": version,
+                            "deployment": name,
+                            "url": k8s.service_url(axon, task.name, version),
+                        }
+                    )
         if on_running is not None:
             await on_running(KubeStarted(run_id, "Deployment", tuple(names), live.namespace))
         for name in names:
@@ -526,4 +575,8 @@ class KubernetesBackend:
                 raise self._api_error(exc, f"deleting ConfigMap {name}") from None
 
 
-__all__ = ["ClusterError", "KubeStarted", "KubernetesBackend"]
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+__all__ = ["AllocateVersion", "ClusterError", "KubeStarted", "KubernetesBackend"]

@@ -317,9 +317,9 @@ async def test_gpt2_actions_create_jobs_deployment_service_and_lifecycle(env: En
         ("TrainGPT2", "train-1", "Pending"),
         ("TrainGPT2", "train-1", "Running"),
         ("TrainGPT2", "train-1", "Succeeded"),
-        ("DeployGPT2", "deploy-1", "Pending"),
-        ("DeployGPT2", "deploy-1", "Running"),
-        ("DeployGPT2", "deploy-1", "Succeeded"),
+        ("gpt2deployer", "deploy-1", "Pending"),
+        ("gpt2deployer", "deploy-1", "Running"),
+        ("gpt2deployer", "deploy-1", "Succeeded"),
     ]
     assert len({lifecycle_event_id(e) for e in events}) == len(events)
     assert (events[2].sensor, events[2].step) == ("TrainOnStart", 0)
