@@ -139,6 +139,11 @@ class RoleOptions:
     router_port: int = 0
     prometheus_url: str | None = None
     telemetry: Telemetry | None = None
+    kube_api_url: str | None = None
+    kube_namespace: str | None = None
+    registry: str | None = None
+    registry_insecure: bool = False
+    kube_poll_interval: float = 2.0
 
 
 @dataclass(slots=True)
@@ -158,17 +163,63 @@ def _executor_stats(runner: ExecutorRunner) -> Callable[[], ExecutorStats]:
 
 
 class WatcherRole:
-    """The watcher role: Calendar ticks and metric values, side by side until cancelled."""
+    """The watcher role: Calendar ticks, metric values and (on Kubernetes) cluster lifecycle."""
 
-    def __init__(self, bus: Bus, telemetry: Telemetry | None, prometheus_url: str | None) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        telemetry: Telemetry | None,
+        prometheus_url: str | None,
+        cluster: Any | None = None,
+    ) -> None:
+        """`cluster`: a `LifecycleWatcher` for the kubernetes backend (async context manager)."""
         self.calendar = CalendarWatcher(bus, calendar_provider(AxonStore(bus)))
         self.metrics = MetricsWatcher(bus, prometheus_url=prometheus_url, telemetry=telemetry)
+        self.cluster = cluster
 
     async def run(self) -> None:
-        """Run both watchers; either failing stops (cancels) the other."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.calendar.run())
-            group.create_task(self.metrics.run())
+        """Run the watchers; one failing stops (cancels) the others."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self.cluster is not None:
+                await stack.enter_async_context(self.cluster)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.calendar.run())
+                group.create_task(self.metrics.run())
+
+
+def kubernetes_roles(bus: Bus, options: RoleOptions) -> tuple[Any, Any, Any]:
+    """The kubernetes backend, its deployer and an API client, from the role options.
+
+    The cluster is `--kube-api-url` when given, else KUBECONFIG (or ~/.kube/config), else the
+    pod's service account. Images are built into and looked up in `--registry`.
+    """
+    from executors.backends.k8s_objects import RenderSettings
+    from executors.backends.kubernetes import KubernetesBackend, api_client_for
+    from executors.cluster import KubernetesDeployer, VersionCounter
+
+    api = api_client_for(api_url=options.kube_api_url)
+    backend = KubernetesBackend(
+        api,
+        settings=RenderSettings(registry=options.registry, nats_url=options.nats_url),
+        poll_interval=options.kube_poll_interval,
+        registry_scheme="http" if options.registry_insecure else "https",
+        allocate_version=VersionCounter(bus).allocate,
+    )
+    return backend, KubernetesDeployer(bus, backend), api
+
+
+def cluster_watcher(bus: Bus, options: RoleOptions) -> Any:
+    """The cluster lifecycle watcher of the watcher role (kubernetes backend only)."""
+    from events.watchers.lifecycle import LifecycleWatcher
+    from executors.cluster import ClusterReporter
+
+    backend, _, api = kubernetes_roles(bus, options)
+    return LifecycleWatcher(
+        api,
+        ClusterReporter(bus, backend),
+        namespace=options.kube_namespace,
+        retry_delay=min(1.0, options.kube_poll_interval),
+    )
 
 
 def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[str, Any]:
@@ -183,20 +234,26 @@ def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[st
             if options.telemetry is not None and hasattr(made, "stats"):
                 options.telemetry.add_stats("engine", _attribute(made, "stats"))
         elif name == "executor":
-            backend = make_backend(
-                options.backend, state_dir=options.state_dir, nats_url=options.nats_url
-            )
+            deployer: Deployer | None
+            if options.backend == "kubernetes":
+                backend, deployer, _ = kubernetes_roles(bus, options)
+            else:
+                backend = make_backend(
+                    options.backend, state_dir=options.state_dir, nats_url=options.nats_url
+                )
+                deployer = make_deployer(bus, options.state_dir)
             roles[name] = runner = ExecutorRunner(
                 bus,
                 backend=backend,
-                deployer=make_deployer(bus, options.state_dir),
+                deployer=deployer,
                 state_dir=options.state_dir,
                 concurrency=options.concurrency,
             )
             if options.telemetry is not None:
                 options.telemetry.add_stats("executor", _executor_stats(runner))
         elif name == "watcher":
-            roles[name] = WatcherRole(bus, options.telemetry, options.prometheus_url)
+            cluster = cluster_watcher(bus, options) if options.backend == "kubernetes" else None
+            roles[name] = WatcherRole(bus, options.telemetry, options.prometheus_url, cluster)
         elif name == "router":
             router = _optional("executors.serving.kv_table", "RouterRole")
             if router is None:

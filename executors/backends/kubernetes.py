@@ -92,6 +92,36 @@ class _Live:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def api_client_for(
+    *, api_url: str | None = None, kubeconfig: str | None = None, context: str | None = None
+) -> Any:
+    """A `kubernetes.client.ApiClient`: for `api_url` when given (plain HTTP, no credentials:
+    tests and `kubectl proxy`), else from a kubeconfig (`KUBECONFIG`, `~/.kube/config`), else
+    the in-cluster service account."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if api_url:
+        configuration.host = api_url.rstrip("/")
+        return client.ApiClient(configuration)
+    try:
+        config.load_kube_config(  # type: ignore[no-untyped-call]  # untyped in kubernetes
+            config_file=kubeconfig, context=context, client_configuration=configuration
+        )
+    except (config.ConfigException, OSError, TypeError):
+        try:
+            config.load_incluster_config(  # type: ignore[no-untyped-call]  # untyped there
+                client_configuration=configuration
+            )
+        except config.ConfigException:
+            raise ClusterError(
+                "no Kubernetes configuration found",
+                hint="set KUBECONFIG, run inside a pod with a service account, or pass "
+                "--kube-api-url",
+            ) from None
+    return client.ApiClient(configuration)
+
+
 class KubernetesBackend:
     """Runs Axon actions on a Kubernetes cluster."""
 
@@ -132,24 +162,7 @@ class KubernetesBackend:
         cls, *, kubeconfig: str | None = None, context: str | None = None, **kwargs: Any
     ) -> KubernetesBackend:
         """A backend for the cluster of a kubeconfig (or in-cluster config inside a pod)."""
-        from kubernetes import client, config
-
-        configuration = client.Configuration()
-        try:
-            config.load_kube_config(  # type: ignore[no-untyped-call]  # untyped in kubernetes
-                config_file=kubeconfig, context=context, client_configuration=configuration
-            )
-        except (config.ConfigException, OSError, TypeError):
-            try:
-                config.load_incluster_config(  # type: ignore[no-untyped-call]  # untyped there
-                    client_configuration=configuration
-                )
-            except config.ConfigException:
-                raise ClusterError(
-                    "no Kubernetes configuration found",
-                    hint="set KUBECONFIG, or run inside a pod with a service account",
-                ) from None
-        return cls(client.ApiClient(configuration), **kwargs)
+        return cls(api_client_for(kubeconfig=kubeconfig, context=context), **kwargs)
 
     # -- API calls (sync client, in threads; bodies are plain dicts) --------------------------
 
@@ -579,4 +592,10 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-__all__ = ["AllocateVersion", "ClusterError", "KubeStarted", "KubernetesBackend"]
+__all__ = [
+    "AllocateVersion",
+    "ClusterError",
+    "KubeStarted",
+    "KubernetesBackend",
+    "api_client_for",
+]

@@ -529,8 +529,45 @@ def run(
             help="Watcher: Prometheus for Axons with metrics source prometheus and no url.",
         ),
     ] = None,
+    kube_api_url: Annotated[
+        str | None,
+        typer.Option(
+            "--kube-api-url",
+            envvar="RANVIER_KUBE_API_URL",
+            help="Kubernetes API URL (plain HTTP, e.g. kubectl proxy); default: KUBECONFIG, "
+            "else the pod's service account.",
+        ),
+    ] = None,
+    kube_namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--kube-namespace",
+            envvar="RANVIER_KUBE_NAMESPACE",
+            help="Watcher (kubernetes backend): watch one namespace (default: all).",
+        ),
+    ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            "--registry",
+            envvar="RANVIER_REGISTRY",
+            help="Executor (kubernetes backend): registry[/prefix] for imageBuild images.",
+        ),
+    ] = None,
+    registry_insecure: Annotated[
+        bool,
+        typer.Option(
+            "--registry-insecure",
+            envvar="RANVIER_REGISTRY_INSECURE",
+            help="Look images up in the registry over plain HTTP.",
+        ),
+    ] = False,
 ) -> None:
-    """Run control-plane roles against a NATS server until SIGTERM or Ctrl-C."""
+    """Run control-plane roles against a NATS server until SIGTERM or Ctrl-C.
+
+    With `--backend kubernetes`, the executor runs tasks as Jobs and deploys as Deployments,
+    and the watcher role also watches those objects and reports their lifecycle.
+    """
     names: list[str] = []
     for item in role:
         for raw in item.split(","):
@@ -562,6 +599,10 @@ def run(
             concurrency=concurrency,
             prometheus_url=prometheus_url,
             telemetry=telemetry,
+            kube_api_url=kube_api_url,
+            kube_namespace=kube_namespace,
+            registry=registry,
+            registry_insecure=registry_insecure,
         )
         async with Bus.connect(settings.connect_options(name=f"ranvier-{'-'.join(names)}")) as bus:
             roles = build_roles(bus, names, options)

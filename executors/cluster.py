@@ -1,0 +1,312 @@
+"""What running on Kubernetes needs around the backend: deploys, version numbers, lifecycle.
+
+The kubernetes backend (`executors.backends.kubernetes`) turns one action into objects; this
+module connects those objects to ranvier's records on the bus, so a cluster behaves as the
+local executor does for `ranvier get`, `ranvier endpoint` and the sensors:
+
+- `KubernetesDeployer` is the runner's deployer on a cluster. It plans like the local deployer
+  (the same `executors.deployer` functions: versions by `best`/`latest`, rollout history,
+  routing table), has the backend create a Deployment and Service per routed version, then
+  writes the router's table part (`http://<service>.<ns>.svc:<port>` per version) and the
+  deployment record, in that order, so nothing is routed before it is serving.
+- `VersionCounter` numbers trainer runs' model versions (1, 2, 3... per task), as the registry
+  and `modelSelectionStrategy` need, with a compare-and-set counter in `ranvier_models`.
+- `ClusterReporter` is the cluster lifecycle watcher's publisher. It publishes a transition
+  with the runner's event id (`<run>.<phase>`), unless the run's task-run record shows it was
+  reported already, and then moves the record forward; a trainer run found Succeeded has its
+  version registered (metrics from the pod) before it is reported, as the runner does, so a
+  deploy that the report triggers finds it. A deployer run's Succeeded is left to the deployer:
+  it means "the router sends traffic there", which only the deployer knows.
+
+So exactly one event per transition reaches the stream: the reporter skips what the record
+already holds, and the two reports that can race (the runner polls what the watcher sees) have
+the same id, which JetStream's duplicate window drops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from events.bus import Bus, RevisionMismatch, kv_key
+from events.errors import RanvierError
+from events.model import ActionRequest, LifecycleData, new_id, utcnow
+from events.subjects import MODELS_BUCKET, RUNS_BUCKET
+from executors.backends import k8s_objects as k8s
+from executors.backends.base import Started
+from executors.backends.kubernetes import KubernetesBackend
+from executors.backends.local import RunOutcome
+from executors.deployer import (
+    DeployError,
+    choose_versions,
+    deploy_key,
+    deployer_spec,
+    deployment_record,
+    expand_replicas,
+    fixed_url,
+    history_of,
+    routed_versions,
+    router_key,
+    write_router_part,
+)
+from executors.kv import BusKeyValue
+from executors.registry import ModelRegistry, ModelVersion
+from executors.runner import TaskRun, lifecycle_event_id, task_run_key
+from executors.serving.kv_table import ROUTER_URL_KEY
+from executors.serving.routing import Endpoint, RoutingError, build_deployer_table
+from sensors.spec import Axon
+
+log = structlog.get_logger(__name__)
+
+SOURCE: Final = "ranvier/cluster-watcher"
+_ORDER: Final[dict[str, int]] = {"Pending": 0, "Running": 1, "Succeeded": 2, "Failed": 2}
+_CAS_ATTEMPTS: Final = 20
+
+
+class ClusterDeployError(RanvierError, RuntimeError):
+    """A cluster record could not be written (contention on a counter)."""
+
+
+async def _read_json(bus: Bus, bucket: str, key: str) -> dict[str, Any] | None:
+    found = await bus.kv_get(bucket, key)
+    if found is None:
+        return None
+    try:
+        value = json.loads(found[0])
+    except ValueError:
+        log.warning("cluster.record_unreadable", bucket=bucket, key=key)
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Version numbers
+
+
+def version_counter_key(namespace: str, axon: str, task: str) -> str:
+    """`version-seq.<ns>.<axon>.<task>`: the last model version number given to a task."""
+    return kv_key("version-seq", namespace, axon, task)
+
+
+class VersionCounter:
+    """Numbers a train task's model versions 1, 2, 3... (shared by every executor replica)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.registry = ModelRegistry(BusKeyValue(bus, MODELS_BUCKET))
+
+    async def allocate(self, namespace: str, axon: str, task: str) -> int:
+        """The next version of `task`: above every version the registry already holds."""
+        key = version_counter_key(namespace, axon, task)
+        for _ in range(_CAS_ATTEMPTS):
+            found = await self.bus.kv_get(MODELS_BUCKET, key)
+            if found is None:
+                known = await self.registry.versions(axon, task, namespace=namespace)
+                first = max((v.version for v in known), default=0) + 1
+                if await self.bus.kv_create(MODELS_BUCKET, key, str(first).encode()) is not None:
+                    return first
+                continue
+            following = int(found[0]) + 1
+            try:
+                await self.bus.kv_update(MODELS_BUCKET, key, str(following).encode(), found[1])
+            except RevisionMismatch:
+                continue
+            return following
+        raise ClusterDeployError(f"could not allocate a version of {task!r} (contention)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployer
+
+
+class KubernetesDeployer:
+    """The runner's deployer on a cluster: Deployments + Services, then the router's table."""
+
+    def __init__(self, bus: Bus, backend: KubernetesBackend) -> None:
+        self.bus = bus
+        self.backend = backend
+        self.registry = ModelRegistry(BusKeyValue(bus, MODELS_BUCKET))
+
+    async def deploy(
+        self,
+        request: ActionRequest,
+        axon: Axon,
+        axon_dir: Path,
+        on_running: Callable[[Started], Awaitable[None]] | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> RunOutcome:
+        """Deploy one deployer action; never raises for a deployment that cannot be done."""
+        started = utcnow()
+        run_id = run_id or new_id()
+        ns, name = request.namespace, request.axon
+        bound = log.bind(run_id=run_id, axon=name, deployer=request.task)
+        try:
+            deployer = deployer_spec(request, axon)
+            previous = await _read_json(
+                self.bus, MODELS_BUCKET, deploy_key(ns, name, deployer.name)
+            )
+            choices = await choose_versions(
+                self.registry, request, axon, deployer, history_of(previous), require_model=False
+            )
+            planned = build_deployer_table(
+                name,
+                deployer,
+                {
+                    c.backend.name: [
+                        Endpoint(version=str(v), url=f"http://pending/{v}") for v in c.history
+                    ]
+                    for c in choices
+                },
+            )
+        except (DeployError, RoutingError) as exc:
+            bound.info("deploy.failed", reason=str(exc))
+            return RunOutcome(run_id, "Failed", str(exc), started=started)
+        needed = routed_versions(planned)
+        versions = {
+            c.backend.name: [str(v) for v in c.history if (c.backend.name, str(v)) in needed]
+            for c in choices
+        }
+        params = {
+            **request.params,
+            "deployer": deployer.model_dump(mode="json", by_alias=True),
+            "versions": versions,
+        }
+        outcome = await self.backend.run(
+            request.model_copy(update={"params": params}),
+            axon,
+            axon_dir,
+            run_id=run_id,
+            on_running=on_running,
+        )
+        if outcome.phase != "Succeeded":
+            return outcome
+        urls: dict[tuple[str, str], list[str]] = {}
+        for server in outcome.outputs.get("servers") or []:
+            urls.setdefault((server["backend"], server["version"]), []).append(server["url"])
+        try:
+            table = expand_replicas(planned, urls)
+            await write_router_part(self.bus, ns, name, deployer.name, table)
+        except (DeployError, RoutingError) as exc:
+            bound.info("deploy.failed", reason=str(exc))
+            return RunOutcome(outcome.run_id, "Failed", str(exc), started=started)
+        router = await _read_json(self.bus, MODELS_BUCKET, ROUTER_URL_KEY)
+        router_url = (router or {}).get("url")
+        url = fixed_url(router_url, name) if isinstance(router_url, str) else None
+        record = deployment_record(
+            request, deployer, table, choices, url=url, run_id=outcome.run_id
+        )
+        await self.bus.kv_put(
+            MODELS_BUCKET, deploy_key(ns, name, deployer.name), json.dumps(record).encode()
+        )
+        serving = ", ".join(
+            f"{b.name} v{b.version} ({b.weight:g}%)"
+            for m in table.models
+            for b in m.backends
+            if not b.shadow
+        )
+        bound.info("deploy.succeeded", url=url)
+        return RunOutcome(
+            outcome.run_id,
+            "Succeeded",
+            f"serving {serving}" + (f" at {url}" if url else ""),
+            outputs={"url": url, "models": record["models"], "servers": outcome.outputs["servers"]},
+            started=started,
+        )
+
+    async def undeploy_axon(self, namespace: str, name: str) -> None:
+        """Take a deleted Axon out of the router and drop its deployment records.
+
+        Its Deployments and Services go with the Axon's owner object (`delete_axon`).
+        """
+        await self.bus.kv_delete(MODELS_BUCKET, router_key(namespace, name))
+        prefix = kv_key("deploy", namespace, name)
+        for key in await self.bus.kv_keys(MODELS_BUCKET, f"{prefix}.>"):
+            await self.bus.kv_delete(MODELS_BUCKET, key)
+
+    async def shutdown(self) -> None:
+        """Nothing to stop: model servers are the cluster's Deployments and keep serving."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifecycle from the cluster
+
+
+class ClusterReporter:
+    """The cluster lifecycle watcher's publisher: each transition once, records kept current."""
+
+    def __init__(self, bus: Bus, backend: KubernetesBackend | None = None) -> None:
+        """`backend` reads a trainer's metrics from its pod (without it: no metrics)."""
+        self.bus = bus
+        self.backend = backend
+        self.registry = ModelRegistry(BusKeyValue(bus, MODELS_BUCKET))
+        self.published = 0
+        self.skipped = 0
+
+    async def __call__(self, data: LifecycleData) -> None:
+        """Publish `data` unless its run's record shows it was reported already."""
+        key = task_run_key(data.namespace, data.axon, data.task, data.run_id)
+        found = await self.bus.kv_get(RUNS_BUCKET, key)
+        record = TaskRun.from_json(found[0]) if found is not None else None
+        bound = log.bind(axon=data.axon, task=data.task, run_id=data.run_id, phase=data.phase)
+        if record is not None and _ORDER[record.phase] >= _ORDER[data.phase]:
+            self.skipped += 1
+            bound.debug("cluster.already_reported", recorded=record.phase)
+            return
+        if data.phase == "Succeeded" and "deployment" in data.outputs:
+            self.skipped += 1  # the deployer reports it once the router sends traffic there
+            return
+        if data.phase == "Succeeded" and "job" in data.outputs:
+            data = await self._register(data, record)
+        event = data.to_event(source=SOURCE, id=lifecycle_event_id(data.run_id, data.phase))
+        await self.bus.publish(event)
+        self.published += 1
+        bound.info("cluster.lifecycle")
+        if record is not None and found is not None:
+            record.apply(data)
+            # RevisionMismatch: the runner wrote it meanwhile, and its record is the newer one
+            with contextlib.suppress(RevisionMismatch):
+                await self.bus.kv_update(RUNS_BUCKET, key, record.to_json(), found[1])
+
+    async def _register(self, data: LifecycleData, record: TaskRun | None) -> LifecycleData:
+        """A trainer run's version in the registry before its Succeeded (as the runner does)."""
+        raw = data.outputs.get("version")
+        if record is not None and record.kind != "trainer":
+            return data
+        if not (isinstance(raw, str) and raw.isdigit()) or int(raw) < 1:
+            return data
+        version = int(raw)
+        outputs: dict[str, Any] = {**data.outputs, "version": version}
+        if self.backend is not None:
+            outputs.update(await self.backend.job_metrics(data.namespace, str(data.outputs["job"])))
+        outputs["model_path"] = f"{k8s.MODELS_PATH}/{data.task}/{version}"
+        metrics = outputs.get("metrics")
+        error = outputs.get("metrics_error")
+        await self.registry.put(
+            ModelVersion(
+                namespace=data.namespace,
+                axon=data.axon,
+                task=data.task,
+                version=version,
+                run_id=data.run_id,
+                path=outputs["model_path"],
+                phase="Succeeded",
+                metrics=metrics if isinstance(metrics, dict) else {},
+                metrics_error=error if isinstance(error, str) else None,
+            )
+        )
+        return data.model_copy(update={"outputs": outputs})
+
+
+__all__ = [
+    "ClusterDeployError",
+    "ClusterReporter",
+    "KubernetesDeployer",
+    "VersionCounter",
+    "version_counter_key",
+]
