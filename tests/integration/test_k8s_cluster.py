@@ -1,24 +1,17 @@
 """The kubernetes backend and the lifecycle watcher against kmock's KubernetesEmulator.
 
-The real `kubernetes` client talks HTTP to the emulator; the test plays the cluster's
-controllers (it sets Job and Deployment status) and a second kmock server plays the image
-registry. The emulator is given what a real API server adds on create and update (uid,
-resourceVersion, creationTimestamp), so ownership and watch resumption see realistic objects.
+The real `kubernetes` client talks HTTP to the emulator (`k8s_kit`); the test plays the
+cluster's controllers (it sets Job and Deployment status) and a second kmock server plays the
+image registry.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp.test_utils
-import attrs
-import kmock
 import kubernetes_validate
 import pytest
 from kubernetes import client
@@ -30,6 +23,18 @@ from executors.backends.base import Backend
 from executors.backends.kubernetes import KubernetesBackend, KubeStarted
 from sensors.loader import load_axon
 from sensors.spec import Axon
+from tests.integration.k8s_kit import (
+    COMPLETE,
+    RUNNING,
+    Env,
+    by_role,
+    drop_connections,
+    emulated_cluster,
+    eventually,
+    registry_has,
+    set_job_status,
+    settings_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -37,124 +42,16 @@ ROOT = Path(__file__).resolve().parents[2]
 GPT2 = ROOT / "examples" / "gpt2-shakespeare" / "axon.yaml"
 
 
-@attrs.define(kw_only=True)
-class Cluster(kmock.KubernetesEmulator):
-    """The emulator, plus the metadata a real API server stamps on writes."""
-
-    _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
-
-    async def _handle(self, request: kmock.Request) -> Any:
-        if request.resource is not None and isinstance(request.data, dict):
-            meta = request.data.setdefault("metadata", {})
-            if request.action == kmock.action.CREATE:
-                meta["uid"] = str(uuid.uuid4())
-                meta["creationTimestamp"] = "2025-01-01T00:00:00Z"
-            if request.action in (kmock.action.CREATE, kmock.action.UPDATE):
-                meta["resourceVersion"] = str(next(self._versions))
-        return await super()._handle(request)
-
-
-class QuickServer(aiohttp.test_utils.RawTestServer):
-    """aiohttp's test server, but stopping waits briefly: a watch stream never ends by itself."""
-
-    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
-        await super().start_server(loop=loop, **kwargs)
-        assert self.runner is not None
-        self.runner._shutdown_timeout = 0.1
-
-
-@dataclass
-class Env:
-    """One emulated cluster and registry, with clients pointing at them."""
-
-    cluster: Cluster
-    server: kmock.Server
-    api: client.ApiClient
-    registry_url: str
-    registry: kmock.RawHandler
-
-    @property
-    def batch(self) -> client.BatchV1Api:
-        return client.BatchV1Api(self.api)
-
-    @property
-    def apps(self) -> client.AppsV1Api:
-        return client.AppsV1Api(self.api)
-
-    def objects(self, kind: str) -> list[dict[str, Any]]:
-        """Live objects of a kind (as stored by the emulator)."""
-        plural = {"Job": "jobs", "Deployment": "deployments", "Service": "services"}.get(
-            kind, f"{kind.lower()}s"
-        )
-        return [
-            dict(obj.raw)
-            for (resource, _, _), obj in self.cluster.objects.items()
-            if resource.plural == plural and not obj.deleted
-        ]
-
-
-async def eventually(check: Callable[[], Awaitable[Any] | Any], what: str) -> Any:
-    """Poll `check` until it returns something truthy (the test's timeout bounds it)."""
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 async def env() -> AsyncIterator[Env]:
-    async with (
-        kmock.RawHandler() as registry,
-        kmock.Server(registry) as reg_server,
-        Cluster() as cluster,
-    ):
-        for resource in ("batch/v1/jobs", "apps/v1/deployments"):
-            cluster.resources[resource] = kmock.ResourceInfo()
-        server = kmock.Server(cluster, server_cls=QuickServer)
-        await server.__aenter__()
-        configuration = client.Configuration()
-        configuration.host = str(server.url).rstrip("/")
-        api = client.ApiClient(configuration)
-        env = Env(cluster, server, api, f"{reg_server.host}:{reg_server.port}", registry)
-        try:
-            yield env
-        finally:
-            await asyncio.to_thread(api.close)
-            await env.server.__aexit__(None, None, None)
-
-
-async def drop_connections(env: Env, while_down: Callable[[], None]) -> None:
-    """Stop the API server (every connection drops), change things, start it on the same port."""
-    port = env.server.port
-    await env.server.__aexit__(None, None, None)
-    while_down()
-    env.server = kmock.Server(env.cluster, port=port, server_cls=QuickServer)
-    await env.server.__aenter__()
-
-
-def settings_for(env: Env) -> k8s.RenderSettings:
-    return k8s.RenderSettings(registry=f"{env.registry_url}/ml", nats_url="nats://nats:4222")
+    async with emulated_cluster() as cluster:
+        yield cluster
 
 
 def backend_for(env: Env) -> KubernetesBackend:
     return KubernetesBackend(
         env.api, settings=settings_for(env), poll_interval=0.02, registry_scheme="http"
     )
-
-
-def registry_has(env: Env, axon: Axon, *tasks: str) -> None:
-    """The fake registry answers 200 for these tasks' images, 404 for everything else."""
-    settings = settings_for(env)
-    for name in tasks:
-        task = axon.spec.task(name)
-        assert task is not None
-        image = k8s.image_ref(axon, task, settings)
-        repo, tag = image.split("/", 1)[1].rsplit(":", 1)
-        env.registry[f"head /v2/{repo}/manifests/{tag}"] << 200
-    env.registry.fallback << 404
 
 
 def request(axon: Axon, sensor: str, step: int, kind: str, task: str, **params: Any) -> Any:
@@ -168,25 +65,6 @@ def request(axon: Axon, sensor: str, step: int, kind: str, task: str, **params: 
         task=task,
         params=params,
     )
-
-
-async def set_job_status(env: Env, name: str, status: dict[str, Any]) -> None:
-    await asyncio.to_thread(
-        env.batch.patch_namespaced_job_status,
-        name,
-        "default",
-        {"status": status},
-        _preload_content=False,
-        _content_type="application/merge-patch+json",
-    )
-
-
-COMPLETE = {"succeeded": 1, "active": 0, "conditions": [{"type": "Complete", "status": "True"}]}
-RUNNING = {"active": 1, "ready": 1}
-
-
-def by_role(env: Env, role: str) -> list[dict[str, Any]]:
-    return [j for j in env.objects("Job") if j["metadata"]["labels"].get(k8s.L_ROLE) == role]
 
 
 def test_backend_satisfies_the_protocol() -> None:
