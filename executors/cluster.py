@@ -232,6 +232,10 @@ class KubernetesDeployer:
     async def shutdown(self) -> None:
         """Nothing to stop: model servers are the cluster's Deployments and keep serving."""
 
+    async def recover(self) -> list[object]:
+        """Nothing to restart: Deployments, Services and the router table outlive the executor."""
+        return []
+
 
 # ---------------------------------------------------------------------------------------------
 # Lifecycle from the cluster

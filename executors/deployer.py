@@ -17,6 +17,14 @@ Model servers are process trees in their own session (like the local backend's r
 is recorded in `<state-dir>/local-servers/<id>.json` (pid, kernel start time, boot id, owner),
 so `recover()` after a crash, `shutdown()` and `undeploy_axon()` stop all of them and never
 signal an unrelated process that reused a pid.
+
+A deployment outlives the executor that made it: `shutdown()` stops the servers and takes their
+routes out of the table (nothing routes to a port another process may take), but keeps the
+deployment record, which holds the action request and the version history. At start-up,
+`recover()` stops servers a crashed executor left behind, then serves every deployment recorded
+by this machine's state dir again: the same versions from the history, so the same weights,
+new servers, and the table rewritten with their URLs. Only a deleted Axon (or one whose
+versions are gone) is forgotten instead.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -56,6 +65,7 @@ from executors.serving.routing import (
     build_deployer_table,
     compile_table,
 )
+from sensors.axons import AxonStore, AxonStoreError
 from sensors.spec import Artifact, Axon, BackendModel, Deployer, EnvVar, Task
 
 log = structlog.get_logger(__name__)
@@ -582,9 +592,14 @@ class LocalDeployer:
 
     async def _deploy(self, ctx: _Context, axon_dir: Path) -> dict[str, Any]:
         request, deployer = ctx.request, ctx.deployer
-        ns, name = request.namespace, request.axon
-        previous = await self._read_json(deploy_key(ns, name, deployer.name))
+        previous = await self._read_json(deploy_key(request.namespace, request.axon, deployer.name))
         choices = await self._choose(ctx, history_of(previous))
+        return await self._serve(ctx, axon_dir, choices)
+
+    async def _serve(self, ctx: _Context, axon_dir: Path, choices: list[Choice]) -> dict[str, Any]:
+        """Start (or reuse) the chosen versions' servers, switch the table, write the record."""
+        request, deployer = ctx.request, ctx.deployer
+        ns, name = request.namespace, request.axon
         versions = {
             c.backend.name: [Endpoint(version=str(v), url=f"http://pending/{v}") for v in c.history]
             for c in choices
@@ -616,6 +631,12 @@ class LocalDeployer:
         router = await self._router_url()
         url = fixed_url(router, name) if router else None
         record = deployment_record(request, deployer, table, choices, url=url, run_id=ctx.run_id)
+        # what `recover()` needs to serve it again after a restart, and where it may do so
+        record.update(
+            request=request.model_dump(mode="json"),
+            host=socket.gethostname(),
+            state_dir=str(self.state_dir),
+        )
         await self.bus.kv_put(
             MODELS_BUCKET, deploy_key(ns, name, deployer.name), json.dumps(record).encode()
         )
@@ -646,6 +667,39 @@ class LocalDeployer:
 
     async def _choose(self, ctx: _Context, before: Mapping[str, list[int]]) -> list[Choice]:
         return await choose_versions(self.registry, ctx.request, ctx.axon, ctx.deployer, before)
+
+    async def _recorded(self, ctx: _Context, history: Mapping[str, list[int]]) -> list[Choice]:
+        """The versions a deployment record holds (newest first), to serve them again as they were.
+
+        Nothing is chosen anew: index 0 stays the version deployed last, so rolloutSpec weights
+        split traffic as before.
+        """
+        request, axon, deployer = ctx.request, ctx.axon, ctx.deployer
+        keep = versions_kept(deployer)
+        choices: list[Choice] = []
+        for model in deployer.models:
+            for backend in model.backend_models:
+                deploy = axon.spec.task(backend.deployer)
+                if deploy is None or deploy.deploy is None or not deploy.deploy.model:
+                    raise DeployError(
+                        f"backend model {backend.name!r}: {backend.deployer!r} is no longer a "
+                        f"deploy task with a model"
+                    )
+                versions = history.get(backend.name) or []
+                version = (
+                    await self.registry.get(
+                        request.axon, backend.trainer, versions[0], namespace=request.namespace
+                    )
+                    if versions
+                    else None
+                )
+                if version is None:
+                    raise DeployError(
+                        f"backend model {backend.name!r}: the deployed version of "
+                        f"{backend.trainer!r} is no longer in the registry"
+                    )
+                choices.append(Choice(model.name, backend, deploy, version, tuple(versions[:keep])))
+        return choices
 
     async def _launch(self, ctx: _Context, choice: Choice, axon_dir: Path, version: int) -> _Launch:
         request, axon = ctx.request, ctx.axon
@@ -902,24 +956,86 @@ class LocalDeployer:
             await self._stop_all(mine, "axon deleted")
 
     async def shutdown(self) -> None:
-        """Stop every model server and take their deployments out of the router."""
+        """Stop every model server and unroute it; deployment records stay for `recover()`."""
         self._closed = True
         servers = list(self._servers.values())
         deployments = {(s.record.namespace, s.record.axon, s.record.deployer) for s in servers}
         for namespace, axon, deployer in sorted(deployments):
             try:
-                await self._forget(namespace, axon, deployer)
+                await self._write_part(namespace, axon, deployer, None)
             except (BusError, OSError, TimeoutError, RanvierError) as exc:
                 # the bus may already be gone at shutdown; the processes are what must stop
-                log.warning("deploy.forget_failed", axon=axon, deployer=deployer, error=str(exc))
+                log.warning("deploy.unroute_failed", axon=axon, deployer=deployer, error=str(exc))
         await self._stop_all(servers, "executor shut down")
 
     async def recover(self) -> list[ServerRecord]:
-        """At start-up: stop model servers a previous executor left and unroute them."""
-        if not self.servers_dir.is_dir():
-            return []
-        boot = _boot_id()
+        """At start-up: stop the servers a previous executor left, then serve its deployments.
+
+        Returns the servers stopped. Every deployment recorded from this host and state dir
+        whose servers no live executor owns is served again (`restore`), or forgotten when
+        that is no longer possible (its Axon deleted, its versions gone).
+        """
+        stopped, busy = await self._stop_leftovers()
+        for key in sorted(await self.bus.kv_keys(MODELS_BUCKET, "deploy.>")):
+            record = await self._read_json(key)
+            if record is None or not self._owns(record):
+                continue
+            where = (record.get("namespace"), record.get("axon"), record.get("deployer"))
+            if where in busy:
+                continue  # another executor on this state dir serves it
+            await self.restore(record)
+        return stopped
+
+    def _owns(self, record: Mapping[str, Any]) -> bool:
+        """A deployment this deployer served: same host and state dir (servers are local)."""
+        host, state_dir = record.get("host"), record.get("state_dir")
+        return host == socket.gethostname() and state_dir == str(self.state_dir)
+
+    async def restore(self, record: Mapping[str, Any]) -> bool:
+        """Serve a recorded deployment again: its versions, new servers, the table rewritten.
+
+        True once it serves; False (logged) when it cannot be, and then it is forgotten
+        (routes and record removed) so that nothing points at servers that do not exist.
+        """
+        ns, name = str(record.get("namespace")), str(record.get("axon"))
+        deployer_name = str(record.get("deployer"))
+        bound = log.bind(axon=name, namespace=ns, deployer=deployer_name)
+        lock = self._locks.setdefault((ns, name), asyncio.Lock())
+        async with lock:
+            if any(
+                (s.record.namespace, s.record.axon, s.record.deployer) == (ns, name, deployer_name)
+                for s in self._servers.values()
+            ):
+                return True  # already served by this deployer
+            try:
+                request = ActionRequest.model_validate(record.get("request"))
+                store = AxonStore(self.bus)
+                latest = await store.get(ns, name)
+                if latest is None or latest.deleted:
+                    raise DeployError(f"axon {ns}/{name} is not submitted any more")
+                stored = await store.get(ns, name, request.generation) or latest
+                ctx = _Context(
+                    request,
+                    stored.axon,
+                    deployer_spec(request, stored.axon),
+                    str(record.get("run_id") or new_id()),
+                )
+                choices = await self._recorded(ctx, history_of(record))
+                outputs = await self._serve(ctx, stored.axon_dir or Path.cwd(), choices)
+            except (DeployError, RoutingError, AxonStoreError, ValidationError) as exc:
+                bound.warning("deploy.not_restored", reason=str(exc))
+                await self._forget(ns, name, deployer_name)
+                return False
+        bound.info("deploy.restored", url=outputs.get("url"), models=outputs.get("models"))
+        return True
+
+    async def _stop_leftovers(self) -> tuple[list[ServerRecord], set[tuple[str, str, str]]]:
+        """Stop servers whose executor is gone; (stopped, deployments a live executor serves)."""
         stopped: list[ServerRecord] = []
+        busy: set[tuple[str, str, str]] = set()
+        if not self.servers_dir.is_dir():
+            return stopped, busy
+        boot = _boot_id()
         for path in sorted(self.servers_dir.glob("*.json")):
             try:
                 record = ServerRecord(**json.loads(path.read_text(encoding="utf-8")))
@@ -928,6 +1044,7 @@ class LocalDeployer:
                 path.unlink(missing_ok=True)
                 continue
             if record.id in self._servers or _owner_alive(record, boot):
+                busy.add((record.namespace, record.axon, record.deployer))
                 continue
             if record.boot_id == boot and (
                 _proc_start(record.pid) == record.proc_start or group_members(record.pgid)
@@ -936,11 +1053,7 @@ class LocalDeployer:
             path.unlink(missing_ok=True)
             stopped.append(record)
             log.info("deploy.server_recovered", axon=record.axon, pid=record.pid)
-        for namespace, axon, deployer in sorted(
-            {(r.namespace, r.axon, r.deployer) for r in stopped}
-        ):
-            await self._forget(namespace, axon, deployer)
-        return stopped
+        return stopped, busy
 
     def _write_record(self, record: ServerRecord) -> None:
         self.servers_dir.mkdir(parents=True, exist_ok=True)

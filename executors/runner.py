@@ -14,7 +14,8 @@ reads, and registers trainer versions in the model registry before reporting Suc
 deployer step that follows always finds the version. Backoff (`not_before`) is a delayed nak:
 the request goes back to the stream and no slot is held while it waits. An Axon deleted event
 stops that Axon's live runs. At start-up, runs a previous executor left behind are reported
-Failed (`Backend.recover()`).
+Failed (`Backend.recover()`) and the deployer serves its recorded deployments again
+(`Deployer.recover()`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -92,6 +93,10 @@ class Deployer(Protocol):
 
     async def shutdown(self) -> None:
         """Stop every model server this deployer started."""
+        ...
+
+    async def recover(self) -> Sequence[object]:
+        """At start-up: stop what a crashed executor left and serve its deployments again."""
         ...
 
 
@@ -339,7 +344,11 @@ class ExecutorRunner:
         task.add_done_callback(self._tasks.discard)
 
     async def recover(self) -> int:
-        """Report Failed every run a previous executor left behind; how many were reported."""
+        """Report Failed every run a previous executor left behind; how many were reported.
+
+        The deployer recovers too: model servers a crashed executor left are stopped and the
+        recorded deployments served again, before any new action is taken.
+        """
         count = 0
         for lost in await self.backend.recover():
             data = lost.to_lifecycle()
@@ -356,6 +365,8 @@ class ExecutorRunner:
             await self._publish(data)
             count += 1
             log.info("executor.recovered", run_id=data.run_id, task=data.task, reason=data.message)
+        if self.deployer is not None:
+            await self.deployer.recover()
         return count
 
     # -- one request ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ below went through the same path as a user's request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -20,14 +21,17 @@ from typing import Any
 import httpx
 import pytest
 
+from events import subjects
 from events.bus import Bus
-from events.model import ActionRequest
+from events.model import ActionRequest, LifecycleData
 from events.subjects import MODELS_BUCKET
 from executors.backends.local import LocalBackend, group_members
 from executors.deployer import LocalDeployer, deploy_key, router_key
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry
+from executors.runner import ExecutorRunner, TaskRun, task_run_key
 from executors.serving.kv_table import RouterRole
+from sensors.axons import AxonStore
 from sensors.spec import Axon
 
 pytestmark = pytest.mark.integration
@@ -178,11 +182,12 @@ async def stack(bus: Bus, tmp_path: Path) -> AsyncIterator[Stack]:
     serving = asyncio.create_task(router.run())
     await router.listening.wait()
     async with httpx.AsyncClient(timeout=30.0) as client:
-        yield Stack(
+        made = Stack(
             bus, backend, deployer, ModelRegistry(BusKeyValue(bus, MODELS_BUCKET)), router,
             make_axon(), client,
         )  # fmt: skip
-    await deployer.shutdown()
+        yield made
+    await made.deployer.shutdown()  # a test may have replaced it (a restarted deployer)
     serving.cancel()
     await asyncio.gather(serving, return_exceptions=True)
     await backend.shutdown()
@@ -190,6 +195,49 @@ async def stack(bus: Bus, tmp_path: Path) -> AsyncIterator[Stack]:
 
 def pids(stack: Stack) -> dict[str, int]:
     return {s.version: s.pid for s in stack.deployer.live_servers()}
+
+
+def routed(part: tuple[bytes, int] | None) -> dict[str, tuple[float, str]]:
+    """{version: (weight, url)} of the router part's backends."""
+    assert part is not None
+    table = json.loads(part[0])
+    return {
+        b["version"]: (b["weight"], b["url"])
+        for d in table["deployers"]
+        for m in d["models"]
+        for b in m["backends"]
+    }
+
+
+async def canary_of_two(stack: Stack) -> tuple[int, int]:
+    """The Axon submitted (as a user's file in DATA), two versions deployed 50/50."""
+    await AxonStore(stack.bus).submit(stack.axon, DATA / "axon.yaml")
+    first = await stack.train()
+    assert (await stack.deploy(deployer_spec(rollout=CANARY))).phase == "Succeeded"
+    second = await stack.train()
+    assert (await stack.deploy(deployer_spec(rollout=CANARY))).phase == "Succeeded"
+    await stack.until_serving(second)
+    return first, second
+
+
+async def assert_restored(
+    stack: Stack, restarted: LocalDeployer, record: dict[str, Any], old: dict[str, int]
+) -> None:
+    """`restarted` serves the same versions with the same weights on new servers."""
+    part = await stack.bus.kv_get(MODELS_BUCKET, router_key("default", AXON))
+    new = {s.version: s.pid for s in restarted.live_servers()}
+    assert set(new) == set(old)
+    assert not set(new.values()) & set(old.values())
+    assert not any(group_members(pid) for pid in old.values())
+    urls = {s.version: s.url for s in restarted.live_servers()}
+    weights = {b["version"]: b["weight"] for m in record["models"] for b in m["backends"]}
+    assert routed(part) == {v: (weights[v], urls[v]) for v in weights}
+    after = await stack.record()
+    assert (after["run_id"], after["history"]) == (record["run_id"], record["history"])
+    counts = await stack.split()
+    assert set(counts) == {float(v) for v in old}
+    for version in old:
+        assert abs(counts[float(version)] - REQUESTS / 2) <= BOUND, counts
 
 
 @pytest.mark.slow
@@ -268,6 +316,101 @@ async def test_undeploy_and_recover_leave_no_processes(stack: Stack, bus: Bus) -
     assert not group_members(server.pid)
     assert stack.deployer.live_servers() == []
     assert await bus.kv_get(MODELS_BUCKET, router_key("default", AXON)) is None
+
+
+async def test_a_clean_restart_serves_the_recorded_deployment_again(stack: Stack, bus: Bus) -> None:
+    await canary_of_two(stack)
+    record = await stack.record()
+    old = pids(stack)
+
+    await stack.deployer.shutdown()  # `ranvier down`: servers stop, routes go, record stays
+    assert not any(group_members(pid) for pid in old.values())
+    assert await bus.kv_get(MODELS_BUCKET, router_key("default", AXON)) is None
+    assert await stack.record() == record
+
+    restarted = LocalDeployer(bus, state_dir=stack.deployer.state_dir, start_timeout=60.0)
+    stack.deployer = restarted  # the fixture stops its servers
+    assert await restarted.recover() == []  # nothing was left running
+    await assert_restored(stack, restarted, record, old)
+
+
+async def test_recovery_after_a_crash_replaces_the_orphaned_servers(stack: Stack, bus: Bus) -> None:
+    await canary_of_two(stack)
+    record = await stack.record()
+    old = pids(stack)
+    stack.deployer._servers.clear()  # the executor "crashes": its servers are orphans now
+
+    restarted = LocalDeployer(bus, state_dir=stack.deployer.state_dir, start_timeout=60.0)
+    stack.deployer = restarted
+    stopped = await restarted.recover()
+    assert sorted(r.pid for r in stopped) == sorted(old.values())
+    await assert_restored(stack, restarted, record, old)
+
+
+async def test_a_deleted_axon_is_not_served_again(stack: Stack, bus: Bus) -> None:
+    await canary_of_two(stack)
+    await stack.deployer.shutdown()
+    await AxonStore(bus).delete("default", AXON)
+
+    restarted = LocalDeployer(bus, state_dir=stack.deployer.state_dir)
+    stack.deployer = restarted
+    await restarted.recover()
+    assert restarted.live_servers() == []
+    assert await bus.kv_get(MODELS_BUCKET, deploy_key("default", AXON, "linear")) is None
+    assert await bus.kv_get(MODELS_BUCKET, router_key("default", AXON)) is None
+
+
+async def test_the_runner_recovers_its_deployer_and_deploys_under_its_run_id(
+    stack: Stack, bus: Bus
+) -> None:
+    await canary_of_two(stack)
+    old = pids(stack)
+    stack.deployer._servers.clear()  # a crashed executor's servers
+
+    state = stack.deployer.state_dir
+    deployer = LocalDeployer(bus, state_dir=state, start_timeout=60.0)
+    stack.deployer = deployer
+    runner = ExecutorRunner(bus, backend=LocalBackend(state), deployer=deployer, state_dir=state)
+    running = asyncio.create_task(runner.run())
+    try:
+        await runner.ready.wait()
+        # recovery ran before the runner took work: the orphans replaced, the table rewritten
+        assert not any(group_members(pid) for pid in old.values())
+        assert set(pids(stack)) == set(old)
+        assert set(routed(await bus.kv_get(MODELS_BUCKET, router_key("default", AXON)))) == set(old)
+
+        request = ActionRequest(
+            axon=AXON,
+            sensor="deploy",
+            sensor_run_id="by-runner",
+            step=0,
+            kind="deployer",
+            task="linear",
+            params={"deployer": deployer_spec(rollout=CANARY)},
+        )
+        await bus.publish(request.to_event(source="test"))
+        done = await final_lifecycle(bus, "linear")
+        assert done.phase == "Succeeded", done.message
+        found = await bus.kv_get(
+            subjects.RUNS_BUCKET, task_run_key("default", AXON, "linear", done.run_id)
+        )
+        assert found is not None
+        assert TaskRun.from_json(found[0]).phase == "Succeeded"
+        assert (await stack.record())["run_id"] == done.run_id  # one id for the deploy run
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def final_lifecycle(bus: Bus, task: str) -> LifecycleData:
+    follow = bus.follow(since=1, filter_subject=subjects.events_filter(AXON, "lifecycle"))
+    async with contextlib.aclosing(follow) as items:
+        async for item in items:
+            data = item.event.payload()
+            assert isinstance(data, LifecycleData)
+            if data.task == task and data.phase in ("Succeeded", "Failed"):
+                return data
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def test_deploy_without_a_trained_version_fails_clearly(stack: Stack) -> None:
