@@ -36,6 +36,7 @@ requested actions (a run started, advanced to its next step, or retried an actio
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -82,6 +83,8 @@ __all__ = [
     "STATE_VERSION",
     "EngineError",
     "EngineState",
+    "RunAction",
+    "RunView",
     "StepResult",
     "axon_key",
     "next_deadline",
@@ -100,6 +103,8 @@ FINISHED_RUNS_LIMIT: Final = 512
 _RUN_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://ranvier.dev/sensor-run")
 _RUN_NAMESPACE_BYTES: Final = _RUN_NAMESPACE.bytes
 _EDGE_SEP: Final = "\x1f"  # unit separator: cannot occur in task names, rarely in run ids
+_encode: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+"""`canonical_json` without the bytes: dumps are assembled from these pieces."""
 
 AlertPhase = Literal["inactive", "pending", "firing"]
 RunPhase = Literal["Running", "Succeeded", "Failed"]
@@ -143,6 +148,37 @@ class StepResult:
     """Axon keys whose state is gone (the Axon was deleted): delete these."""
     ignored: str | None = None
     """Why the event was ignored as a whole (unknown type, invalid payload, stale generation)."""
+    started: tuple[str, ...] = ()
+    """Ids of the sensor runs this call started."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunAction:
+    """One action of a sensor run as the engine knows it (`RunView.actions`)."""
+
+    step: int
+    index: int
+    kind: ActionKind
+    task: str
+    attempt: int | None
+    """The current attempt; None for the actions of an earlier step (they all Succeeded)."""
+    phase: ActionPhase
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """A sensor run as the engine knows it (`EngineState.run`): active, or recently finished."""
+
+    id: str
+    phase: RunPhase
+    reason: str
+    """Why the run finished ("" while it runs)."""
+    sensor: str | None = None
+    """These fields are known while the run is active; a finished run keeps only its outcome."""
+    trigger: str | None = None
+    started: datetime | None = None
+    actions: tuple[RunAction, ...] = ()
+    """Every action of steps 0 to the current one, in (step, index) order."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,15 +575,33 @@ class _AxonState:
     finished_index: dict[str, tuple[str, str]] = field(default_factory=dict)
     seen: list[str] = field(default_factory=list)
     seen_index: set[str] = field(default_factory=set)
+    # Dump cache: the encoded `"name":{...}` piece of each sensor and run, re-encoded only when
+    # marked dirty (every mutation goes through `sensor_state`, `run_changed` or `finish`), so
+    # a dump costs what changed, not the size of the Axon. `encoded` False: rebuild them all.
+    encoded: bool = False
+    sensor_parts: dict[str, str] = field(default_factory=dict)
+    run_parts: dict[str, str] = field(default_factory=dict)
+    dirty_sensors: set[str] = field(default_factory=set)
+    dirty_runs: set[str] = field(default_factory=set)
+    sensor_order: list[str] | None = None
+    run_order: list[str] | None = None
 
     def sensor_state(self, name: str) -> _SensorState:
+        """The state of a sensor, to read or change (it is re-encoded on the next dump)."""
+        self.dirty_sensors.add(name)
         st = self.sensors.get(name)
         if st is None:
             st = self.sensors[name] = _SensorState()
         return st
 
+    def run_changed(self, run_id: str) -> None:
+        """Mark a run (added, changed or removed) for re-encoding on the next dump."""
+        self.dirty_runs.add(run_id)
+
     def finish(self, run: _RunState, phase: RunPhase, why: str) -> None:
         self.runs.pop(run.id, None)
+        self.dirty_runs.add(run.id)
+        self.dirty_sensors.add(run.sensor)
         st = self.sensors.get(run.sensor)
         if st is not None:
             st.active.pop(run.id, None)
@@ -566,6 +620,54 @@ class _AxonState:
         if len(self.seen) > SEEN_EDGES_LIMIT:
             self.seen_index.discard(self.seen.pop(0))
         return True
+
+    def dump(self) -> str:
+        """Canonical JSON of `to_json()`, byte for byte, re-encoding only dirty parts."""
+        if not self.encoded:
+            self.sensor_parts.clear()
+            self.run_parts.clear()
+            self.dirty_sensors.update(self.sensors)
+            self.dirty_runs.update(self.runs)
+            self.sensor_order = self.run_order = None
+            self.encoded = True
+        if self.dirty_sensors:
+            parts = self.sensor_parts
+            for name in self.dirty_sensors:
+                st = self.sensors.get(name)
+                dumped = st.to_json() if st is not None else None
+                if dumped is None:
+                    if parts.pop(name, None) is not None:
+                        self.sensor_order = None
+                else:
+                    if name not in parts:
+                        self.sensor_order = None
+                    parts[name] = f"{_encode(name)}:{_encode(dumped)}"
+            self.dirty_sensors.clear()
+        if self.dirty_runs:
+            parts = self.run_parts
+            for rid in self.dirty_runs:
+                run = self.runs.get(rid)
+                if run is None:
+                    if parts.pop(rid, None) is not None:
+                        self.run_order = None
+                else:
+                    if rid not in parts:
+                        self.run_order = None
+                    parts[rid] = f"{_encode(rid)}:{_encode(run.to_json())}"
+            self.dirty_runs.clear()
+        if self.sensor_order is None:
+            self.sensor_order = sorted(self.sensor_parts)
+        if self.run_order is None:
+            self.run_order = sorted(self.run_parts)
+        sensors = ",".join([self.sensor_parts[k] for k in self.sensor_order])
+        runs = ",".join([self.run_parts[k] for k in self.run_order])
+        # The keys of `to_json()` in sorted order, as canonical JSON has them.
+        return (
+            f'{{"axon":{_encode(self.spec.name)},"finished":{_encode(self.finished)},'
+            f'"generation":{_encode(self.generation)},"namespace":{_encode(self.spec.namespace)},'
+            f'"runs":{{{runs}}},"seen":{_encode(self.seen)},"sensors":{{{sensors}}},'
+            f'"spec":{_encode(self.spec.digest)},"version":{_encode(STATE_VERSION)}}}'
+        )
 
     def to_json(self) -> dict[str, Any]:
         sensors = {}
@@ -611,7 +713,41 @@ class EngineState:
         ax = self._axons.get(key)
         if ax is None:
             raise EngineError(f"no state for Axon {key!r}", hint="submit it first")
-        return canonical_json(ax.to_json())
+        return ax.dump().encode()
+
+    def run(self, key: str, run_id: str) -> RunView | None:
+        """A sensor run of the Axon `key` (`axon_key`): active, recently finished, or None."""
+        ax = self._axons.get(key)
+        if ax is None:
+            return None
+        run = ax.runs.get(run_id)
+        if run is None:
+            done = ax.finished_index.get(run_id)
+            if done is None:
+                return None
+            return RunView(id=run_id, phase=cast(RunPhase, done[0]), reason=done[1])
+        actions: list[RunAction] = []
+        sensor = ax.spec.sensors.get(run.sensor)
+        if sensor is not None:
+            for index in range(run.step):
+                actions += [
+                    RunAction(index, i, a.kind, a.task, None, "Succeeded")
+                    for i, a in enumerate(sensor.steps[index])
+                ]
+            group = sensor.steps[run.step]
+            actions += [
+                RunAction(run.step, i, a.kind, a.task, st.attempt, st.phase)
+                for i, (a, st) in enumerate(zip(group, run.actions, strict=False))
+            ]
+        return RunView(
+            id=run.id,
+            phase="Running",
+            reason="",
+            sensor=run.sensor,
+            trigger=run.trigger,
+            started=datetime.fromtimestamp(run.started, UTC),
+            actions=tuple(actions),
+        )
 
     def load_axon(self, axon: Axon, data: bytes) -> None:
         """Restore one Axon's state from `dump_axon` bytes, with indexes rebuilt from `axon`.
@@ -619,8 +755,6 @@ class EngineState:
         `axon` must be the spec the state was dumped with (its digest is checked): load the
         generation the state names, then `submit` any newer one so changes are reconciled.
         """
-        import json  # local: only loading needs it, and it is not I/O
-
         spec = _compile(axon)
         try:
             raw = json.loads(data)
@@ -659,7 +793,7 @@ class EngineState:
 class _Out:
     """Collects one call's decisions and actions, in the order they were decided."""
 
-    __slots__ = ("actions", "decisions", "fired", "now", "touched")
+    __slots__ = ("actions", "decisions", "fired", "now", "started", "touched")
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -667,6 +801,7 @@ class _Out:
         self.actions: list[ActionRequest] = []
         self.touched: dict[str, None] = {}
         self.fired: set[tuple[str, str, str]] = set()
+        self.started: list[str] = []
 
     def decide(
         self,
@@ -707,6 +842,7 @@ class _Out:
             touched=tuple(k for k in self.touched if k not in deleted),
             deleted=tuple(deleted),
             ignored=ignored,
+            started=tuple(self.started),
         )
 
 
@@ -818,8 +954,10 @@ def _fire(
         actions=[],
     )
     ax.runs[run_id] = run
+    ax.run_changed(run_id)
     st.active[run_id] = None
     out.fired.add(fired_key)
+    out.started.append(run_id)
     planned = _start_step(out, ax, sensor, run)
     out.decide(
         ax,
@@ -1085,6 +1223,7 @@ def _advance(out: _Out, ax: _AxonState, event_id: str, data: LifecycleData) -> N
         if done is not None:
             return note(f"ignored: run {rid} already finished ({done[0]}: {done[1]})")
         return note(f"ignored: no active run {rid}")
+    ax.run_changed(rid)
     sensor = ax.spec.sensors.get(run.sensor)
     if sensor is None:  # pragma: no cover - runs of removed sensors are ended on submit
         return note(f"ignored: sensor {run.sensor!r} is not in the spec")

@@ -36,7 +36,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 import nats.errors
@@ -172,6 +172,7 @@ class _Batch:
     decisions: list[tuple[str, DecisionData]] = field(default_factory=list)  # (msg id, record)
     dirty: dict[str, int] = field(default_factory=dict)  # axon key -> applied seq to write
     lifecycle: list[dict[str, Any]] = field(default_factory=list)  # reports about sensor runs
+    started: set[str] = field(default_factory=set)  # sensor runs started in this batch
     ack: list[Received] = field(default_factory=list)
     term: list[Received] = field(default_factory=list)
 
@@ -413,6 +414,7 @@ class EngineRuntime:
         for i, decision in enumerate(result.decisions):
             batch.decisions.append((_event_id("dec", base, i), decision))
         batch.actions.extend(result.actions)
+        batch.started.update(result.started)
         for key in (*result.touched, *result.deleted):
             slot = self._slots[key]
             applied = seq if key == akey else slot.applied
@@ -427,7 +429,7 @@ class EngineRuntime:
         items = [encode_action(a, stamp) for a in batch.actions]
         items += [decision_event(d, ev_id, stamp) for ev_id, d in batch.decisions]
         dumps = {key: self._dump(key) for key in batch.dirty}
-        items += await self._run_records(batch, dumps, stamp)
+        items += await self._run_records(batch, stamp)
         if items:
             await self._bus.publish_many_encoded(items, max_in_flight=self.max_in_flight)
         writes = [self._write(key, seq, dumps[key]) for key, seq in batch.dirty.items()]
@@ -477,10 +479,16 @@ class EngineRuntime:
 
     # -- sensor-run records --------------------------------------------------------------------
 
-    async def _run_records(
-        self, batch: _Batch, dumps: dict[str, bytes | None], stamp: str
-    ) -> list[Outgoing]:
-        """Records of the sensor runs this batch touched (ranvier_runs, contract layout)."""
+    async def _run_records(self, batch: _Batch, stamp: str) -> list[Outgoing]:
+        """Records of the sensor runs this batch touched (ranvier_runs, contract layout).
+
+        A record is the engine's view of the run (`EngineState.run`: phase, trigger, every step
+        up to the current one with its actions' attempts and phases) merged with what only the
+        record holds: the task run ids reported for earlier steps. So the previous record is
+        needed for every run not started in this batch: from memory, else read back from KV
+        (after a restart). Even if that read finds nothing, the steps the engine knows of are
+        all there; only their task run ids would be missing.
+        """
         touched: dict[str, tuple[str, str, str, str]] = {}  # run id -> (ns, axon, sensor, rkey)
         for action in batch.actions:
             touched.setdefault(action.sensor_run_id, _run_ref(action))
@@ -489,10 +497,13 @@ class EngineRuntime:
                 touched.setdefault(decision.sensor_run_id, _run_ref(decision))
         if not touched:
             return []
-        states = _run_states(dumps)
-        missing = [ref[3] for rid, ref in touched.items() if ref[3] not in self._runs]
+        missing = [
+            ref[3]
+            for rid, ref in touched.items()
+            if ref[3] not in self._runs and rid not in batch.started
+        ]
         if missing:
-            await self._fetch_runs(missing, new={a.sensor_run_id for a in batch.actions})
+            await self._fetch_runs(missing)
         reasons = {d.sensor_run_id: d for _, d in batch.decisions if d.sensor_run_id}
         reports: dict[str, list[dict[str, Any]]] = {}
         for report in batch.lifecycle:
@@ -521,31 +532,33 @@ class EngineRuntime:
                     record["trigger"] = latest.trigger
             steps = {(s["index"], s.get("action", 0)): s for s in record["steps"]}
             for action in by_run.get(rid, ()):
-                steps[(action.step, action.index)] = {
-                    "index": action.step,
-                    "action": action.index,
-                    "attempt": action.attempt,
-                    "kind": action.kind,
-                    "task": action.task,
-                    "phase": "Pending",
-                    "run_id": None,
-                    "key": action.idempotency_key,
-                }
+                steps[(action.step, action.index)] = _step_entry(
+                    action.step, action.index, action.kind, action.task, action.attempt
+                )
+                steps[(action.step, action.index)]["key"] = action.idempotency_key
             for report in reports.get(rid, ()):
                 entry = steps.get((report.get("step", 0), report.get("index", 0)))
                 if entry is not None and entry["attempt"] == report.get("attempt", 1):
                     entry["phase"] = report["phase"]
                     entry["run_id"] = report["run_id"]
-            where = states.get(engine.axon_key(ns, axon), {})
-            live = where.get("runs", {}).get(rid)
-            done = where.get("finished", {}).get(rid)
-            if live is not None:
+            view = self._state.run(engine.axon_key(ns, axon), rid)
+            if view is not None and view.phase == "Running":
                 record["phase"] = "Running"
-                record["trigger"] = live.get("trigger")
-                record["started"] = format_time(datetime.fromtimestamp(live["started"], tz=UTC))
-            elif done is not None:
-                record["phase"] = done[0]
-                record["reason"] = done[1]
+                record["trigger"] = view.trigger
+                if view.started is not None:
+                    record["started"] = format_time(view.started)
+                for act in view.actions:
+                    entry = steps.get((act.step, act.index))
+                    if entry is None or (
+                        act.attempt is not None and entry["attempt"] != act.attempt
+                    ):
+                        entry = steps[(act.step, act.index)] = _step_entry(
+                            act.step, act.index, act.kind, act.task, act.attempt
+                        )
+                    entry["phase"] = act.phase
+            elif view is not None:
+                record["phase"] = view.phase
+                record["reason"] = view.reason
                 record["finished"] = record["finished"] or stamp
             record["steps"] = [steps[k] for k in sorted(steps)]
             self._remember(rkey, record)
@@ -556,9 +569,8 @@ class EngineRuntime:
             )
         return out
 
-    async def _fetch_runs(self, keys: Iterable[str], *, new: set[str]) -> None:
+    async def _fetch_runs(self, keys: Iterable[str]) -> None:
         """Read back records of runs this process has not seen (after a restart)."""
-        wanted = [k for k in keys if k.rsplit(".", 1)[-1] not in new]
 
         async def one(key: str) -> None:
             got = await self._bus.kv_get(subjects.RUNS_BUCKET, key)
@@ -566,7 +578,7 @@ class EngineRuntime:
                 with contextlib.suppress(ValueError):
                     self._remember(key, json.loads(got[0]))
 
-        await asyncio.gather(*(one(k) for k in wanted))
+        await asyncio.gather(*(one(k) for k in keys))
 
     def _remember(self, key: str, record: dict[str, Any]) -> None:
         self._runs[key] = record
@@ -598,15 +610,15 @@ def _run_ref(item: ActionRequest | DecisionData) -> tuple[str, str, str, str]:
     return item.namespace, item.axon, item.sensor, key
 
 
-def _run_states(dumps: dict[str, bytes | None]) -> dict[str, dict[str, Any]]:
-    """Active and finished runs per Axon, read from the state dumps about to be written."""
-    out: dict[str, dict[str, Any]] = {}
-    for key, dump in dumps.items():
-        if dump is None:
-            continue
-        data = json.loads(dump)
-        out[key] = {
-            "runs": data.get("runs", {}),
-            "finished": {f[0]: (f[1], f[2]) for f in data.get("finished", [])},
-        }
-    return out
+def _step_entry(step: int, index: int, kind: str, task: str, attempt: int | None) -> dict[str, Any]:
+    """A step's entry in a sensor-run record, before the executor reports on it."""
+    return {
+        "index": step,
+        "action": index,
+        "attempt": attempt,
+        "kind": kind,
+        "task": task,
+        "phase": "Pending",
+        "run_id": None,
+        "key": None,
+    }

@@ -202,3 +202,31 @@ async def test_explain_prints_the_decisions_of_an_event(
     ]
     assert await asyncio.to_thread(main, ["explain", "no-such-event", *url]) == 1
     assert "no decisions recorded for event no-such-event" in capsys.readouterr().err
+
+
+async def test_a_run_record_keeps_earlier_steps_across_a_restart(bus: Bus) -> None:
+    """After a restart the record of a run is read back, not rebuilt from the batch that
+    advances it: the step that ran before the restart stays in the record."""
+    await AxonStore(bus).submit(two_step_axon())
+    async with running(bus):
+        await bus.publish(prep_done(1))
+        await caught_up(bus)
+    [(_, train_event)] = await stored_actions(bus)
+    train = as_action(train_event)
+    running_report = report(train, "Running")
+    async with running(bus):  # a fresh process: it has not seen this run
+        await bus.publish(running_report)
+        await caught_up(bus)
+    async with running(bus):  # again: the report of step 0 advances the run to step 1
+        await bus.publish(report(train))
+        await caught_up(bus)
+    key = f"sensor.default.{NAME}.retrain.{train.sensor_run_id}"
+    got = await bus.kv_get(subjects.RUNS_BUCKET, key)
+    assert got is not None
+    record = record_of(got[0])
+    assert record["phase"] == "Running"
+    assert record["trigger"] == "prepped"
+    assert [(s["index"], s["task"], s["phase"], s["run_id"]) for s in record["steps"]] == [
+        (0, "Train", "Succeeded", running_report.data["run_id"]),
+        (1, "Eval", "Pending", None),
+    ]

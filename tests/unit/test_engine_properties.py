@@ -19,6 +19,7 @@ from events.model import (
     MetricData,
     Payload,
     RestData,
+    canonical_json,
 )
 from sensors import engine
 from tests.unit.engine_kit import AXON, T0, TASKS, make_axon, submit_event
@@ -253,3 +254,23 @@ def test_reloading_the_state_after_every_input_changes_nothing() -> None:
         lines, t = _run(reloaded, feed, [item], t)
         got += lines
     assert got == expected
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seq=steps)
+def test_the_incremental_dump_is_the_canonical_json_of_the_whole_state(
+    seq: list[tuple[float, tuple[Any, ...]]],
+) -> None:
+    """`dump_axon` re-encodes only what changed since the last dump; after every input (and
+    with dumps skipped in between) it must equal the canonical JSON of the whole state."""
+    live = engine.EngineState()
+    engine.submit(live, AXON_SPEC, 1, submit_event(1, "submit-1"), T0)
+    feed, t = _Feed(actions=[]), 0.0
+    key = engine.axon_key("default", AXON)
+    for n, item in enumerate(seq):
+        _, t = _run(live, feed, [item], t)
+        if n % 3 == 2:
+            continue  # several inputs between two dumps, as in a batch
+        # The definition of the format: the whole state, encoded at once.
+        whole = canonical_json(live._axons[key].to_json())
+        assert live.dump_axon(AXON_SPEC) == whole

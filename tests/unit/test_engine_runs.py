@@ -200,3 +200,44 @@ def test_a_skipped_firing_does_not_count_towards_max_runs() -> None:
     assert not only(rig.rest("S", 1), "S").fired  # Forbid: skipped, not started
     rig.action_done(first, "Succeeded", 2)
     assert only(rig.rest("S", 3), "S").fired  # second start in the window: allowed
+
+
+def test_the_run_view_shows_every_step_up_to_the_current_one_then_the_outcome() -> None:
+    rig = Rig(make_axon(PIPELINE))
+    [prep] = rig.rest("Pipe", 0).actions
+    key, rid = engine.axon_key("default", "demo"), prep.sensor_run_id
+    assert rig.state.run(key, "no-such-run") is None
+    assert rig.state.run("default/nobody", rid) is None
+    view = rig.state.run(key, rid)
+    assert view is not None
+    assert (view.phase, view.sensor, view.trigger, view.started) == (
+        "Running",
+        "Pipe",
+        "poke",
+        at(0),
+    )
+    assert [(a.step, a.index, a.task, a.attempt, a.phase) for a in view.actions] == [
+        (0, 0, "Prep", 1, "Pending")
+    ]
+    train, evaluate = rig.action_done(prep, "Succeeded", 1).actions
+    rig.action_done(evaluate, "Running", 2)
+    view = rig.state.run(key, rid)
+    assert view is not None
+    assert [(a.step, a.index, a.kind, a.attempt, a.phase) for a in view.actions] == [
+        (0, 0, "resourceExecutor", None, "Succeeded"),
+        (1, 0, "trainer", 1, "Pending"),
+        (1, 1, "resourceExecutor", 1, "Running"),
+    ]
+    rig.action_done(train, "Failed", 3)
+    view = rig.state.run(key, rid)
+    assert view is not None
+    assert (view.phase, view.sensor, view.actions) == ("Failed", None, ())
+    assert view.reason.startswith("step 1 action 0 (trainer Train) attempt 1 Failed")
+
+
+def test_step_results_name_the_runs_they_started() -> None:
+    rig = Rig(make_axon(PIPELINE))
+    start = rig.rest("Pipe", 0)
+    [prep] = start.actions
+    assert start.started == (prep.sensor_run_id,)
+    assert rig.action_done(prep, "Succeeded", 1).started == ()
