@@ -385,6 +385,8 @@ class KubernetesBackend:
             log.info("k8s.metrics_unreadable", job=job, error=str(exc))
             return {}
         for pod in pods.get("items") or []:
+            if ((pod.get("metadata") or {}).get("labels") or {}).get("job-name") != job:
+                continue  # a server that ignored the selector
             for status in (pod.get("status") or {}).get("containerStatuses") or []:
                 if status.get("name") != "main":
                     continue
