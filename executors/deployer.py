@@ -52,7 +52,16 @@ from events.errors import RanvierError
 from events.model import ActionRequest, LifecycleData, format_time, new_id, utcnow
 from events.subjects import MODELS_BUCKET, token
 from executors.backends.base import Started
-from executors.backends.local import RunOutcome, group_members, lifecycle, stop_tree
+from executors.backends.local import (
+    RunOutcome,
+    TaskSetupError,
+    checkout_dir,
+    group_members,
+    lifecycle,
+    stop_tree,
+    task_environment,
+    task_source,
+)
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry, ModelVersion, select_best, select_latest
 from executors.serving.kv_table import ROUTER_URL_KEY
@@ -66,7 +75,7 @@ from executors.serving.routing import (
     compile_table,
 )
 from sensors.axons import AxonStore, AxonStoreError
-from sensors.spec import Artifact, Axon, BackendModel, Deployer, EnvVar, Task
+from sensors.spec import Axon, BackendModel, Deployer, EnvVar, Task
 
 log = structlog.get_logger(__name__)
 
@@ -343,45 +352,28 @@ async def write_router_part(
     raise DeployError(f"could not update {key} after {_CAS_ATTEMPTS} attempts (contention)")
 
 
-def _task_artifact(axon: Axon, task: Task) -> Artifact | None:
-    build = task.body.image_build
-    if build is not None:
-        found = axon.spec.artifact(build.artifact)
-        if found is None:
-            raise DeployError(
-                f"task {task.name!r} builds from artifact {build.artifact!r}, which is not in "
-                f"spec.artifacts"
-            )
-        return found
-    sources = [a for a in axon.spec.artifacts if a.local is not None or a.git is not None]
-    return sources[0] if len(sources) == 1 else None
-
-
 def working_dir(axon: Axon, task: Task, axon_dir: Path, workspace: Path) -> Path:
-    """Where a deploy task's class file is: workingDir under its artifact or the Axon's dir.
+    """Where a deploy task's class file is: the local backend's rule (`task_source`).
 
-    The same resolution as the local backend's; a git artifact is the checkout the trainer
-    already cloned into the workspace.
+    A git artifact is the checkout the trainer already cloned into the workspace.
     """
-    artifact = _task_artifact(axon, task)
+    try:
+        source = task_source(axon, task)
+    except TaskSetupError as exc:
+        raise DeployError(exc.message, hint=exc.hint) from None
+    artifact = source.artifact
     if artifact is None:
         base = axon_dir.resolve()
     elif artifact.local is not None:
         base = (axon_dir / artifact.local.path).resolve()
-    elif artifact.git is not None:
-        base = workspace / "src" / token(artifact.name) / token(artifact.git.revision)
+    else:
+        base = checkout_dir(workspace, artifact)
         if not base.is_dir():
             raise DeployError(
                 f"git artifact {artifact.name!r} of task {task.name!r} is not checked out",
                 hint="run a task from it first (the trainer clones it)",
             )
-    else:
-        raise DeployError(f"artifact {artifact.name!r} of task {task.name!r} is not local or git")
-    body = task.body
-    sub = body.working_dir
-    if sub is None and body.image_build is not None:
-        sub = body.image_build.build_location.lstrip("/") or None
-    cwd = (base / sub).resolve() if sub else base
+    cwd = (base / source.subdir).resolve() if source.subdir else base
     if not cwd.is_dir():
         raise DeployError(
             f"working directory {cwd} of task {task.name!r} does not exist",
@@ -532,9 +524,9 @@ class LocalDeployer:
         self.grace = grace
         self.drain = drain
         self.python = python
-        inherited = os.environ if base_env is None else base_env
-        # ranvier's own settings may hold credentials; servers get what they need per launch.
-        self.base_env = {k: v for k, v in inherited.items() if not k.startswith("RANVIER_")}
+        # Servers inherit the executor's environment minus its credentials (as tasks do);
+        # they get what they need per launch.
+        self.base_env = task_environment(os.environ if base_env is None else base_env)
         self.registry = ModelRegistry(BusKeyValue(bus, MODELS_BUCKET))
         self._servers: dict[str, _Server] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}

@@ -31,11 +31,12 @@ import json
 import os
 import re
 import signal
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal
 
 import structlog
@@ -56,6 +57,36 @@ _RUNS_DIR: Final = "local-runs"
 _CLONE_MARKER: Final = ".ranvier-clone-complete"
 _ENV_NAME: Final = re.compile(r"[^A-Za-z0-9_]")
 _KUBERNETES: Final = "run it with --backend kubernetes"
+CREDENTIAL_VARIABLES: Final = frozenset(
+    {"RANVIER_USER", "RANVIER_PASSWORD", "RANVIER_TOKEN", "RANVIER_CREDS_FILE", "RANVIER_NKEY_SEED"}
+)
+"""ranvier/settings.py's credential settings (the NATS user, password, token, creds, nkey)."""
+_SECRET_WORDS: Final = re.compile(r"PASSWORD|TOKEN|SECRET|CREDS|NKEY|SEED|KEY")
+_PYTHONS: Final = frozenset({"python", "python3"})
+
+
+def task_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What tasks inherit of the executor's environment: all of it but ranvier's credentials.
+
+    The credential settings (`CREDENTIAL_VARIABLES`) and any other `RANVIER_*` variable whose
+    name says it holds a secret (PASSWORD, TOKEN, SECRET, CREDS, NKEY, SEED, KEY) are dropped;
+    the rest (`RANVIER_DEMO_TINY`, `RANVIER_CACHE`, `RANVIER_LOG_LEVEL`, ...) passes through.
+    """
+    return {
+        k: v
+        for k, v in environ.items()
+        if not (
+            k in CREDENTIAL_VARIABLES
+            or (k.startswith("RANVIER_") and _SECRET_WORDS.search(k.removeprefix("RANVIER_")))
+        )
+    }
+
+
+def task_argv(argv: list[str], python: str) -> list[str]:
+    """A task's argv, with an argv[0] of exactly `python` or `python3` replaced by `python`."""
+    if argv and argv[0] in _PYTHONS:
+        return [python, *argv[1:]]
+    return argv
 
 
 class TaskSetupError(RanvierError, RuntimeError):
@@ -417,17 +448,22 @@ class LocalBackend:
         git: str = "git",
         git_timeout: float = GIT_TIMEOUT,
         base_env: Mapping[str, str] | None = None,
+        python: str = sys.executable,
     ) -> None:
-        """`base_env` (default: this process's environment) is what every task inherits."""
+        """`base_env` (default: this process's environment) is what every task inherits.
+
+        `python` is what a command's argv[0] of exactly `python` or `python3` runs: by default
+        this interpreter, so tasks see the packages of the executor's virtualenv.
+        """
         self.state_dir = Path(state_dir).resolve()
         self.nats_url = nats_url
         self.grace = grace
         self.git = git
         self.git_timeout = git_timeout
-        # Tasks inherit the executor's environment minus ranvier's own settings (they may hold
-        # credentials); the variables a task needs are set per run.
-        inherited = os.environ if base_env is None else base_env
-        self.base_env = {k: v for k, v in inherited.items() if not k.startswith("RANVIER_")}
+        self.python = python
+        # Tasks inherit the executor's environment minus its credentials (task_environment);
+        # the variables a task needs are set per run.
+        self.base_env = task_environment(os.environ if base_env is None else base_env)
         self._live: dict[str, _Live] = {}
         self._clone_locks: dict[Path, asyncio.Lock] = {}
         self._closed = False
@@ -504,11 +540,10 @@ class LocalBackend:
         namespace, name = axon.metadata.namespace, axon.metadata.name
         ws = self.workspace(name, namespace)
         data = ws / "data"
-        base = await self._base_dir(axon, task, axon_dir, ws)
+        source = task_source(axon, task)
+        base = await self._base_dir(source, axon_dir, ws)
         body = task.body
-        sub = body.working_dir
-        if sub is None and body.image_build is not None:
-            sub = body.image_build.build_location.lstrip("/") or None
+        sub = source.subdir
         cwd = (base / sub).resolve() if sub else base
         if not cwd.is_dir():
             raise TaskSetupError(
@@ -543,7 +578,7 @@ class LocalBackend:
         log_path = self.log_path(name, task.name, run_id, namespace)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         return _Plan(
-            argv=[*body.command, *body.args],
+            argv=task_argv([*body.command, *body.args], self.python),
             cwd=cwd,
             env=env,
             timeout=body.timeout,
@@ -552,21 +587,15 @@ class LocalBackend:
             model_path=model_path if version is not None else None,
         )
 
-    async def _base_dir(self, axon: Axon, task: Task, axon_dir: Path, ws: Path) -> Path:
-        """The directory workingDir is relative to: the task's artifact, else the Axon file's."""
-        artifact = _task_artifact(axon, task)
+    async def _base_dir(self, source: TaskSource, axon_dir: Path, ws: Path) -> Path:
+        """The directory workingDir is relative to (see `task_source`)."""
+        artifact = source.artifact
         # Resolving a local path is a metadata-only syscall: not worth a thread hop.
         if artifact is None:
             return axon_dir.resolve()  # noqa: ASYNC240  # see above
         if artifact.local is not None:
             return (axon_dir / artifact.local.path).resolve()
-        if artifact.git is not None:
-            return await self._clone(artifact, ws)
-        raise TaskSetupError(
-            f"artifact {artifact.name!r} of task {task.name!r} is in S3, which the local "
-            f"backend does not fetch",
-            hint=f"use a local or git artifact, or {_KUBERNETES}",
-        )
+        return await self._clone(artifact, ws)
 
     async def _execute(
         self,
@@ -793,7 +822,7 @@ class LocalBackend:
         """The artifact's checkout at its revision, cloned into the workspace once per revision."""
         git = artifact.git
         assert git is not None
-        dest = ws / "src" / token(artifact.name) / token(git.revision)
+        dest = checkout_dir(ws, artifact)
         lock = self._clone_locks.setdefault(dest, asyncio.Lock())
         async with lock:
             if (dest / _CLONE_MARKER).exists():
@@ -856,19 +885,80 @@ class LocalBackend:
             raise TaskSetupError(f"git {shown} failed: {detail}")
 
 
-def _task_artifact(axon: Axon, task: Task) -> Artifact | None:
-    """The artifact a task runs from: its imageBuild's, else the Axon's only local/git one."""
-    build = task.body.image_build
+@dataclass(frozen=True, slots=True)
+class TaskSource:
+    """Where a task runs from on this machine: an artifact (None: the Axon file's directory)."""
+
+    artifact: Artifact | None
+    subdir: str | None
+    """workingDir, else the imageBuild's buildLocation when `artifact` is the one it names."""
+
+
+def task_source(axon: Axon, task: Task) -> TaskSource:
+    """The one rule, shared by the local backend and the local deployer, for a task's sources.
+
+    Local runs prefer local sources, so an Axon can keep the git artifact its Kubernetes image
+    builds use and still run from a checkout on this machine:
+
+    1. the artifact the task's imageBuild names, when it is `local`;
+    2. else the Axon's `local` artifact, when it has exactly one;
+    3. else the git artifact the imageBuild names (or, without an imageBuild, the Axon's only
+       git artifact), cloned into the workspace;
+    4. else the Axon file's directory.
+
+    An imageBuild naming a missing artifact, or an S3 one with no local artifact to use instead,
+    is a TaskSetupError. `workingDir` is relative to the chosen source; without it, the
+    imageBuild's `buildLocation` is used (relative to the artifact's mount `path`) only when
+    the chosen artifact is the one the imageBuild names.
+    """
+    body = task.body
+    build = body.image_build
+    named: Artifact | None = None
     if build is not None:
-        found = axon.spec.artifact(build.artifact)
-        if found is None:
+        named = axon.spec.artifact(build.artifact)
+        if named is None:
             raise TaskSetupError(
                 f"task {task.name!r} builds from artifact {build.artifact!r}, which is not "
                 f"in spec.artifacts"
             )
-        return found
-    sources = [a for a in axon.spec.artifacts if a.local is not None or a.git is not None]
-    return sources[0] if len(sources) == 1 else None
+    locals_ = [a for a in axon.spec.artifacts if a.local is not None]
+    gits = [a for a in axon.spec.artifacts if a.git is not None]
+    chosen: Artifact | None
+    if named is not None and named.local is not None:
+        chosen = named
+    elif len(locals_) == 1:
+        chosen = locals_[0]
+    elif named is not None:
+        if named.git is None:
+            raise TaskSetupError(
+                f"artifact {named.name!r} of task {task.name!r} is in S3, which the local "
+                f"backend does not fetch",
+                hint=f"add a local artifact, use a git one, or {_KUBERNETES}",
+            )
+        chosen = named
+    elif len(gits) == 1:
+        chosen = gits[0]
+    else:
+        chosen = None
+    subdir = body.working_dir
+    if subdir is None and build is not None and chosen is named and named is not None:
+        subdir = _inside(build.build_location, named.path)
+    return TaskSource(chosen, subdir or None)
+
+
+def _inside(location: str, mount: str | None) -> str:
+    """A buildLocation (a path in the build's filesystem) relative to its artifact's mount."""
+    loc = PurePosixPath(location)
+    if mount and loc.is_relative_to(mount):
+        loc = loc.relative_to(mount)
+    text = str(loc).lstrip("/")
+    return "" if text == "." else text
+
+
+def checkout_dir(workspace: Path, artifact: Artifact) -> Path:
+    """`<workspace>/src/<artifact>/<revision>/`: where a git artifact is cloned."""
+    assert artifact.git is not None
+    return workspace / "src" / token(artifact.name) / token(artifact.git.revision)
 
 
 def _rmtree(path: Path) -> None:
@@ -878,15 +968,21 @@ def _rmtree(path: Path) -> None:
 
 
 __all__ = [
+    "CREDENTIAL_VARIABLES",
     "LocalBackend",
     "LostRun",
     "RunOutcome",
     "RunRecord",
     "RunStarted",
     "TaskSetupError",
+    "TaskSource",
+    "checkout_dir",
     "env_name",
     "group_members",
     "lifecycle",
     "stop_tree",
+    "task_argv",
+    "task_environment",
+    "task_source",
     "unsupported_reason",
 ]
