@@ -7,19 +7,17 @@ one process, on an embedded nats-server unless `--nats-url` is given, submits an
 watches it until a goal (`--until`) is reached. What a user sees while it runs is computed from
 the same KV records that `ranvier get axon` prints (`axon_status`), so the two never disagree.
 
-Roles owned by other modules that may not be installed (the engine runtime, the deployer and
-the router) are looked up by name, so a process runs the roles that exist and says clearly which
-one is missing when it is asked for.
+The roles' modules are imported directly; only the kubernetes backend is imported when it is
+asked for, since its client library is slow to import and most processes never use it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -35,10 +33,13 @@ from events.watchers.calendar import Schedule
 from events.watchers.calendar_watcher import CalendarWatcher, ScheduledTrigger
 from executors.backends.base import Backend
 from executors.backends.local import LocalBackend
+from executors.deployer import LocalDeployer
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry
 from executors.runner import Deployer, ExecutorRunner
+from executors.serving.kv_table import RouterRole
 from sensors.axons import AxonStore, StoredAxon
+from sensors.runtime import EngineRuntime
 from sensors.spec import CalendarTrigger, RestTrigger
 from sensors.watcher import MetricsWatcher
 
@@ -59,29 +60,14 @@ class AppError(RanvierError, RuntimeError):
 # Building roles
 
 
-def _optional(module: str, attr: str) -> Any | None:
-    """`module.attr` if that module is installed, else None (roles other modules provide)."""
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module.startswith(exc.name):
-            return None
-        raise
-
-
 def make_backend(name: str, *, state_dir: Path, nats_url: str | None) -> Backend:
     """The backend named by `--backend` / RANVIER_BACKEND: local or kubernetes."""
     if name == "local":
         return LocalBackend(state_dir, nats_url=nats_url)
     if name == "kubernetes":
-        backend = _optional("executors.backends.kubernetes", "KubernetesBackend")
-        if backend is None:
-            raise AppError(
-                "the kubernetes backend is not available in this installation",
-                hint="use --backend local",
-            )
-        made: Backend = backend.from_config()
-        return made
+        from executors.backends.kubernetes import KubernetesBackend  # slow: only when asked
+
+        return KubernetesBackend.from_config()
     raise unknown_backend(name)
 
 
@@ -90,13 +76,9 @@ def unknown_backend(name: str) -> AppError:
     return AppError(f"unknown backend {name!r}", hint="choose local or kubernetes")
 
 
-def make_deployer(bus: Bus, state_dir: Path) -> Deployer | None:
-    """The local deployer (model servers behind the router), if it is installed."""
-    deployer = _optional("executors.deployer", "LocalDeployer")
-    if deployer is None:
-        return None
-    made: Deployer = deployer(bus, state_dir=state_dir)
-    return made
+def make_deployer(bus: Bus, state_dir: Path) -> Deployer:
+    """The local deployer (model servers behind the router)."""
+    return LocalDeployer(bus, state_dir=state_dir)
 
 
 def calendar_provider(store: AxonStore) -> Callable[[], Awaitable[list[ScheduledTrigger]]]:
@@ -227,12 +209,9 @@ def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[st
     roles: dict[str, Any] = {}
     for name in names:
         if name == "engine":
-            runtime = _optional("sensors.runtime", "EngineRuntime")
-            if runtime is None:
-                raise AppError("the engine role is not available (sensors.runtime is missing)")
-            roles[name] = made = runtime(bus, durable=ENGINE_DURABLE)
-            if options.telemetry is not None and hasattr(made, "stats"):
-                options.telemetry.add_stats("engine", _attribute(made, "stats"))
+            roles[name] = engine = EngineRuntime(bus, durable=ENGINE_DURABLE)
+            if options.telemetry is not None:
+                options.telemetry.add_stats("engine", _attribute(engine, "stats"))
         elif name == "executor":
             deployer: Deployer | None
             if options.backend == "kubernetes":
@@ -255,25 +234,25 @@ def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[st
             cluster = cluster_watcher(bus, options) if options.backend == "kubernetes" else None
             roles[name] = WatcherRole(bus, options.telemetry, options.prometheus_url, cluster)
         elif name == "router":
-            router = _optional("executors.serving.kv_table", "RouterRole")
-            if router is None:
-                raise AppError(
-                    "the router role is not available (executors.serving.kv_table is missing)"
-                )
-            roles[name] = router(bus, options.router_host, options.router_port)
+            roles[name] = RouterRole(bus, options.router_host, options.router_port)
         else:
             raise AppError(f"unknown role {name!r}", hint=f"choose {', '.join(ROLES)} or all")
     return roles
 
 
 def available_roles() -> list[str]:
-    """Every role whose module is installed (what `--role all` and `ranvier up` run)."""
-    found = ["executor", "watcher"]
-    if _optional("sensors.runtime", "EngineRuntime") is not None:
-        found.insert(0, "engine")
-    if _optional("executors.serving.kv_table", "RouterRole") is not None:
-        found.append("router")
-    return found
+    """Every role (what `--role all` and `ranvier up` run)."""
+    return list(ROLES)
+
+
+def roles_ready(roles: Mapping[str, Any]) -> bool:
+    """Whether the roles serve what they recovered: the executor has run its recovery (runs
+    left behind reported, deployments served again) and the router listens (its URL recorded).
+    Until then, what KV says was deployed may not answer yet."""
+    executor, router = roles.get("executor"), roles.get("router")
+    if isinstance(executor, ExecutorRunner) and not executor.ready.is_set():
+        return False
+    return not (isinstance(router, RouterRole) and not router.listening.is_set())
 
 
 async def run_roles(roles: dict[str, Any], stop: asyncio.Event) -> None:

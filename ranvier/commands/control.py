@@ -48,6 +48,7 @@ from ranvier.app import (
     build_roles,
     bus_idle,
     check_goal,
+    roles_ready,
     run_roles,
     stop_on_signals,
     trigger_rest,
@@ -302,7 +303,7 @@ async def _up(plan: _UpRun) -> int:
                 try:
                     stored = await AxonStore(bus).submit(plan.axon, plan.file)
                     plan.report(state="running", axon=stored.name, namespace=stored.namespace)
-                    return await _follow(plan, bus, stored, runner, stop)
+                    return await _follow(plan, bus, stored, runner, stop, roles=roles)
                 finally:
                     stop.set()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -315,7 +316,13 @@ async def _up(plan: _UpRun) -> int:
 
 
 async def _follow(
-    plan: _UpRun, bus: Bus, stored: StoredAxon, runner: asyncio.Task[None], stop: asyncio.Event
+    plan: _UpRun,
+    bus: Bus,
+    stored: StoredAxon,
+    runner: asyncio.Task[None],
+    stop: asyncio.Event,
+    *,
+    roles: dict[str, Any],
 ) -> int:
     loop = asyncio.get_running_loop()
     goal = plan.goal
@@ -325,7 +332,8 @@ async def _follow(
         while True:
             doc = await axon_status(bus, stored)
             progress.update(doc)
-            if goal is not None and not reported:
+            # after a restart the records say "deployed" before recovery serves it again
+            if goal is not None and not reported and roles_ready(roles):
                 check = check_goal(goal, doc, await bus_idle(bus))
                 if check.reached or check.failed:
                     reported = True
