@@ -39,4 +39,4 @@ bench: install
 	$(BIN)/python bench/bus.py --quick
 
 clean:
-	rm -rf $(VENV) .ranvier .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .ranvier .ranvier-demo .pytest_cache .mypy_cache .ruff_cache
