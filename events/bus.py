@@ -425,6 +425,17 @@ class Bus:
         finally:
             await bus.close()
 
+    async def next_reconnect(self) -> None:
+        """Return when the connection next comes back after an outage.
+
+        A server restart forgets ephemeral consumers, so a KV watch (an ordered consumer)
+        may stall after it; followers use this to watch again.
+        """
+        if self._callbacks is None:
+            await asyncio.Event().wait()  # never reconnects: wait until cancelled
+            return
+        await self._callbacks.reconnect.wait()
+
     async def close(self) -> None:
         """Drain (finish in-flight work) then close; safe to call twice."""
         if self.nc.is_closed:
@@ -1078,6 +1089,7 @@ class _Callbacks:
         self.failures: list[BaseException] = []
         self.connected = False  # errors before the first connect are raised, not logged
         self.closing = False
+        self.reconnect = asyncio.Event()  # set (then replaced) at each reconnect
 
     async def error(self, exc: Exception) -> None:
         self.failures.append(exc)
@@ -1090,6 +1102,8 @@ class _Callbacks:
 
     async def reconnected(self) -> None:
         log.info("bus.reconnected", url=self.url)
+        fired, self.reconnect = self.reconnect, asyncio.Event()
+        fired.set()
 
     async def closed(self) -> None:
         log.debug("bus.closed", url=self.url)

@@ -6,6 +6,11 @@ the parts. A KV watch delivers every change in revision order, and each merged t
 consistent snapshot of the bucket at that revision: the router compiles it and swaps it in with
 one assignment (in-flight requests finish on the table they started with).
 
+A watch does not survive every outage: a restarted nats-server has forgotten the watch's
+ordered consumer and nats-py may wait a long time (or forever) before it notices. So the watch
+ends with `WatchLost` when the connection comes back, and the router reads the whole table
+again and watches anew (`Router._follow`).
+
 `RouterRole` is what `ranvier run --role router` and `ranvier up` run: the router on a host and
 port, its base URL recorded under `router.url` so that the deployer and `ranvier endpoint` can
 tell users where their models are.
@@ -23,7 +28,7 @@ import structlog
 import uvicorn
 from pydantic import ValidationError
 
-from events.bus import Bus, BusError
+from events.bus import Bus, BusError, KVChange
 from events.subjects import MODELS_BUCKET
 from executors.serving.router import create_router_app
 from executors.serving.routing import RoutingTable
@@ -41,6 +46,10 @@ def merge_parts(parts: Mapping[str, RoutingTable], revision: int) -> RoutingTabl
         revision=revision,
         deployers=[d for key in sorted(parts) for d in parts[key].deployers],
     )
+
+
+class WatchLost(BusError):
+    """The connection to NATS came back after an outage: the table's watch must be made again."""
 
 
 def parse_part(key: str, raw: bytes) -> RoutingTable | None:
@@ -80,9 +89,11 @@ class KvTableSource:
 
         Current values are replayed first; a merged table is yielded for those only when they
         are newer than what `get()` returned, so nothing changed between the two is missed.
+        Raises `WatchLost` when the connection comes back after an outage (call `get()`, then
+        `changes()` again) and `BusError` when the watch cannot be made.
         """
         parts: dict[str, RoutingTable] = {}
-        async for change in self.bus.kv_watch(self.bucket, PARTS_PATTERN):
+        async for change in self._watch():
             if change.value is None:
                 parts.pop(change.key, None)
             else:
@@ -94,6 +105,28 @@ class KvTableSource:
                 continue
             self._revision = max(self._revision, change.revision)
             yield merge_parts(parts, change.revision)
+
+    async def _watch(self) -> AsyncGenerator[KVChange, None]:
+        """`kv_watch` of the parts until the bus reconnects (then `WatchLost`)."""
+        reconnected = asyncio.ensure_future(self.bus.next_reconnect())
+        watch = self.bus.kv_watch(self.bucket, PARTS_PATTERN)
+        change: asyncio.Future[KVChange] | None = None
+        try:
+            while True:
+                change = asyncio.ensure_future(anext(watch))
+                await asyncio.wait({change, reconnected}, return_when=asyncio.FIRST_COMPLETED)
+                if not change.done():
+                    raise WatchLost("NATS reconnected: the routing table's watch is made again")
+                if isinstance(change.exception(), StopAsyncIteration):
+                    return
+                yield change.result()
+        finally:
+            reconnected.cancel()
+            if change is not None and not change.done():
+                change.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await change
+            await watch.aclose()
 
 
 class _QuietServer(uvicorn.Server):
@@ -175,4 +208,11 @@ class RouterRole:
             log.warning("router.url_not_removed", error=str(exc))
 
 
-__all__ = ["PARTS_PATTERN", "ROUTER_URL_KEY", "KvTableSource", "RouterRole", "merge_parts"]
+__all__ = [
+    "PARTS_PATTERN",
+    "ROUTER_URL_KEY",
+    "KvTableSource",
+    "RouterRole",
+    "WatchLost",
+    "merge_parts",
+]

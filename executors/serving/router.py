@@ -7,10 +7,12 @@ connections, timeouts) for every backend call, shadows mirrored as fire-and-forg
 errors are only counted, and feedback sent to the version named in the answer's
 `meta.requestPath`.
 
-The table comes from a `TableSource` (a file or memory now, the `ranvier_models` KV bucket when
-the bus lands). A new table is compiled first (a bad one is refused and the old one kept) and
-then swapped in by one assignment: each request reads the table once when it starts, so
-in-flight requests finish on the table they started with.
+The table comes from a `TableSource` (a file, memory, or the `ranvier_models` KV bucket). A
+new table is compiled first (a bad one is refused and the old one kept) and then swapped in by
+one assignment: each request reads the table once when it starts, so in-flight requests finish
+on the table they started with. Following changes never gives up while the router runs: when
+the source fails (a NATS outage), the router keeps serving its last table, backs off, reads the
+whole table again and follows from there.
 """
 
 from __future__ import annotations
@@ -214,8 +216,11 @@ class Router:
         timeout: float = 30.0,
         rand: Callable[[], float] | None = None,
         max_connections: int = 512,
+        retry: tuple[float, float] = (0.1, 5.0),
     ) -> None:
+        """`retry`: first and longest wait before following a failed source again."""
         self.source = source
+        self.retry = retry
         self.timeout = timeout
         self.rand = rand or random.Random().random
         self.max_connections = max_connections
@@ -253,12 +258,36 @@ class Router:
         self.swap(await self.source.get())
         self._watcher = asyncio.create_task(self._follow())
 
+    def _install(self, table: RoutingTable) -> None:
+        try:
+            self.swap(table)
+        except RoutingError as exc:
+            log.error("router.table_rejected", revision=table.revision, reason=str(exc))
+
     async def _follow(self) -> None:
-        async for table in self.source.changes():
+        """Follow the source until cancelled; after a failure, back off, reload, follow again."""
+        first, longest = self.retry
+        delay = first
+        while True:
             try:
-                self.swap(table)
-            except RoutingError as exc:
-                log.error("router.table_rejected", revision=table.revision, reason=str(exc))
+                async for table in self.source.changes():
+                    self._install(table)
+                    delay = first
+                reason = "the source's changes ended"
+            except Exception as exc:  # any source, any outage: the router must keep following
+                reason = str(exc) or repr(exc)
+            log.warning("router.follow_interrupted", reason=reason, retry_in=delay)
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, longest)
+                try:
+                    self._install(await self.source.get())  # what changed while not following
+                    break
+                except Exception as exc:  # still down: wait longer (logged, never fatal)
+                    log.warning(
+                        "router.reload_failed", reason=str(exc) or repr(exc), retry_in=delay
+                    )
+            log.info("router.follow_resumed")
 
     async def stop(self) -> None:
         """Stop following changes, let shadows finish briefly, close the client."""
