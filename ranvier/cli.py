@@ -13,6 +13,7 @@ import sys
 import typer
 
 from events.errors import RanvierError
+from ranvier.commands.common import cli_logging
 
 app = typer.Typer(
     name="ranvier",
@@ -68,9 +69,14 @@ _register_all()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (the console script exits with it)."""
+    """Run the CLI; returns the exit code (the console script exits with it).
+
+    Every command runs with logs on stderr at RANVIER_LOG_LEVEL (`cli_logging`): stdout is
+    only ever what the command prints.
+    """
     try:
-        app(args=argv, prog_name="ranvier")
+        with cli_logging():
+            app(args=argv, prog_name="ranvier")
     except SystemExit as exc:  # typer's standalone mode ends every run with SystemExit
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except RanvierError as exc:

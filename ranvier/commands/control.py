@@ -54,7 +54,7 @@ from ranvier.app import (
     trigger_rest,
     unknown_backend,
 )
-from ranvier.commands.events import (
+from ranvier.commands.common import (
     Creds,
     NatsUrl,
     NkeySeed,
@@ -63,9 +63,9 @@ from ranvier.commands.events import (
     TlsCa,
     Token,
     User,
-    _connect_or_start,
-    _run,
-    _settings,
+    connect_or_start,
+    run_command,
+    settings_from_flags,
 )
 from ranvier.settings import Settings, remove_url_file, write_url_file
 from sensors.axons import AxonStore, StoredAxon
@@ -431,7 +431,7 @@ def up(
     if backend not in BACKENDS:
         raise unknown_backend(backend)
     axon = load_axon(file)
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -467,7 +467,7 @@ def up(
             limit=timeout,
             detached=detached_child,
         )
-        code = _run(_up(plan))
+        code = run_command(_up(plan))
     finally:
         found = _read_json(root / PID_FILE)
         if found and found.get("pid") == os.getpid():
@@ -586,7 +586,7 @@ def run(
                 raise AppError(f"unknown role {name!r}", hint=f"choose {', '.join(ROLES)} or all")
             elif name not in names:
                 names.append(name)
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -628,7 +628,7 @@ def run(
                 if served is not None:
                     served.close()
 
-    _run(go())
+    run_command(go())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,7 +639,7 @@ async def _read_only(settings: Settings, body: Callable[[Bus], Awaitable[None]])
     """Connect for reading; with no server recorded, open the state dir's store (DESIGN.md)."""
     _, origin = settings.resolve_url()
     if origin != "default" or not settings.store_dir.is_dir():
-        await _connect_or_start(settings, body, read_only=True)
+        await connect_or_start(settings, body, read_only=True)
         return
     async with (
         EmbeddedServer(store_dir=settings.store_dir) as srv,
@@ -687,7 +687,7 @@ def submit(
 ) -> None:
     """Submit an Axon to a running control plane (a new generation if it changed)."""
     axon = _with_namespace(load_axon(file), namespace)
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -707,7 +707,7 @@ def submit(
             if watch:
                 await _watch(bus, stored)
 
-    _run(go())
+    run_command(go())
 
 
 @list_app.command("axon")
@@ -726,7 +726,7 @@ def list_axon(
     """List submitted Axons."""
     if output not in ("text", "json"):
         raise AppError(f"-o {output}: choose text or json")
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -761,7 +761,7 @@ def list_axon(
             )
         Console().print(table)
 
-    _run(_read_only(settings, body))
+    run_command(_read_only(settings, body))
 
 
 @get_app.command("axon")
@@ -782,7 +782,7 @@ def get_axon(
     state_dir: StateDir = None,
 ) -> None:
     """Show an Axon's sensor runs, steps, task runs, model versions and deployments."""
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -802,7 +802,7 @@ def get_axon(
         else:
             Console().print(status_table(doc, wide=output is GetFormat.wide))
 
-    _run(_read_only(settings, body))
+    run_command(_read_only(settings, body))
 
 
 @watch_app.command("axon")
@@ -820,7 +820,7 @@ def watch_axon(
     state_dir: StateDir = None,
 ) -> None:
     """Follow an Axon's progress live until Ctrl-C."""
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -835,7 +835,7 @@ def watch_axon(
         async with Bus.connect(settings.connect_options()) as bus:
             await _watch(bus, await _stored(bus, namespace, name))
 
-    _run(go())
+    run_command(go())
 
 
 @delete_app.command("axon")
@@ -853,7 +853,7 @@ def delete_axon(
     state_dir: StateDir = None,
 ) -> None:
     """Delete an Axon: its sensors stop and its running tasks are stopped."""
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -869,7 +869,7 @@ def delete_axon(
             stored = await AxonStore(bus).delete(namespace, name)
         typer.echo(f"axon {stored.namespace}/{stored.name} deleted")
 
-    _run(go())
+    run_command(go())
 
 
 def trigger(
@@ -894,7 +894,7 @@ def trigger(
         raise AppError(f"--data is not JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(payload, dict):
         raise AppError("--data must be a JSON object")
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -910,7 +910,7 @@ def trigger(
             event_id = await trigger_rest(bus, namespace, axon, sensor, payload)
         typer.echo(f"triggered {axon}/{sensor} (event {event_id})")
 
-    _run(go())
+    run_command(go())
 
 
 async def _task_runs(bus: Bus, namespace: str, axon: str, task: str) -> list[TaskRun]:
@@ -961,7 +961,7 @@ def logs(
     state_dir: StateDir = None,
 ) -> None:
     """Print a task run's log (stdout and stderr of its process)."""
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -991,7 +991,7 @@ def logs(
                 run = TaskRun.from_json(got[0]) if got is not None else run
             _copy(source, sink)
 
-    _run(_read_only(settings, body))
+    run_command(_read_only(settings, body))
 
 
 def register(app: typer.Typer) -> None:

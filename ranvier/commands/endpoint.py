@@ -21,7 +21,7 @@ from events.errors import RanvierError
 from events.subjects import MODELS_BUCKET
 from executors.deployer import fixed_url
 from executors.serving.kv_table import ROUTER_URL_KEY
-from ranvier.commands.events import (
+from ranvier.commands.common import (
     Creds,
     NatsUrl,
     NkeySeed,
@@ -30,8 +30,8 @@ from ranvier.commands.events import (
     TlsCa,
     Token,
     User,
-    _run,
-    _settings,
+    run_command,
+    settings_from_flags,
 )
 
 
@@ -123,7 +123,7 @@ def endpoint(
     state_dir: StateDir = None,
 ) -> None:
     """Print where an Axon's models answer: fixedUrl (POST ${fixedUrl}predict) and backends."""
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -138,7 +138,7 @@ def endpoint(
         async with Bus.connect(settings.connect_options(), ensure=False) as bus:
             return await read_endpoint(bus, name, namespace)
 
-    document = _run(go())
+    document = run_command(go())
     if output is OutputFormat.yaml:
         typer.echo(yaml.safe_dump(document, sort_keys=False).rstrip("\n"))
     else:

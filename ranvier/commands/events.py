@@ -8,32 +8,39 @@ bytes exactly so that export -> import -> export is byte-identical.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import logging
-import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import IO, Annotated, Final, TypeVar
+from typing import IO, Annotated, Final
 
-import structlog
 import typer
 from pydantic import ValidationError
 
 from events import model, subjects
-from events.bus import Bus, ConnectError, Outgoing
+from events.bus import Bus, Outgoing
 from events.errors import RanvierError
 from events.model import PAYLOAD_TYPES, Event, EventError
 from events.server import EmbeddedServer
+from ranvier.commands.common import (
+    Creds,
+    NatsUrl,
+    NkeySeed,
+    Password,
+    StateDir,
+    TlsCa,
+    Token,
+    User,
+    cli_logging,
+    connect_or_start,
+    run_command,
+    settings_from_flags,
+)
 from ranvier.settings import Settings, remove_url_file, write_url_file
-
-T = TypeVar("T")
 
 SOURCE: Final = "ranvier/cli"
 EVENT_KINDS: Final = ("lifecycle", "metric", "rest", "calendar", "axon")
@@ -45,29 +52,6 @@ events_app = typer.Typer(
     no_args_is_help=True,
 )
 
-# -- connection flags, shared by every command that connects -------------------------------
-
-NatsUrl = Annotated[
-    str | None, typer.Option("--nats-url", help="NATS URL(s), comma-separated [RANVIER_NATS_URL].")
-]
-User = Annotated[str | None, typer.Option("--user", help="NATS user [RANVIER_USER].")]
-Password = Annotated[
-    str | None, typer.Option("--password", help="NATS password [RANVIER_PASSWORD].")
-]
-Token = Annotated[str | None, typer.Option("--token", help="NATS token [RANVIER_TOKEN].")]
-Creds = Annotated[
-    Path | None, typer.Option("--creds", help="NATS .creds file [RANVIER_CREDS_FILE].")
-]
-NkeySeed = Annotated[
-    Path | None, typer.Option("--nkey", help="File with an nkey seed [RANVIER_NKEY_SEED].")
-]
-TlsCa = Annotated[
-    Path | None, typer.Option("--tls-ca", help="CA bundle for TLS [RANVIER_TLS_CA_FILE].")
-]
-StateDir = Annotated[
-    Path | None,
-    typer.Option("--state-dir", help="State directory (default ./.ranvier) [RANVIER_STATE_DIR]."),
-]
 Since = Annotated[
     str | None,
     typer.Option(
@@ -83,63 +67,6 @@ Axon = Annotated[str | None, typer.Option("--axon", help="Only this Axon's event
 Kind = Annotated[
     str | None, typer.Option("--type", help="Only this event type (e.g. lifecycle, metric).")
 ]
-
-
-def _settings(
-    *,
-    nats_url: str | None,
-    user: str | None,
-    password: str | None,
-    token: str | None,
-    creds: Path | None,
-    nkey: Path | None,
-    tls_ca: Path | None,
-    state_dir: Path | None,
-) -> Settings:
-    return Settings.from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds_file=creds,
-        nkey_seed=nkey,
-        tls_ca_file=tls_ca,
-        state_dir=state_dir,
-    )
-
-
-@contextlib.contextmanager
-def cli_logging() -> Iterator[None]:
-    """Logs go to stderr (stdout carries data, e.g. `events export`), at RANVIER_LOG_LEVEL.
-
-    The previous structlog configuration is restored afterwards, so running a command
-    in-process (tests, `ranvier up`) leaves the caller's logging as it was.
-    """
-    level = os.environ.get("RANVIER_LOG_LEVEL", "warning").upper()
-    previous = structlog.get_config()
-    structlog.configure(
-        logger_factory=lambda *_: structlog.PrintLogger(file=sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level, logging.WARNING)
-        ),
-    )
-    try:
-        yield
-    finally:
-        structlog.configure(**previous)
-
-
-def _run(coro: Awaitable[T]) -> T:
-    """Run a command's coroutine; Ctrl-C ends it quietly with the conventional exit code."""
-
-    async def wrapped() -> T:
-        return await coro
-
-    try:
-        with cli_logging():
-            return asyncio.run(wrapped())
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
 
 
 # -- pure helpers (unit-tested) ------------------------------------------------------------
@@ -303,7 +230,6 @@ def server(
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(cli_logging())
         stack.callback(signal.signal, signal.SIGTERM, previous)
         stack.callback(srv.stop)
         url = srv.start()
@@ -340,7 +266,7 @@ def publish(
 ) -> None:
     """Publish one event (its data is validated against the type's payload)."""
     event = build_event(type_, axon, data, event_id)
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -361,7 +287,7 @@ def publish(
             dup = " (duplicate, already stored)" if ack.duplicate else ""
             typer.echo(f"published {event.id} to {ack.stream} seq {ack.seq}{dup}")
 
-    _run(go())
+    run_command(go())
 
 
 @events_app.command("tail")
@@ -388,7 +314,7 @@ def tail(
         raise RanvierError(f"-o {output}: choose text or json")
     start = parse_when(since, flag="--since", now=model.utcnow()) if since else None
     subject = events_filter(axon, kind)
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -413,27 +339,7 @@ def tail(
                     if count is not None and seen >= count:
                         return
 
-    _run(go())
-
-
-async def _connect_or_start(
-    settings: Settings, body: Callable[[Bus], Awaitable[None]], *, read_only: bool
-) -> None:
-    """Connect; for read-only work, start the embedded server on the state dir's store if the
-    server recorded there is gone (DESIGN.md: export works on a stopped `ranvier up`)."""
-    try:
-        async with Bus.connect(settings.connect_options()) as bus:
-            await body(bus)
-        return
-    except ConnectError:
-        _, origin = settings.resolve_url()
-        if not (read_only and origin == str(settings.url_file) and settings.store_dir.is_dir()):
-            raise
-    async with (
-        EmbeddedServer(store_dir=settings.store_dir) as srv,
-        Bus.connect(settings.connect_options().model_copy(update={"servers": [srv.url]})) as bus,
-    ):
-        await body(bus)
+    run_command(go())
 
 
 @events_app.command("export")
@@ -460,7 +366,7 @@ def export(
     start = parse_when(since, flag="--since", now=now) if since else None
     end = parse_until(until, now=now) if until else None
     subject = events_filter(axon, kind)
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -482,7 +388,7 @@ def export(
             else:
                 sink.flush()
 
-    _run(_connect_or_start(settings, body, read_only=True))
+    run_command(connect_or_start(settings, body, read_only=True))
 
 
 @events_app.command("import")
@@ -500,7 +406,7 @@ def import_(
 ) -> None:
     """Publish every event of FILE with its own id (all lines are checked first)."""
     items = read_import_file(file)
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -523,7 +429,7 @@ def import_(
         dups = sum(1 for a in acks if a.duplicate)
         typer.echo(f"imported {len(acks) - dups} events from {file} ({dups} already stored)")
 
-    _run(go())
+    run_command(go())
 
 
 @events_app.command("replay")
@@ -549,7 +455,7 @@ def replay(
     start = parse_when(since, flag="--since", now=now)
     end = parse_until(until, now=now) if until else None
     subject = events_filter(axon, kind)
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -570,7 +476,7 @@ def replay(
             await bus.publish_many(copies)
         typer.echo(f"replayed {len(copies)} events")
 
-    _run(go())
+    run_command(go())
 
 
 def replay_of(event: Event) -> Event:
@@ -584,4 +490,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(events_app, name="events")
 
 
-__all__ = ["register"]
+__all__ = ["cli_logging", "register"]  # cli_logging: still importable from here

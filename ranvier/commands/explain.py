@@ -19,7 +19,7 @@ from events import subjects
 from events.bus import Bus
 from events.errors import RanvierError
 from events.model import DECISION
-from ranvier.commands.events import (
+from ranvier.commands.common import (
     Creds,
     NatsUrl,
     NkeySeed,
@@ -28,9 +28,9 @@ from ranvier.commands.events import (
     TlsCa,
     Token,
     User,
-    _connect_or_start,
-    _run,
-    _settings,
+    connect_or_start,
+    run_command,
+    settings_from_flags,
 )
 
 
@@ -88,7 +88,7 @@ def explain(
     state_dir: StateDir = None,
 ) -> None:
     """Print the decisions the engine recorded for EVENT_ID (why it did or did not fire)."""
-    settings = _settings(
+    settings = settings_from_flags(
         nats_url=nats_url,
         user=user,
         password=password,
@@ -103,7 +103,7 @@ def explain(
     async def body(bus: Bus) -> None:
         found.extend(await decisions_for(bus, event_id, axon))
 
-    _run(_connect_or_start(settings, body, read_only=True))
+    run_command(connect_or_start(settings, body, read_only=True))
     if output == OutputFormat.json:
         typer.echo(json.dumps({"event_id": event_id, "decisions": found}, sort_keys=True))
         return

@@ -1,0 +1,145 @@
+"""What the commands that talk to the control plane share, so that they behave the same.
+
+Every such command takes the same connection flags (falling back to `RANVIER_*` and the state
+dir's `nats.url`), runs its work as one coroutine whose Ctrl-C is a quiet exit 130, and logs on
+stderr only: stdout carries what scripts read (`-o json`, `events export`). `ranvier.cli.main`
+applies `cli_logging` once around every command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import structlog
+import typer
+
+from events.bus import Bus, ConnectError
+from events.server import EmbeddedServer
+from ranvier.settings import Settings
+
+T = TypeVar("T")
+
+# -- connection flags, shared by every command that connects -------------------------------
+
+NatsUrl = Annotated[
+    str | None, typer.Option("--nats-url", help="NATS URL(s), comma-separated [RANVIER_NATS_URL].")
+]
+User = Annotated[str | None, typer.Option("--user", help="NATS user [RANVIER_USER].")]
+Password = Annotated[
+    str | None, typer.Option("--password", help="NATS password [RANVIER_PASSWORD].")
+]
+Token = Annotated[str | None, typer.Option("--token", help="NATS token [RANVIER_TOKEN].")]
+Creds = Annotated[
+    Path | None, typer.Option("--creds", help="NATS .creds file [RANVIER_CREDS_FILE].")
+]
+NkeySeed = Annotated[
+    Path | None, typer.Option("--nkey", help="File with an nkey seed [RANVIER_NKEY_SEED].")
+]
+TlsCa = Annotated[
+    Path | None, typer.Option("--tls-ca", help="CA bundle for TLS [RANVIER_TLS_CA_FILE].")
+]
+StateDir = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help="State directory (default ./.ranvier) [RANVIER_STATE_DIR]."),
+]
+
+
+def settings_from_flags(
+    *,
+    nats_url: str | None,
+    user: str | None,
+    password: str | None,
+    token: str | None,
+    creds: Path | None,
+    nkey: Path | None,
+    tls_ca: Path | None,
+    state_dir: Path | None,
+) -> Settings:
+    """The settings of a command from its connection flags (then `RANVIER_*`, then defaults)."""
+    return Settings.from_flags(
+        nats_url=nats_url,
+        user=user,
+        password=password,
+        token=token,
+        creds_file=creds,
+        nkey_seed=nkey,
+        tls_ca_file=tls_ca,
+        state_dir=state_dir,
+    )
+
+
+@contextlib.contextmanager
+def cli_logging() -> Iterator[None]:
+    """Logs go to stderr (stdout carries data, e.g. `events export`), at RANVIER_LOG_LEVEL.
+
+    The previous structlog configuration is restored afterwards, so running a command
+    in-process (tests, `ranvier up`) leaves the caller's logging as it was.
+    """
+    level = os.environ.get("RANVIER_LOG_LEVEL", "warning").upper()
+    previous = structlog.get_config()
+    structlog.configure(
+        logger_factory=lambda *_: structlog.PrintLogger(file=sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level, logging.WARNING)
+        ),
+    )
+    try:
+        yield
+    finally:
+        structlog.configure(**previous)
+
+
+def run_command(coro: Awaitable[T]) -> T:
+    """Run a command's coroutine; Ctrl-C ends it quietly with the conventional exit code."""
+
+    async def wrapped() -> T:
+        return await coro
+
+    try:
+        return asyncio.run(wrapped())
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+async def connect_or_start(
+    settings: Settings, body: Callable[[Bus], Awaitable[None]], *, read_only: bool
+) -> None:
+    """Connect and run `body`; for read-only work, start the embedded server on the state
+    dir's store if the server recorded there is gone (DESIGN.md: export works on a stopped
+    `ranvier up`)."""
+    try:
+        async with Bus.connect(settings.connect_options()) as bus:
+            await body(bus)
+        return
+    except ConnectError:
+        _, origin = settings.resolve_url()
+        if not (read_only and origin == str(settings.url_file) and settings.store_dir.is_dir()):
+            raise
+    async with (
+        EmbeddedServer(store_dir=settings.store_dir) as srv,
+        Bus.connect(settings.connect_options().model_copy(update={"servers": [srv.url]})) as bus,
+    ):
+        await body(bus)
+
+
+__all__ = [
+    "Creds",
+    "NatsUrl",
+    "NkeySeed",
+    "Password",
+    "StateDir",
+    "TlsCa",
+    "Token",
+    "User",
+    "cli_logging",
+    "connect_or_start",
+    "run_command",
+    "settings_from_flags",
+]
