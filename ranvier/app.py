@@ -33,11 +33,11 @@ from events.watchers.calendar import Schedule
 from events.watchers.calendar_watcher import CalendarWatcher, ScheduledTrigger
 from executors.backends.base import Backend
 from executors.backends.local import LocalBackend
-from executors.deployer import LocalDeployer
+from executors.deployer import LocalDeployer, fixed_url
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry
 from executors.runner import Deployer, ExecutorRunner
-from executors.serving.kv_table import RouterRole
+from executors.serving.kv_table import ROUTER_URL_KEY, RouterRole
 from sensors.axons import AxonStore, StoredAxon
 from sensors.runtime import EngineRuntime
 from sensors.spec import CalendarTrigger, RestTrigger
@@ -312,6 +312,15 @@ async def _records(bus: Bus, bucket: str, prefix: str) -> list[dict[str, Any]]:
     return out
 
 
+async def _router_url(bus: Bus) -> str | None:
+    found = await bus.kv_get(subjects.MODELS_BUCKET, ROUTER_URL_KEY)
+    try:
+        url = json.loads(found[0]).get("url") if found is not None else None
+    except (ValueError, AttributeError):
+        return None
+    return url if isinstance(url, str) else None
+
+
 def _prefix(kind: str, namespace: str, axon: str) -> str:
     return f"{kind}.{subjects.token(namespace)}.{subjects.token(axon)}"
 
@@ -323,6 +332,7 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
     sensor_runs = await _records(bus, subjects.RUNS_BUCKET, _prefix("sensor", ns, name))
     task_runs = await _records(bus, subjects.RUNS_BUCKET, _prefix("task", ns, name))
     deployments = await _records(bus, subjects.MODELS_BUCKET, _prefix("deploy", ns, name))
+    router_url = await _router_url(bus)
     versions = await ModelRegistry(BusKeyValue(bus, subjects.MODELS_BUCKET)).versions(
         name, namespace=ns
     )
@@ -407,7 +417,11 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
         "tasks": tasks,
         "models": [{"task": t, "versions": vs} for t, vs in models.items()],
         "deployments": [
-            {k: d.get(k) for k in ("deployer", "url", "models", "updated")}
+            {
+                **{k: d.get(k) for k in ("deployer", "url", "models", "updated")},
+                # the running router's URL: a restarted control plane's router has a new port
+                **({"url": fixed_url(router_url, name)} if router_url else {}),
+            }
             for d in sorted(deployments, key=lambda d: str(d.get("deployer")))
         ],
     }

@@ -107,6 +107,10 @@ def served(state: Path) -> tuple[list[Any], str, set[int]]:
     shown = ranvier("endpoint", "quickstart", "-o", "json", state=state)
     assert shown.returncode == 0, shown.stderr
     url = json.loads(shown.stdout)["fixedUrl"]
+    status = ranvier("get", "axon", "quickstart", "-o", "json", state=state)
+    assert status.returncode == 0, status.stderr
+    [deployment] = json.loads(status.stdout)["deployments"]
+    assert deployment["url"] == url  # the running router's, not the one before a restart
     answer = httpx.post(f"{url}predict", json=PAYLOAD, timeout=30.0)
     assert answer.status_code == 200, answer.text
     body = answer.json()
