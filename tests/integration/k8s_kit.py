@@ -201,6 +201,10 @@ async def finished_pod(env: Env, job: dict[str, Any], message: str) -> None:
             "containerStatuses": [
                 {
                     "name": "main",
+                    "image": job["spec"]["template"]["spec"]["containers"][0]["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
                     "state": {"terminated": {"exitCode": 0, "message": message}},
                 }
             ],
