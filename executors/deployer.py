@@ -968,14 +968,20 @@ class LocalDeployer:
         that is no longer possible (its Axon deleted, its versions gone).
         """
         stopped, busy = await self._stop_leftovers()
+        handled = set(busy)  # another executor on this state dir serves those
         for key in sorted(await self.bus.kv_keys(MODELS_BUCKET, "deploy.>")):
             record = await self._read_json(key)
             if record is None or not self._owns(record):
                 continue
-            where = (record.get("namespace"), record.get("axon"), record.get("deployer"))
-            if where in busy:
-                continue  # another executor on this state dir serves it
-            await self.restore(record)
+            where = (str(record["namespace"]), str(record["axon"]), str(record["deployer"]))
+            if where not in handled:
+                handled.add(where)
+                await self.restore(record)
+        for namespace, axon, deployer in sorted(
+            {(r.namespace, r.axon, r.deployer) for r in stopped} - handled
+        ):
+            # servers stopped, and no record says how to serve them again: unroute them
+            await self._forget(namespace, axon, deployer)
         return stopped
 
     def _owns(self, record: Mapping[str, Any]) -> bool:

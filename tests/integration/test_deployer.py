@@ -347,6 +347,30 @@ async def test_recovery_after_a_crash_replaces_the_orphaned_servers(stack: Stack
     await assert_restored(stack, restarted, record, old)
 
 
+async def test_orphans_of_a_record_without_restart_data_are_stopped_and_unrouted(
+    stack: Stack, bus: Bus
+) -> None:
+    version = await stack.train()
+    assert (await stack.deploy(deployer_spec())).phase == "Succeeded"
+    await stack.until_serving(version)
+    old = pids(stack)
+    record = await stack.record()
+    for field in ("request", "host", "state_dir"):  # as written before deployments survived
+        del record[field]
+    await bus.kv_put(
+        MODELS_BUCKET, deploy_key("default", AXON, "linear"), json.dumps(record).encode()
+    )
+    stack.deployer._servers.clear()
+
+    restarted = LocalDeployer(bus, state_dir=stack.deployer.state_dir)
+    stack.deployer = restarted
+    assert sorted(r.pid for r in await restarted.recover()) == sorted(old.values())
+    assert restarted.live_servers() == []
+    assert not any(group_members(pid) for pid in old.values())
+    assert await bus.kv_get(MODELS_BUCKET, router_key("default", AXON)) is None
+    assert await bus.kv_get(MODELS_BUCKET, deploy_key("default", AXON, "linear")) is None
+
+
 async def test_a_deleted_axon_is_not_served_again(stack: Stack, bus: Bus) -> None:
     await canary_of_two(stack)
     await stack.deployer.shutdown()
