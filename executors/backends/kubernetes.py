@@ -507,7 +507,8 @@ class KubernetesBackend:
                 phase, message = phase_of(obj)
                 if phase in ("Succeeded", "Failed"):
                     return phase, message
-            if live.cancel_reason is not None:
+            if live.cancel_reason is not None:  # read once more first: it may have finished
+                await self._delete_jobs(live)
                 return "Failed", live.cancel_reason
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.cancelled.wait(), self.poll_interval)
@@ -525,8 +526,11 @@ class KubernetesBackend:
     # -- stopping ----------------------------------------------------------------------------
 
     async def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
-        """Delete a live run's Jobs (pods go in the background); False if unknown here.
+        """Stop a live run: its Jobs are deleted (pods go in the background) unless they
+        finished already, in which case the run ends as they did; False if unknown here.
 
+        The run's own wait reads its object once more before deleting, so a Job that finished
+        just before (and that the lifecycle watcher may have reported) is never reported Failed.
         A deploy run stops waiting; its Deployment stays (it may already serve traffic).
         """
         live = self._live.get(run_id)
@@ -534,7 +538,6 @@ class KubernetesBackend:
             return False
         if live.cancel_reason is None:
             live.cancel_reason = reason
-        await self._delete_jobs(live)
         live.cancelled.set()
         return True
 
@@ -567,7 +570,7 @@ class KubernetesBackend:
         return ids
 
     async def shutdown(self, reason: str = "cancelled: executor shut down") -> None:
-        """Stop every live run (their Jobs are deleted) and refuse new ones."""
+        """Stop every live run (unfinished Jobs are deleted) and refuse new ones."""
         self._closed = True
         await asyncio.gather(*(self.cancel(rid, reason) for rid in list(self._live)))
 
