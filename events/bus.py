@@ -58,6 +58,12 @@ log = structlog.get_logger(__name__)
 
 MSG_ID: Final = "Nats-Msg-Id"
 START_HINT: Final = "start one with `ranvier server` or `ranvier up`, or pass --nats-url"
+_KEYS_INACTIVE: Final = 5.0
+"""Seconds the server keeps a finished `kv_keys` read's consumer (nats-py's default is 5 min)."""
+_WATCH_INACTIVE: Final = 10.0
+"""Seconds the server keeps a stopped (or cut off) `kv_watch` consumer. nats-py's default of 5
+minutes made every `get axon`, scrape tick and progress poll leave a consumer behind, hundreds
+per minute, until JetStream refused new ones ('maximum consumers limit reached')."""
 
 # Errors after which a publish is retried with the same Nats-Msg-Id.
 _RETRYABLE: Final = (
@@ -854,7 +860,9 @@ class Bus:
         """Keys currently set in `bucket` that match `pattern` (NATS wildcards)."""
         kv = await self._bucket(bucket)
         # nats-py's keys() filters by substring; a watch filters by subject on the server.
-        watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
+        watcher = await kv.watch(
+            pattern, ignore_deletes=True, meta_only=True, inactive_threshold=_KEYS_INACTIVE
+        )
         keys: list[str] = []
         try:
             async for entry in watcher:
@@ -874,7 +882,7 @@ class Bus:
         A deleted key yields a change with `value=None`. Iterate until you have seen enough.
         """
         kv = await self._bucket(bucket)
-        watcher = await kv.watch(pattern)
+        watcher = await kv.watch(pattern, inactive_threshold=_WATCH_INACTIVE)
         current_done = False
         try:
             async for entry in watcher:
