@@ -55,17 +55,18 @@ def _status(state: Path, env: dict[str, str]) -> dict[str, Any] | None:
     """`ranvier get axon ml-gpt2 -o json`, or None while the control plane is not up yet."""
     if not (state / "nats.url").exists():
         return None
-    done = subprocess.run(
-        ranvier_argv("get", "axon", AXON, "-o", "json", "--state-dir", str(state)),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    if done.returncode != 0:
+    try:
+        done = subprocess.run(
+            ranvier_argv("get", "axon", AXON, "-o", "json", "--state-dir", str(state)),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        found: dict[str, Any] | None = json.loads(done.stdout) if done.returncode == 0 else None
+    except (subprocess.SubprocessError, OSError, ValueError):  # progress is best effort
         return None
-    found: dict[str, Any] = json.loads(done.stdout)
     return found
 
 
@@ -119,16 +120,19 @@ def run_up(state: Path, env: dict[str, str], timeout: float) -> int:
         str(state),
     )
     progress = Progress(state)
-    with subprocess.Popen(argv, env=env, cwd=REPO) as up:
-        while up.poll() is None:
+    up = subprocess.Popen(argv, env=env, cwd=REPO)
+    done = False
+    while not done:
+        done = up.poll() is not None
+        if not done:
             time.sleep(POLL)
-            status = _status(state, env)
-            if status is not None:
-                progress.update(status)
         status = _status(state, env)
         if status is not None:
-            progress.update(status)
-        return up.returncode
+            try:
+                progress.update(status)
+            except (KeyError, TypeError, OSError) as exc:  # progress is best effort
+                print(f"  (progress unavailable: {exc!r})", flush=True)
+    return up.wait()
 
 
 def next_steps(state: Path) -> str:
