@@ -13,6 +13,13 @@ events, one per query per interval, keyed by `Query.key` and naming the sensor a
 - source `prometheus`: it sends each query, with every `{{name}}` pinned to the Axon
   (`render_prometheus(query, {"axon": name})`), to `spec.metrics.url` or RANVIER_PROMETHEUS_URL.
 
+A bare `{{name}}` (Myelin's template: no label matchers, nothing around it) names the Axon's
+metric, one value per Axon: when several series answer (the versions a rolloutSpec keeps serving,
+replicas), it reads as their mean, `avg({{name}})`, which is what users see when the router splits
+their traffic evenly. So Myelin's `{{shakespeare_gpt2_deploy_accuracy}} < 0.90` keeps working
+after a retrain deploys version 2 next to version 1. Anything else keeps PromQL's rules (write
+`min(...)`, `max(...)`, or matchers, to say which series).
+
 A value that cannot be known (no sample, several series, a source that is down) is published as
 unknown (`value` null, `stale` when the source could not be read), never as a number: the
 engine's three-valued logic then makes no transition, so nothing fires on missing data. Unknown
@@ -33,7 +40,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Final, Literal
 
@@ -45,7 +52,7 @@ from events.model import MetricData
 from events.telemetry import Telemetry
 from events.watchers.metrics import DEFAULT_TIMEOUT, PrometheusReader, Scraper, instance_of
 from sensors.axons import AxonStore, StoredAxon
-from sensors.expr import ExprError, Query, parse_condition, render_prometheus
+from sensors.expr import Aggregate, ExprError, Query, Selector, parse_condition, render_prometheus
 from sensors.promql import SeriesStore, evaluate_query, window_seconds
 from sensors.spec import AlertTrigger
 
@@ -64,6 +71,7 @@ __all__ = [
     "Watch",
     "WatchPlan",
     "WatcherStats",
+    "axon_query",
     "metric_event_id",
     "plan_axon",
 ]
@@ -158,8 +166,20 @@ def _watches(sensor: str, trigger: str, texts: Iterable[str]) -> list[Watch]:
             log.warning("watcher.condition_invalid", sensor=sensor, trigger=trigger, error=str(exc))
             continue
         for query in condition.queries:
-            found.setdefault(query.key, query)
+            found.setdefault(query.key, axon_query(query))
     return [Watch(sensor, trigger, q) for q in found.values()]
+
+
+def axon_query(query: Query) -> Query:
+    """The query as the watcher reads it: a bare `{{name}}` is `avg({{name}})` (same key).
+
+    A bare template names the Axon's metric, so several series (versions serving side by side,
+    replicas) give their mean instead of an unknown value; one series gives its own value.
+    """
+    expr = query.expr
+    if isinstance(expr, Selector) and expr.templated and not expr.matchers and expr.offset is None:
+        return replace(query, expr=Aggregate("avg", expr, pos=expr.pos, end=expr.end))
+    return query
 
 
 class MetricsWatcher:
