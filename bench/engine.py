@@ -229,7 +229,11 @@ async def _through_runtime(url: str, total: int, batch: int) -> float:
     async with Bus.connect(_options(url, "bench-engine")) as bus:
         runtime = EngineRuntime(bus, batch=batch)
         task = asyncio.create_task(runtime.run())
-        await runtime.ready.wait()
+        ready = asyncio.create_task(runtime.ready.wait())
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            ready.cancel()
+            task.result()  # raises what stopped it
         started = time.perf_counter()
         while runtime.stats.acked < total:
             if task.done():

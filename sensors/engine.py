@@ -35,6 +35,7 @@ requested actions (a run started, advanced to its next step, or retried an actio
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -631,29 +632,17 @@ class _AxonState:
             self.sensor_order = self.run_order = None
             self.encoded = True
         if self.dirty_sensors:
-            parts = self.sensor_parts
             for name in self.dirty_sensors:
                 st = self.sensors.get(name)
                 dumped = st.to_json() if st is not None else None
-                if dumped is None:
-                    if parts.pop(name, None) is not None:
-                        self.sensor_order = None
-                else:
-                    if name not in parts:
-                        self.sensor_order = None
-                    parts[name] = f"{_encode(name)}:{_encode(dumped)}"
+                part = None if dumped is None else f"{_encode(name)}:{_encode(dumped)}"
+                _set_part(self.sensor_parts, self.sensor_order, name, part)
             self.dirty_sensors.clear()
         if self.dirty_runs:
-            parts = self.run_parts
             for rid in self.dirty_runs:
                 run = self.runs.get(rid)
-                if run is None:
-                    if parts.pop(rid, None) is not None:
-                        self.run_order = None
-                else:
-                    if rid not in parts:
-                        self.run_order = None
-                    parts[rid] = f"{_encode(rid)}:{_encode(run.to_json())}"
+                part = None if run is None else f"{_encode(rid)}:{_encode(run.to_json())}"
+                _set_part(self.run_parts, self.run_order, rid, part)
             self.dirty_runs.clear()
         if self.sensor_order is None:
             self.sensor_order = sorted(self.sensor_parts)
@@ -686,6 +675,17 @@ class _AxonState:
             "finished": [list(f) for f in self.finished],
             "seen": self.seen,
         }
+
+
+def _set_part(parts: dict[str, str], order: list[str] | None, key: str, part: str | None) -> None:
+    """Set (or with None, remove) one encoded part, keeping `order` (sorted keys) in step."""
+    if part is None:
+        if parts.pop(key, None) is not None and order is not None:
+            del order[bisect.bisect_left(order, key)]
+    else:
+        if key not in parts and order is not None:
+            bisect.insort(order, key)
+        parts[key] = part
 
 
 class EngineState:

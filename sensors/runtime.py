@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
 import json
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -113,6 +115,9 @@ def _event_id(prefix: str, base: str, index: int) -> str:
     return f"{prefix}-{hashlib.blake2b(text.encode(), digest_size=20).hexdigest()}"
 
 
+_quote: Final = json.encoder.encode_basestring_ascii  # the C helper json.dumps uses for a str
+
+
 def _envelope(ev_id: str, type_: str, subject_attr: str, time: str, data_json: bytes) -> bytes:
     """CloudEvents JSON, byte for byte what `Event.to_json()` gives for these fields.
 
@@ -120,11 +125,21 @@ def _envelope(ev_id: str, type_: str, subject_attr: str, time: str, data_json: b
     most of the cost of publishing decisions (see bench/engine.py).
     """
     head = (
-        f'{{"specversion":"1.0","id":{json.dumps(ev_id)},"source":"{SOURCE}",'
-        f'"type":"{type_}","subject":{json.dumps(subject_attr)},"time":"{time}",'
+        f'{{"specversion":"1.0","id":{_quote(ev_id)},"source":"{SOURCE}",'
+        f'"type":"{type_}","subject":{_quote(subject_attr)},"time":"{time}",'
         '"datacontenttype":"application/json","data":'
     )
     return head.encode() + data_json + b"}"
+
+
+@functools.lru_cache(maxsize=65536)
+def _action_subject(axon: str, kind: str) -> str:
+    return subjects.action_subject(axon, kind)
+
+
+@functools.lru_cache(maxsize=65536)
+def _decision_subject(axon: str, sensor: str) -> str:
+    return subjects.decision_subject(axon, sensor)
 
 
 def encode_action(action: ActionRequest, time: str) -> Outgoing:
@@ -132,7 +147,7 @@ def encode_action(action: ActionRequest, time: str) -> Outgoing:
     key = action.idempotency_key
     data = action.model_dump_json(exclude_none=True).encode()
     return Outgoing(
-        subjects.action_subject(action.axon, action.kind),
+        _action_subject(action.axon, action.kind),
         _envelope(key, ACTION, action.task, time, data),
         key,
     )
@@ -142,7 +157,7 @@ def decision_event(decision: DecisionData, ev_id: str, time: str) -> Outgoing:
     """A decision record as published on `ranvier.dec.<axon>.<sensor>`."""
     data = decision.model_dump_json(exclude_none=True).encode()
     return Outgoing(
-        subjects.decision_subject(decision.axon, decision.sensor),
+        _decision_subject(decision.axon, decision.sensor),
         _envelope(ev_id, DECISION, decision.sensor, time, data),
         ev_id,
     )
@@ -213,7 +228,7 @@ class EngineRuntime:
     async def run(self) -> None:
         """Consume and decide until cancelled."""
         try:
-            await self._restart()
+            await self._restart_until_ok()  # the server may be slow to answer at first
             self.ready.set()
             while True:
                 try:
@@ -329,7 +344,8 @@ class EngineRuntime:
             wait = max(0.0, min(wait, (due - utcnow()).total_seconds()))
         received = await consumer.fetch(self.batch, wait=wait)
         if received:
-            await self._process(received)
+            with _gc_paused():
+                await self._process(received)
             self._ticked_at = None  # new values may have unblocked an overdue deadline
         await self._maybe_tick()
 
@@ -585,6 +601,25 @@ class EngineRuntime:
         self._runs.move_to_end(key)
         while len(self._runs) > RUN_RECORDS_KEPT:
             self._runs.popitem(last=False)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a batch is processed.
+
+    A batch allocates tens of thousands of short-lived objects (decisions, records, encoded
+    messages), which made the collector run dozens of times per batch, some of them full
+    collections over the whole engine state: a fifth of the runtime's CPU (bench/engine.py).
+    Paused, it runs once the batch is done. Nothing here makes cycles that need it sooner.
+    """
+    if not gc.isenabled():  # paused already (or by the host process): leave it as it is
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _seq_of(rec: Received) -> int:
