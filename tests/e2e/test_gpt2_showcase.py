@@ -7,8 +7,9 @@ sample corpus (`SHAKESPEARE_SOURCE`, which preprocess.py reads; the Axon is not 
 as a user would: the fixed URL from `ranvier endpoint ml-gpt2 -o json`, a `/predict` that
 continues Hamlet's line, 20 rewards of 0 through `/send-feedback`, the accuracy gauge below
 0.90, exactly one retrain fine-tuned from version 1, version 2 deployed next to version 1
-(Myelin's rolloutSpec: 50/50 across the two newest versions) and answering, and no further
-retrain over several metric intervals.
+(Myelin's rolloutSpec: 50/50 across the two newest versions) and answering, the Alert's
+condition reading both versions' gauges (their mean), and no further retrain over several
+metric intervals.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,20 @@ class User:
         found = json.loads(shown.stdout)["models"]
         return {b["version"]: b for m in found for b in m["backends"]}
 
+    def condition_value(self, after: float) -> float | None:
+        """The alert's query value the watcher published from a scrape after `after` (epoch s)."""
+        argv = ("events", "export", "--axon", NAME, "--type", "metric")
+        shown = ranvier(*argv, state=self.state, env=self.env)
+        assert shown.returncode == 0, shown.stderr
+        for line in reversed(shown.stdout.splitlines()):
+            data = json.loads(line)["data"]
+            if data.get("trigger") != "DeployAccuracy":
+                continue
+            stamp = datetime.fromisoformat(data["sample_time"].replace("Z", "+00:00"))
+            if stamp.timestamp() > after and data["value"] is not None:
+                return float(data["value"])
+        return None
+
     def predict(self, url: str) -> dict[str, Any]:
         answer = self.http.post(f"{url}predict", json=PAYLOAD)
         assert answer.status_code == 200, answer.text
@@ -176,6 +192,19 @@ def check_showcase(user: User) -> None:
         return seen == {"1", "2"}
 
     until("versions 1 and 2 answering", both_answer, limit=30.0)
+
+    # Good feedback now reaches both versions, each with its own gauge; Myelin's condition still
+    # reads a value (a bare {{name}} is the Axon's: the mean of its series), not an unknown one.
+    for _ in range(40):
+        sent = user.http.post(
+            f"{url}send-feedback", json={"request": PAYLOAD, "response": answer, "reward": 1}
+        )
+        assert sent.status_code == 200, sent.text
+    stopped = time.time()
+    gauges = [gauge(user.http.get(f"{b['url']}/metrics").text) for b in backends.values()]
+    assert None not in gauges, gauges  # 40 feedbacks split 50/50 reached both versions
+    read = until("the watcher reading both gauges", lambda: user.condition_value(stopped))
+    assert read == pytest.approx(sum(g for g in gauges if g is not None) / len(gauges))
 
     # No further retrain over several metric intervals.
     time.sleep(4 * INTERVAL)
