@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import structlog
 import typer
@@ -75,6 +78,74 @@ def settings_from_flags(
     )
 
 
+@dataclass(frozen=True)
+class Connection:
+    """A command's connection flags as given; `settings()` resolves them (it may fail)."""
+
+    nats_url: str | None = None
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: Path | None = None
+    nkey: Path | None = None
+    tls_ca: Path | None = None
+    state_dir: Path | None = None
+
+    def settings(self) -> Settings:
+        """The command's settings: these flags, then `RANVIER_*`, then defaults."""
+        return settings_from_flags(
+            nats_url=self.nats_url,
+            user=self.user,
+            password=self.password,
+            token=self.token,
+            creds=self.creds,
+            nkey=self.nkey,
+            tls_ca=self.tls_ca,
+            state_dir=self.state_dir,
+        )
+
+
+_FLAGS: tuple[inspect.Parameter, ...] = tuple(
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+    for name, annotation in (
+        ("nats_url", NatsUrl),
+        ("user", User),
+        ("password", Password),
+        ("token", Token),
+        ("creds", Creds),
+        ("nkey", NkeySeed),
+        ("tls_ca", TlsCa),
+        ("state_dir", StateDir),
+    )
+)
+
+
+def with_connection(command: Callable[..., T]) -> Callable[..., T]:
+    """Give a command the connection flags: typer sees `--nats-url` ... `--state-dir` where
+    `command` takes `connection: Connection`, and `command` gets them as one `Connection`."""
+    signature = inspect.signature(command, eval_str=True)
+    if "connection" not in signature.parameters:
+        raise TypeError(f"{command.__qualname__} takes no `connection` parameter")
+    params = [
+        flag
+        for param in signature.parameters.values()
+        for flag in (_FLAGS if param.name == "connection" else (param,))
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        flags = {flag.name: kwargs.pop(flag.name, None) for flag in _FLAGS}
+        return command(*args, connection=Connection(**flags), **kwargs)
+
+    # typer reads the options from the signature and their types from the annotations;
+    # `__signature__` is inspect's documented override, which typeshed does not declare
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {
+        "return": signature.return_annotation
+    }
+    return wrapper
+
+
 @contextlib.contextmanager
 def cli_logging() -> Iterator[None]:
     """Logs go to stderr (stdout carries data, e.g. `events export`), at RANVIER_LOG_LEVEL.
@@ -122,6 +193,11 @@ async def connect_or_start(
         _, origin = settings.resolve_url()
         if not (read_only and origin == str(settings.url_file) and settings.store_dir.is_dir()):
             raise
+    await on_own_server(settings, body)
+
+
+async def on_own_server(settings: Settings, body: Callable[[Bus], Awaitable[None]]) -> None:
+    """Run `body` against an embedded server started on the state dir's store."""
     async with (
         EmbeddedServer(store_dir=settings.store_dir) as srv,
         Bus.connect(settings.connect_options().model_copy(update={"servers": [srv.url]})) as bus,
@@ -130,6 +206,7 @@ async def connect_or_start(
 
 
 __all__ = [
+    "Connection",
     "Creds",
     "NatsUrl",
     "NkeySeed",
@@ -140,6 +217,8 @@ __all__ = [
     "User",
     "cli_logging",
     "connect_or_start",
+    "on_own_server",
     "run_command",
     "settings_from_flags",
+    "with_connection",
 ]

@@ -55,17 +55,12 @@ from ranvier.app import (
     unknown_backend,
 )
 from ranvier.commands.common import (
-    Creds,
-    NatsUrl,
-    NkeySeed,
-    Password,
+    Connection,
     StateDir,
-    TlsCa,
-    Token,
-    User,
     connect_or_start,
+    on_own_server,
     run_command,
-    settings_from_flags,
+    with_connection,
 )
 from ranvier.settings import Settings, remove_url_file, write_url_file
 from sensors.axons import AxonStore, StoredAxon
@@ -403,6 +398,7 @@ def _detach(argv: list[str], state_dir: Path, goal: Goal | None, timeout: float 
     return 0
 
 
+@with_connection
 def up(
     file: Annotated[Path, typer.Argument(help="The Axon file to run.")],
     *,
@@ -418,29 +414,13 @@ def up(
     ] = False,
     backend: Backend = "local",
     detached_child: Annotated[bool, typer.Option("--detached-child", hidden=True)] = False,
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Run an Axon with everything in one process: NATS, engine, executor, watchers, router."""
     if backend not in BACKENDS:
         raise unknown_backend(backend)
     axon = load_axon(file)
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
     root = settings.state_dir.resolve()
     other = running_pid(root)
     if other is not None and other != os.getpid():
@@ -452,8 +432,8 @@ def up(
     if detach:
         argv = ["up", str(file.resolve()), "--state-dir", str(root), "--backend", backend]
         argv += ["--detached-child"] + (["--until", goal] if goal else [])
-        if nats_url:
-            argv += ["--nats-url", nats_url]
+        if connection.nats_url:
+            argv += ["--nats-url", connection.nats_url]
         raise typer.Exit(_detach(argv, root, goal, timeout))
     root.mkdir(parents=True, exist_ok=True)
     _write_json(root / PID_FILE, {"pid": os.getpid()})
@@ -505,6 +485,7 @@ def down(
 # run --role
 
 
+@with_connection
 def run(
     *,
     role: Annotated[
@@ -514,14 +495,7 @@ def run(
     concurrency: Annotated[
         int, typer.Option("--concurrency", help="Executor: actions run at once.")
     ] = 16,
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
     metrics_port: Annotated[
         int | None,
         typer.Option("--metrics-port", help="Serve the roles' own /metrics on this port."),
@@ -586,16 +560,7 @@ def run(
                 raise AppError(f"unknown role {name!r}", hint=f"choose {', '.join(ROLES)} or all")
             elif name not in names:
                 names.append(name)
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def go() -> None:
         url, _ = settings.resolve_url()
@@ -641,11 +606,7 @@ async def _read_only(settings: Settings, body: Callable[[Bus], Awaitable[None]])
     if origin != "default" or not settings.store_dir.is_dir():
         await connect_or_start(settings, body, read_only=True)
         return
-    async with (
-        EmbeddedServer(store_dir=settings.store_dir) as srv,
-        Bus.connect(settings.connect_options().model_copy(update={"servers": [srv.url]})) as bus,
-    ):
-        await body(bus)
+    await on_own_server(settings, body)
 
 
 def _with_namespace(axon: Axon, namespace: str | None) -> Axon:
@@ -669,6 +630,7 @@ async def _watch(bus: Bus, stored: StoredAxon) -> None:
             await asyncio.sleep(POLL)
 
 
+@with_connection
 def submit(
     file: Annotated[Path, typer.Argument(help="The Axon file to submit.")],
     *,
@@ -676,27 +638,11 @@ def submit(
         str | None, typer.Option("--namespace", "-n", help="Override metadata.namespace.")
     ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Then follow its progress.")] = False,
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Submit an Axon to a running control plane (a new generation if it changed)."""
     axon = _with_namespace(load_axon(file), namespace)
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def go() -> None:
         async with Bus.connect(settings.connect_options()) as bus:
@@ -711,31 +657,16 @@ def submit(
 
 
 @list_app.command("axon")
+@with_connection
 def list_axon(
     *,
     output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """List submitted Axons."""
     if output not in ("text", "json"):
         raise AppError(f"-o {output}: choose text or json")
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def body(bus: Bus) -> None:
         rows = [
@@ -765,6 +696,7 @@ def list_axon(
 
 
 @get_app.command("axon")
+@with_connection
 def get_axon(
     name: Annotated[str, typer.Argument(help="The Axon's name.")],
     *,
@@ -772,26 +704,10 @@ def get_axon(
     output: Annotated[
         GetFormat, typer.Option("--output", "-o", help="text, json, yaml or wide.")
     ] = GetFormat.text,
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Show an Axon's sensor runs, steps, task runs, model versions and deployments."""
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def body(bus: Bus) -> None:
         doc = await axon_status(bus, await _stored(bus, namespace, name))
@@ -806,30 +722,15 @@ def get_axon(
 
 
 @watch_app.command("axon")
+@with_connection
 def watch_axon(
     name: Annotated[str, typer.Argument(help="The Axon's name.")],
     *,
     namespace: Namespace = "default",
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Follow an Axon's progress live until Ctrl-C."""
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def go() -> None:
         async with Bus.connect(settings.connect_options()) as bus:
@@ -839,30 +740,15 @@ def watch_axon(
 
 
 @delete_app.command("axon")
+@with_connection
 def delete_axon(
     name: Annotated[str, typer.Argument(help="The Axon's name.")],
     *,
     namespace: Namespace = "default",
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Delete an Axon: its sensors stop and its running tasks are stopped."""
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def go() -> None:
         async with Bus.connect(settings.connect_options()) as bus:
@@ -872,20 +758,14 @@ def delete_axon(
     run_command(go())
 
 
+@with_connection
 def trigger(
     axon: Annotated[str, typer.Argument(help="The Axon's name.")],
     sensor: Annotated[str, typer.Argument(help="The sensor to fire (it needs a Rest trigger).")],
     *,
     data: Annotated[str, typer.Option("--data", help="JSON object passed as the payload.")] = "{}",
     namespace: Namespace = "default",
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Fire a sensor's Rest trigger."""
     try:
@@ -894,16 +774,7 @@ def trigger(
         raise AppError(f"--data is not JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(payload, dict):
         raise AppError("--data must be a JSON object")
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def go() -> None:
         async with Bus.connect(settings.connect_options()) as bus:
@@ -942,6 +813,7 @@ def _copy(source: IO[bytes], sink: IO[bytes]) -> int:
     return len(chunk)
 
 
+@with_connection
 def logs(
     axon: Annotated[str, typer.Argument(help="The Axon's name.")],
     task: Annotated[str, typer.Argument(help="The task.")],
@@ -951,26 +823,10 @@ def logs(
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
     namespace: Namespace = "default",
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Print a task run's log (stdout and stderr of its process)."""
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def body(bus: Bus) -> None:
         run = _pick_run(await _task_runs(bus, namespace, axon, task), run_id, axon, task)

@@ -22,16 +22,9 @@ from events.subjects import MODELS_BUCKET
 from executors.deployer import fixed_url
 from executors.serving.kv_table import ROUTER_URL_KEY
 from ranvier.commands.common import (
-    Creds,
-    NatsUrl,
-    NkeySeed,
-    Password,
-    StateDir,
-    TlsCa,
-    Token,
-    User,
+    Connection,
     run_command,
-    settings_from_flags,
+    with_connection,
 )
 
 
@@ -104,6 +97,7 @@ async def read_endpoint(bus: Bus, name: str, namespace: str) -> dict[str, Any]:
     )
 
 
+@with_connection
 def endpoint(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The Axon (metadata.name).")],
     *,
@@ -113,26 +107,10 @@ def endpoint(
     output: Annotated[
         OutputFormat, typer.Option("--output", "-o", help="json or yaml.")
     ] = OutputFormat.json,
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Print where an Axon's models answer: fixedUrl (POST ${fixedUrl}predict) and backends."""
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def go() -> dict[str, Any]:
         async with Bus.connect(settings.connect_options(), ensure=False) as bus:

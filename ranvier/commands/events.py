@@ -27,18 +27,15 @@ from events.errors import RanvierError
 from events.model import PAYLOAD_TYPES, Event, EventError
 from events.server import EmbeddedServer
 from ranvier.commands.common import (
-    Creds,
-    NatsUrl,
-    NkeySeed,
+    Connection,
     Password,
     StateDir,
-    TlsCa,
     Token,
     User,
     cli_logging,
     connect_or_start,
     run_command,
-    settings_from_flags,
+    with_connection,
 )
 from ranvier.settings import Settings, remove_url_file, write_url_file
 
@@ -246,6 +243,7 @@ def server(
 
 
 @events_app.command("publish")
+@with_connection
 def publish(
     *,
     type_: Annotated[str, typer.Option("--type", help="Event type, e.g. lifecycle or metric.")],
@@ -255,27 +253,11 @@ def publish(
         str | None, typer.Option("--id", help="Event id (default: a new ULID).")
     ] = None,
     output: Annotated[str, typer.Option("-o", "--output", help="text or json.")] = "text",
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Publish one event (its data is validated against the type's payload)."""
     event = build_event(type_, axon, data, event_id)
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def go() -> None:
         async with Bus.connect(settings.connect_options()) as bus:
@@ -291,6 +273,7 @@ def publish(
 
 
 @events_app.command("tail")
+@with_connection
 def tail(
     *,
     axon: Axon = None,
@@ -300,30 +283,14 @@ def tail(
     count: Annotated[
         int | None, typer.Option("--count", "-n", help="Stop after this many events.")
     ] = None,
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Follow events as they arrive (from --since, else only new ones) until Ctrl-C."""
     if output not in ("text", "json"):
         raise RanvierError(f"-o {output}: choose text or json")
     start = parse_when(since, flag="--since", now=model.utcnow()) if since else None
     subject = events_filter(axon, kind)
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def go() -> None:
         seen = 0
@@ -343,6 +310,7 @@ def tail(
 
 
 @events_app.command("export")
+@with_connection
 def export(
     *,
     axon: Axon = None,
@@ -352,30 +320,14 @@ def export(
     out: Annotated[
         Path | None, typer.Option("--file", "-f", help="Write here instead of stdout.")
     ] = None,
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Write stored events as JSON lines (the exact stored bytes), oldest first, then exit."""
     now = model.utcnow()
     start = parse_when(since, flag="--since", now=now) if since else None
     end = parse_until(until, now=now) if until else None
     subject = events_filter(axon, kind)
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def body(bus: Bus) -> None:
         sink: IO[bytes] = out.open("wb") if out else sys.stdout.buffer
@@ -392,30 +344,15 @@ def export(
 
 
 @events_app.command("import")
+@with_connection
 def import_(
     *,
     file: Annotated[Path, typer.Argument(help="JSON lines, e.g. from `events export`.")],
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Publish every event of FILE with its own id (all lines are checked first)."""
     items = read_import_file(file)
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def go() -> None:
         async with Bus.connect(settings.connect_options()) as bus:
@@ -433,6 +370,7 @@ def import_(
 
 
 @events_app.command("replay")
+@with_connection
 def replay(
     *,
     since: Annotated[
@@ -441,30 +379,14 @@ def replay(
     until: Until = None,
     axon: Axon = None,
     kind: Kind = None,
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Re-publish matching events as new events whose `replayof` names the original."""
     now = model.utcnow()
     start = parse_when(since, flag="--since", now=now)
     end = parse_until(until, now=now) if until else None
     subject = events_filter(axon, kind)
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
 
     async def go() -> None:
         async with Bus.connect(settings.connect_options()) as bus:

@@ -20,17 +20,10 @@ from events.bus import Bus
 from events.errors import RanvierError
 from events.model import DECISION
 from ranvier.commands.common import (
-    Creds,
-    NatsUrl,
-    NkeySeed,
-    Password,
-    StateDir,
-    TlsCa,
-    Token,
-    User,
+    Connection,
     connect_or_start,
     run_command,
-    settings_from_flags,
+    with_connection,
 )
 
 
@@ -69,6 +62,7 @@ def format_decision(decision: dict[str, Any]) -> str:
     return line
 
 
+@with_connection
 def explain(
     event_id: Annotated[str, typer.Argument(help="The event's id (see `events tail`).")],
     *,
@@ -78,26 +72,10 @@ def explain(
     output: Annotated[
         OutputFormat, typer.Option("-o", "--output", help="text or json.")
     ] = OutputFormat.text,
-    nats_url: NatsUrl = None,
-    user: User = None,
-    password: Password = None,
-    token: Token = None,
-    creds: Creds = None,
-    nkey: NkeySeed = None,
-    tls_ca: TlsCa = None,
-    state_dir: StateDir = None,
+    connection: Connection,
 ) -> None:
     """Print the decisions the engine recorded for EVENT_ID (why it did or did not fire)."""
-    settings = settings_from_flags(
-        nats_url=nats_url,
-        user=user,
-        password=password,
-        token=token,
-        creds=creds,
-        nkey=nkey,
-        tls_ca=tls_ca,
-        state_dir=state_dir,
-    )
+    settings = connection.settings()
     found: list[dict[str, Any]] = []
 
     async def body(bus: Bus) -> None:
