@@ -18,16 +18,20 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import structlog
 import typer
 
 from events.bus import Bus, ConnectError
+from events.errors import RanvierError
+from events.model import EventError
 from events.server import EmbeddedServer
 from ranvier.settings import Settings
 
 T = TypeVar("T")
+
+MAX_REPORTED: Final = 20  # bad lines of an events file reported before "... and N more"
 
 # -- connection flags, shared by every command that connects -------------------------------
 
@@ -179,6 +183,35 @@ def run_command(coro: Awaitable[T]) -> T:
         raise typer.Exit(130) from None
 
 
+def read_event_lines(
+    path: Path, parse: Callable[[bytes], T], *, refused: str, hint: str | None = None
+) -> list[T]:
+    """Every non-blank line of a JSON-lines file, parsed; if `parse` refuses any (EventError),
+    each bad line is printed as FILE:LINE: error: ... and a RanvierError says nothing was
+    `refused` (all lines are checked first, so a script never sees half an answer)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RanvierError(f"cannot read {path}: {exc.strerror}") from None
+    items: list[T] = []
+    bad: list[str] = []
+    for number, text in enumerate(raw.split(b"\n"), start=1):
+        line = text.rstrip(b"\r")
+        if not line.strip():
+            continue
+        try:
+            items.append(parse(line))
+        except EventError as exc:
+            bad.append(f"{path}:{number}: error: {exc.message}")
+    if bad:
+        for message in bad[:MAX_REPORTED]:
+            typer.echo(message, err=True)
+        if len(bad) > MAX_REPORTED:
+            typer.echo(f"{path}: ... and {len(bad) - MAX_REPORTED} more", err=True)
+        raise RanvierError(f"{path}: {len(bad)} bad line(s), nothing {refused}", hint=hint)
+    return items
+
+
 async def connect_or_start(
     settings: Settings, body: Callable[[Bus], Awaitable[None]], *, read_only: bool
 ) -> None:
@@ -206,6 +239,7 @@ async def on_own_server(settings: Settings, body: Callable[[Bus], Awaitable[None
 
 
 __all__ = [
+    "MAX_REPORTED",
     "Connection",
     "Creds",
     "NatsUrl",
@@ -218,6 +252,7 @@ __all__ = [
     "cli_logging",
     "connect_or_start",
     "on_own_server",
+    "read_event_lines",
     "run_command",
     "settings_from_flags",
     "with_connection",

@@ -34,6 +34,7 @@ from ranvier.commands.common import (
     User,
     cli_logging,
     connect_or_start,
+    read_event_lines,
     run_command,
     with_connection,
 )
@@ -41,7 +42,6 @@ from ranvier.settings import Settings, remove_url_file, write_url_file
 
 SOURCE: Final = "ranvier/cli"
 EVENT_KINDS: Final = ("lifecycle", "metric", "rest", "calendar", "axon")
-MAX_REPORTED: Final = 20  # bad import lines reported before "... and N more"
 
 events_app = typer.Typer(
     name="events",
@@ -152,40 +152,15 @@ def build_event(type_: str, axon: str, data: str, event_id: str | None) -> Event
     return payload.to_event(source=SOURCE, id=event_id)
 
 
-def check_line(line: bytes) -> tuple[Outgoing | None, str | None]:
-    """One line of an import file: what to publish, or what is wrong with it."""
-    try:
-        event = Event.from_json(line)
-        subject = event.nats_subject
-    except EventError as exc:
-        return None, exc.message
-    return Outgoing(subject, line, event.id), None
+def outgoing(line: bytes) -> Outgoing:
+    """One line of an import file as what to publish (EventError if it is not an event)."""
+    event = Event.from_json(line)
+    return Outgoing(event.nats_subject, line, event.id)
 
 
 def read_import_file(path: Path) -> list[Outgoing]:
     """Every event of a JSON-lines file, or a RanvierError naming the bad lines (all of them)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise RanvierError(f"cannot read {path}: {exc.strerror}") from None
-    items: list[Outgoing] = []
-    bad: list[str] = []
-    for number, text in enumerate(raw.split(b"\n"), start=1):
-        line = text.rstrip(b"\r")
-        if not line.strip():
-            continue
-        item, problem = check_line(line)
-        if item is not None:
-            items.append(item)
-        else:
-            bad.append(f"{path}:{number}: error: {problem}")
-    if bad:
-        for message in bad[:MAX_REPORTED]:
-            typer.echo(message, err=True)
-        if len(bad) > MAX_REPORTED:
-            typer.echo(f"{path}: ... and {len(bad) - MAX_REPORTED} more", err=True)
-        raise RanvierError(f"{path}: {len(bad)} bad line(s), nothing imported")
-    return items
+    return read_event_lines(path, outgoing, refused="imported")
 
 
 def format_event(event: Event, seq: int, output: str) -> str:

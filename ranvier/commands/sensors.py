@@ -15,12 +15,11 @@ from typing import Annotated
 import typer
 
 from events.errors import RanvierError
-from events.model import DecisionData, Event, EventError, canonical_json
+from events.model import DecisionData, Event, canonical_json
+from ranvier.commands.common import read_event_lines
 from sensors.loader import load_axon
 from sensors.replay import decision_line, replay
 from sensors.spec import parse_duration
-
-MAX_REPORTED = 20
 
 sensors_app = typer.Typer(
     help="Work with an Axon's sensors without a bus: dry-run them over recorded events.",
@@ -38,30 +37,12 @@ class OutputFormat(enum.StrEnum):
 def read_events(path: Path) -> list[Event]:
     """Every event of a JSON-lines file (blank lines skipped), or a RanvierError after printing
     each bad line as FILE:LINE: error: ..."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise RanvierError(f"cannot read {path}: {exc.strerror}") from None
-    events: list[Event] = []
-    bad: list[str] = []
-    for number, text in enumerate(raw.split(b"\n"), start=1):
-        line = text.rstrip(b"\r")
-        if not line.strip():
-            continue
-        try:
-            events.append(Event.from_json(line))
-        except EventError as exc:
-            bad.append(f"{path}:{number}: error: {exc.message}")
-    if bad:
-        for message in bad[:MAX_REPORTED]:
-            typer.echo(message, err=True)
-        if len(bad) > MAX_REPORTED:
-            typer.echo(f"{path}: ... and {len(bad) - MAX_REPORTED} more", err=True)
-        raise RanvierError(
-            f"{path}: {len(bad)} bad line(s), nothing replayed",
-            hint="each line must be one CloudEvents JSON object, as `ranvier events export` writes",
-        )
-    return events
+    return read_event_lines(
+        path,
+        Event.from_json,
+        refused="replayed",
+        hint="each line must be one CloudEvents JSON object, as `ranvier events export` writes",
+    )
 
 
 def format_text(decision: DecisionData) -> str:
