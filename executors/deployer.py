@@ -51,13 +51,12 @@ from events.bus import Bus, BusError, RevisionMismatch, kv_key
 from events.errors import RanvierError
 from events.model import ActionRequest, LifecycleData, format_time, new_id, utcnow
 from events.subjects import MODELS_BUCKET, token
-from executors.backends.base import Started
+from executors.backends.base import Started, lifecycle
 from executors.backends.local import (
     RunOutcome,
     TaskSetupError,
     checkout_dir,
     group_members,
-    lifecycle,
     stop_tree,
     task_environment,
     task_source,

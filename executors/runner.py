@@ -49,7 +49,7 @@ from events.model import (
     utcnow,
 )
 from events.watchers.lifecycle import run_event_id
-from executors.backends.base import Backend, Outcome, Started
+from executors.backends.base import Backend, Outcome, Started, lifecycle
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry, ModelVersion
 from sensors.axons import AxonStore, AxonStoreError
@@ -596,20 +596,7 @@ class _Failure:
 
     def to_lifecycle(self, request: ActionRequest) -> LifecycleData:
         """The Failed lifecycle payload."""
-        return LifecycleData(
-            axon=request.axon,
-            namespace=request.namespace,
-            task=request.task,
-            run_id=self.run_id,
-            phase="Failed",
-            sensor=request.sensor,
-            sensor_run_id=request.sensor_run_id,
-            step=request.step,
-            index=request.index,
-            attempt=request.attempt,
-            action_key=request.idempotency_key,
-            message=self.message,
-        )
+        return lifecycle(request, self.run_id, "Failed", message=self.message)
 
 
 def _failed(run_id: str, message: str) -> Outcome:

@@ -8,12 +8,40 @@ satisfy `Backend` structurally (mypy checks it in the tests).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from events.model import ActionRequest, LifecycleData
+from events.model import ActionRequest, LifecycleData, Phase
 from sensors.spec import Axon
+
+
+def lifecycle(
+    request: ActionRequest,
+    run_id: str,
+    phase: Phase,
+    *,
+    message: str = "",
+    exit_code: int | None = None,
+    outputs: Mapping[str, Any] | None = None,
+) -> LifecycleData:
+    """The lifecycle payload for a run of `request` entering `phase` (what the runner publishes)."""
+    return LifecycleData(
+        axon=request.axon,
+        namespace=request.namespace,
+        task=request.task,
+        run_id=run_id,
+        phase=phase,
+        sensor=request.sensor,
+        sensor_run_id=request.sensor_run_id,
+        step=request.step,
+        index=request.index,
+        attempt=request.attempt,
+        action_key=request.idempotency_key,
+        message=message,
+        exit_code=exit_code,
+        outputs=dict(outputs or {}),
+    )
 
 
 class Started(Protocol):

@@ -38,8 +38,8 @@ from events.errors import RanvierError
 from events.model import ActionRequest, LifecycleData, Phase, new_id, utcnow
 from events.watchers.lifecycle import MERGE_PATCH, deployment_phase, job_phase
 from executors.backends import k8s_objects as k8s
-from executors.backends.base import Lost
-from executors.backends.local import RunOutcome, lifecycle
+from executors.backends.base import Lost, lifecycle
+from executors.backends.local import RunOutcome
 from executors.registry import parse_metrics
 from sensors.spec import Axon, Deployer, Task
 

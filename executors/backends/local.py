@@ -42,8 +42,9 @@ from typing import Any, Final, Literal
 import structlog
 
 from events.errors import RanvierError
-from events.model import ActionRequest, LifecycleData, Phase, format_time, new_id, utcnow
+from events.model import ActionRequest, LifecycleData, format_time, new_id, utcnow
 from events.subjects import token
+from executors.backends.base import lifecycle
 from executors.registry import read_metrics
 from sensors.spec import Artifact, Axon, EnvVar, Task, format_duration
 
@@ -91,34 +92,6 @@ def task_argv(argv: list[str], python: str) -> list[str]:
 
 class TaskSetupError(RanvierError, RuntimeError):
     """A run could not be started (no such task, bad working directory, git clone failed)."""
-
-
-def lifecycle(
-    request: ActionRequest,
-    run_id: str,
-    phase: Phase,
-    *,
-    message: str = "",
-    exit_code: int | None = None,
-    outputs: Mapping[str, Any] | None = None,
-) -> LifecycleData:
-    """The lifecycle payload for a run of `request` entering `phase` (what the runner publishes)."""
-    return LifecycleData(
-        axon=request.axon,
-        namespace=request.namespace,
-        task=request.task,
-        run_id=run_id,
-        phase=phase,
-        sensor=request.sensor,
-        sensor_run_id=request.sensor_run_id,
-        step=request.step,
-        index=request.index,
-        attempt=request.attempt,
-        action_key=request.idempotency_key,
-        message=message,
-        exit_code=exit_code,
-        outputs=dict(outputs or {}),
-    )
 
 
 @dataclass(frozen=True)
