@@ -18,6 +18,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from executors.serving.routing import (
+    Backend,
+    DeployerTable,
+    ModelRoute,
+    Node,
+    RouteTable,
+    RoutingTable,
+)
+
 _LISTENING = re.compile(r"ranvier: listening on (http://\S+)")
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,3 +98,25 @@ def running(
 def serve_argv(model_class: str, *extra: str) -> list[str]:
     """argv of `ranvier serve CLASS --port 0 ...` with this interpreter."""
     return [sys.executable, "-m", "ranvier", "serve", model_class, "--port", "0", *extra]
+
+
+def router_argv(table: Path, *extra: str) -> list[str]:
+    """argv of the router serving the table file `table`, with this interpreter."""
+    return [sys.executable, "-m", "executors.serving.router", str(table), *extra]
+
+
+def one_model(
+    revision: int, *backends: Backend, routes: list[RouteTable] | None = None
+) -> RoutingTable:
+    """A table with one deployer (`quickstart/deploy`) serving model `m` from `backends`."""
+    return RoutingTable(
+        revision=revision,
+        deployers=[
+            DeployerTable(
+                axon="quickstart",
+                name="deploy",
+                routes=routes or [RouteTable(path="/predict", dag=[Node(model="m")])],
+                models=[ModelRoute(name="m", backends=list(backends))],
+            )
+        ],
+    )

@@ -13,7 +13,6 @@ import asyncio
 import json
 import math
 import os
-import sys
 import textwrap
 from collections import Counter
 from collections.abc import Iterator
@@ -33,7 +32,13 @@ from executors.serving.routing import (
     RoutingTable,
 )
 from executors.serving.upstream import KeepAliveTransport
-from tests.integration.serving_processes import ServerProcess, running, serve_argv
+from tests.integration.serving_processes import (
+    ServerProcess,
+    one_model,
+    router_argv,
+    running,
+    serve_argv,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -90,22 +95,6 @@ def write_table(path: Path, table: RoutingTable) -> None:
     os.replace(partial, path)
 
 
-def one_model(
-    revision: int, *backends: Backend, routes: list[RouteTable] | None = None
-) -> RoutingTable:
-    return RoutingTable(
-        revision=revision,
-        deployers=[
-            DeployerTable(
-                axon="quickstart",
-                name="deploy",
-                routes=routes or [RouteTable(path="/predict", dag=[Node(model="m")])],
-                models=[ModelRoute(name="m", backends=list(backends))],
-            )
-        ],
-    )
-
-
 @pytest.fixture(scope="module")
 def table_file(workdir: Path, model_a: ServerProcess) -> Path:
     path = workdir / "table.json"
@@ -115,8 +104,8 @@ def table_file(workdir: Path, model_a: ServerProcess) -> Path:
 
 @pytest.fixture(scope="module")
 def router(workdir: Path, table_file: Path) -> Iterator[ServerProcess]:
-    argv = [sys.executable, "-m", "executors.serving.router", str(table_file)]
-    with running([*argv, "--interval", "0.05", "--seed", "7"], cwd=workdir) as server:
+    argv = router_argv(table_file, "--interval", "0.05", "--seed", "7")
+    with running(argv, cwd=workdir) as server:
         yield server
 
 

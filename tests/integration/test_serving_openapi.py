@@ -9,7 +9,6 @@ the served class raises `DeliberateFailure` for `{"jsonData": {"fail": true}}`, 
 from __future__ import annotations
 
 import os
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +22,14 @@ from schemathesis import GenerationMode
 
 from executors.serving.routing import (
     Backend,
-    DeployerTable,
-    ModelRoute,
-    Node,
-    RouteTable,
-    RoutingTable,
 )
-from tests.integration.serving_processes import ServerProcess, running, serve_argv
+from tests.integration.serving_processes import (
+    ServerProcess,
+    one_model,
+    router_argv,
+    running,
+    serve_argv,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -65,25 +65,10 @@ def router_server(
     tmp_path_factory: pytest.TempPathFactory, model_server: ServerProcess
 ) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("fuzzed-router")
-    table = RoutingTable(
-        revision=1,
-        deployers=[
-            DeployerTable(
-                axon="quickstart",
-                name="deploy",
-                routes=[RouteTable(path="/predict", dag=[Node(model="m")])],
-                models=[
-                    ModelRoute(
-                        name="m",
-                        backends=[Backend(name="m", version="1", url=model_server.url, weight=100)],
-                    )
-                ],
-            )
-        ],
-    )
+    table = one_model(1, Backend(name="m", version="1", url=model_server.url, weight=100))
     path = workdir / "table.json"
     path.write_text(table.model_dump_json(by_alias=True))
-    argv = [sys.executable, "-m", "executors.serving.router", str(path)]
+    argv = router_argv(path)
     with running(
         argv, cwd=workdir, env={"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}
     ) as server:
