@@ -28,22 +28,18 @@ from tests.integration.k8s_kit import (
     COMPLETE,
     Env,
     by_role,
-    emulated_cluster,
+    env,
     eventually,
     registry_has,
     set_job_status,
 )
 
+__all__ = ["env"]  # the fixture, imported for pytest to find
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parents[2]
 GPT2 = ROOT / "examples" / "gpt2-shakespeare" / "axon.yaml"
-
-
-@pytest.fixture
-async def env() -> AsyncIterator[Env]:
-    async with emulated_cluster() as cluster:
-        yield cluster
 
 
 async def ranvier(*argv: str) -> asyncio.subprocess.Process:

@@ -6,7 +6,8 @@ server plays the image registry. The emulator is given what a real API server ad
 and update (uid, resourceVersion, creationTimestamp), so ownership and watch resumption see
 realistic objects.
 
-Use `emulated_cluster()` in a fixture: `async with emulated_cluster() as env: yield env`.
+A test module imports the `env` fixture (one cluster per test, from `emulated_cluster()`) and
+lists it in `__all__` so that pytest finds it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import aiohttp.test_utils
 import attrs
 import kmock
+import pytest
 from kubernetes import client
 
 from executors.backends import k8s_objects as k8s
@@ -118,6 +120,13 @@ async def emulated_cluster() -> AsyncIterator[Env]:
         finally:
             await asyncio.to_thread(api.close)
             await env.server.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    """An emulated cluster and registry for one test."""
+    async with emulated_cluster() as cluster:
+        yield cluster
 
 
 async def eventually(check: Callable[[], Awaitable[Any] | Any], what: str) -> Any:

@@ -8,7 +8,7 @@ image registry.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +29,19 @@ from tests.integration.k8s_kit import (
     Env,
     by_role,
     drop_connections,
-    emulated_cluster,
+    env,
     eventually,
     registry_has,
     set_job_status,
     settings_for,
 )
 
+__all__ = ["env"]  # the fixture, imported for pytest to find
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parents[2]
 GPT2 = ROOT / "examples" / "gpt2-shakespeare" / "axon.yaml"
-
-
-@pytest.fixture
-async def env() -> AsyncIterator[Env]:
-    async with emulated_cluster() as cluster:
-        yield cluster
 
 
 def backend_for(env: Env) -> KubernetesBackend:

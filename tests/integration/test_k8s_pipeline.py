@@ -37,7 +37,7 @@ from tests.integration.k8s_kit import (
     RUNNING,
     Env,
     by_role,
-    emulated_cluster,
+    env,
     eventually,
     finished_pod,
     registry_has,
@@ -45,17 +45,13 @@ from tests.integration.k8s_kit import (
     set_job_status,
 )
 
+__all__ = ["env"]  # the fixture, imported for pytest to find
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parents[2]
 GPT2 = ROOT / "examples" / "gpt2-shakespeare" / "axon.yaml"
 ROLES = ["engine", "executor", "watcher", "router"]
-
-
-@pytest.fixture
-async def env() -> AsyncIterator[Env]:
-    async with emulated_cluster() as cluster:
-        yield cluster
 
 
 @contextlib.asynccontextmanager
