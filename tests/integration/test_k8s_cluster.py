@@ -63,6 +63,24 @@ def request(axon: Axon, sensor: str, step: int, kind: str, task: str, **params: 
     )
 
 
+def deploy_request(axon: Axon, **params: Any) -> Any:
+    """The GPT-2 Axon's deployer action: DeploymentDecisionMaker's first step."""
+    deployer = axon.spec.sensor("DeploymentDecisionMaker")
+    assert deployer is not None
+    spec = deployer.steps[0][0].deployer
+    assert spec is not None
+    deployer_params = spec.model_dump(mode="json", by_alias=True)
+    return request(
+        axon,
+        "DeploymentDecisionMaker",
+        0,
+        "deployer",
+        "gpt2deployer",
+        deployer=deployer_params,
+        **params,
+    )
+
+
 def test_backend_satisfies_the_protocol() -> None:
     backend: Backend = KubernetesBackend(client.ApiClient(client.Configuration()))
     assert backend.name == "kubernetes"
@@ -144,21 +162,9 @@ async def test_gpt2_actions_create_jobs_deployment_service_and_lifecycle(env: En
         )
 
         # The deployer: DeployGPT2 (s2i) runs because its image already exists.
-        deployer = axon.spec.sensor("DeploymentDecisionMaker")
-        assert deployer is not None
-        spec = deployer.steps[0][0].deployer
-        assert spec is not None
         deploy = asyncio.create_task(
             backend.run(
-                request(
-                    axon,
-                    "DeploymentDecisionMaker",
-                    0,
-                    "deployer",
-                    "gpt2deployer",
-                    deployer=spec.model_dump(mode="json", by_alias=True),
-                    versions={"shakespearegpt2": "train-1"},
-                ),
+                deploy_request(axon, versions={"shakespearegpt2": "train-1"}),
                 axon,
                 GPT2.parent,
                 run_id="deploy-1",
@@ -251,22 +257,7 @@ async def test_a_restarted_watcher_repeats_nothing_and_catches_up(env: Env) -> N
 async def test_s2i_without_an_existing_image_fails_clearly(env: Env) -> None:
     axon = load_axon(GPT2)
     registry_has(env, axon)  # nothing exists
-    deployer = axon.spec.sensor("DeploymentDecisionMaker")
-    assert deployer is not None
-    spec = deployer.steps[0][0].deployer
-    assert spec is not None
-    outcome = await backend_for(env).run(
-        request(
-            axon,
-            "DeploymentDecisionMaker",
-            0,
-            "deployer",
-            "gpt2deployer",
-            deployer=spec.model_dump(mode="json", by_alias=True),
-        ),
-        axon,
-        GPT2.parent,
-    )
+    outcome = await backend_for(env).run(deploy_request(axon), axon, GPT2.parent)
     assert outcome.phase == "Failed"
     assert "s2i, which the kubernetes backend does not support" in outcome.message
     assert env.objects("Deployment") == []
