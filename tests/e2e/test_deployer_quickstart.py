@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,33 +20,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from executors.backends.local import group_members
+from tests.e2e.kit import REPO, alive, ranvier
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 AXON = REPO / "examples" / "01-quickstart" / "axon.yaml"
 PAYLOAD = {"data": {"ndarray": [[1, 2]]}}
-
-
-def ranvier(*argv: str, state: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RANVIER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "ranvier", *argv, "--state-dir", str(state)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=state.parent,
-        timeout=170,
-        check=False,
-    )
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 def feedback_count(metrics: str) -> float:

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -37,13 +35,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from events.bus import Bus, ConnectOptions
 from ranvier.app import axon_status
 from sensors.axons import AxonStore
+from tests.e2e import kit
+from tests.e2e.kit import REPO
 from tests.integration.prometheus_kit import PrometheusServer, prometheus
 
 __all__ = ["prometheus"]  # the fixture, imported for pytest to find
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(400)]
 
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "02-retrain-on-feedback"
 NAME = "quickstart-retrain"
 INTERVAL = 1.0
@@ -71,15 +70,7 @@ def prepare(tmp_path: Path, source: str) -> Path:
 
 
 def ranvier(*argv: str, state: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ranvier", *argv, "--state-dir", str(state)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=state.parent,
-        timeout=200,
-        check=False,
-    )
+    return kit.ranvier(*argv, state=state, env=env, timeout=200)
 
 
 async def until(what: str, check: Callable[[], Awaitable[Any]], limit: float = WAIT) -> Any:
@@ -143,7 +134,7 @@ class Pipeline:
 async def retrain_loop(tmp_path: Path, source: str, prom: PrometheusServer | None) -> None:
     axon = prepare(tmp_path, source)
     state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RANVIER_")}
+    env = kit.clean_env()
     if prom is not None:
         env["RANVIER_PROMETHEUS_URL"] = prom.url
     up = ranvier(

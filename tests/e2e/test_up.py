@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,32 +21,11 @@ from typing import Any
 import pytest
 
 from executors.backends.local import group_members
+from tests.e2e.kit import REPO, alive, ranvier
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples" / "01-quickstart" / "axon.yaml"
-
-
-def ranvier(*argv: str, state: Path, timeout: float = 170) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RANVIER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "ranvier", *argv, "--state-dir", str(state)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=state.parent,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return stat not in ("Z", "X")
 
 
 def get_axon(name: str, state: Path) -> dict[str, Any]:
