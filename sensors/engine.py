@@ -586,6 +586,9 @@ class _AxonState:
     dirty_runs: set[str] = field(default_factory=set)
     sensor_order: list[str] | None = None
     run_order: list[str] | None = None
+    # Sensors whose alerts may wait on time (a superset: `_armed` drops those that do not).
+    # None: not known yet, every sensor with an Alert trigger. `_alert` adds to it.
+    timed: set[str] | None = None
 
     def sensor_state(self, name: str) -> _SensorState:
         """The state of a sensor, to read or change (it is re-encoded on the next dump)."""
@@ -594,6 +597,12 @@ class _AxonState:
         if st is None:
             st = self.sensors[name] = _SensorState()
         return st
+
+    def alert_state(self, sensor: str, alert: str) -> _AlertState:
+        """The state of an Alert trigger, to read or change (it may then wait on time)."""
+        if self.timed is not None:
+            self.timed.add(sensor)
+        return self.sensor_state(sensor).alert(alert)
 
     def run_changed(self, run_id: str) -> None:
         """Mark a run (added, changed or removed) for re-encoding on the next dump."""
@@ -1347,7 +1356,7 @@ def _alert(
     timed: bool,
 ) -> None:
     """Run one Alert trigger's state machine at `out.now`; on ticks, record only transitions."""
-    st = ax.sensor_state(sensor.name).alert(alert.name)
+    st = ax.alert_state(sensor.name, alert.name)
     now = out.now
     cond = alert.condition.evaluate(st.values)
 
@@ -1516,19 +1525,36 @@ def _deadline(alert: _Alert, st: _AlertState) -> float | None:
 
 
 def _armed(state: EngineState) -> Iterable[tuple[_AxonState, _Sensor, _Alert, float]]:
+    """Alerts waiting on time, with their deadlines: Axons in key order, sensors in spec order.
+
+    Only the sensors in `_AxonState.timed` are looked at (the runtime asks after every batch,
+    and an Axon may have thousands of sensors); those found waiting on nothing are dropped.
+    """
     for key in sorted(state._axons):
         ax = state._axons[key]
-        for sensor in ax.spec.order:
+        if ax.timed is None:
+            ax.timed = {s.name for s in ax.spec.order if s.alerts}
+        if not ax.timed:
+            continue
+        sensors = ax.spec.sensors
+        idle: list[str] = []
+        for sensor in sorted((sensors[n] for n in ax.timed if n in sensors), key=_position):
             st = ax.sensors.get(sensor.name)
-            if st is None or not st.alerts:
-                continue
+            waiting = False
             for name, alert in sensor.alerts.items():
-                ast = st.alerts.get(name)
-                if ast is None:
-                    continue
-                due = _deadline(alert, ast)
+                ast = st.alerts.get(name) if st is not None else None
+                due = _deadline(alert, ast) if ast is not None else None
                 if due is not None:
+                    waiting = True
                     yield ax, sensor, alert, due
+            if not waiting:
+                idle.append(sensor.name)
+        ax.timed.difference_update(idle)
+        ax.timed.intersection_update(sensors)
+
+
+def _position(sensor: _Sensor) -> int:
+    return sensor.position
 
 
 def tick(state: EngineState, now: datetime) -> StepResult:
