@@ -24,6 +24,8 @@ from sensors.runtime import DURABLE, EngineRuntime
 from sensors.spec import Axon
 
 NAME = "pipe"
+READY_WITHIN = 60.0
+"""Seconds a test waits for a runtime to load its state and consume."""
 
 AXON_YAML = """\
 apiVersion: ranvier.dev/v1alpha1
@@ -181,10 +183,15 @@ async def running(bus: Bus, **options: Any) -> AsyncIterator[EngineRuntime]:
     task = asyncio.create_task(runtime.run())
     try:
         ready = asyncio.create_task(runtime.ready.wait())
-        done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {task, ready}, timeout=READY_WITHIN, return_when=asyncio.FIRST_COMPLETED
+        )
         if task in done:
             ready.cancel()
             task.result()  # raises what stopped it
+        if not done:  # it keeps retrying its start (the runtime logs why): fail, do not hang
+            ready.cancel()
+            raise TimeoutError(f"the engine runtime was not ready within {READY_WITHIN}s")
         yield runtime
     finally:
         task.cancel()
