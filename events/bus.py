@@ -857,22 +857,41 @@ class Bus:
         await kv.delete(key)
 
     async def kv_keys(self, bucket: str, pattern: str = ">") -> list[str]:
-        """Keys currently set in `bucket` that match `pattern` (NATS wildcards)."""
-        kv = await self._bucket(bucket)
-        # nats-py's keys() filters by substring; a watch filters by subject on the server.
-        watcher = await kv.watch(
-            pattern, ignore_deletes=True, meta_only=True, inactive_threshold=_KEYS_INACTIVE
+        """Keys currently set in `bucket` that match `pattern` (NATS wildcards).
+
+        Read with an ephemeral pull consumer (last message per key, headers only): a pull
+        consumer delivers nothing until asked, so its pending count is exact before the first
+        fetch. nats-py's `keys()` and watch-based listing decide "all current values seen" from
+        a push consumer's info, which races with delivery: under load it could announce the end
+        before the first key arrived and return too few keys.
+        """
+        await self._bucket(bucket)  # the bucket must exist; a clear error otherwise
+        stream = f"KV_{bucket}"
+        prefix = f"$KV.{bucket}."
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=api.AckPolicy.NONE,
+            headers_only=True,
+            filter_subject=prefix + pattern,
+            inactive_threshold=_KEYS_INACTIVE,
+            max_ack_pending=-1,
         )
-        keys: list[str] = []
+        sub = await self.js.pull_subscribe(prefix + pattern, stream=stream, config=config)
+        keys: dict[str, None] = {}  # ordered set: a change while reading moves or drops a key
         try:
-            async for entry in watcher:
-                if entry is None:  # end of the current values
-                    break
-                keys.append(str(entry.key))
+            remaining = (await sub.consumer_info()).num_pending or 0
+            while remaining > 0:
+                msgs = await sub.fetch(min(remaining, 1024), timeout=self.options.request_timeout)
+                for msg in msgs:
+                    remaining = msg.metadata.num_pending
+                    key = msg.subject[len(prefix) :]
+                    keys.pop(key, None)
+                    if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
+                        keys[key] = None
         finally:
             with contextlib.suppress(nats.errors.Error):
-                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
-        return keys
+                await sub.unsubscribe()
+        return list(keys)
 
     async def kv_watch(
         self, bucket: str, pattern: str = ">", *, include_current: bool = True

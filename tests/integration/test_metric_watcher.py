@@ -144,7 +144,11 @@ async def test_scrape_source_values_unknown_and_outage(bus: Bus, tmp_path: Path)
             assert not first.stale
             await feedback(server.url, 0.5)
             await feedback(server.url, 1.0)
-            known = await values.wait_for("with the gauge", lambda d: d.value is not None)
+            # A scrape may fall between the two feedbacks (0.5 first); the mean must follow.
+            known = await values.wait_for(
+                "with the mean of both rewards",
+                lambda d: d.value is not None and d.value == pytest.approx(0.75),
+            )
             assert known.value == pytest.approx(0.75)
             server.process.terminate()
             server.process.wait(timeout=10)
