@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -266,6 +266,7 @@ class LifecycleWatcher:
         self._responses: set[Any] = set()
         self._lock = threading.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
         self.connects = 0
 
     # -- lifecycle of the watcher itself -----------------------------------------------------
@@ -298,6 +299,8 @@ class LifecycleWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        # transitions being published and written back finish, so none is reported twice
+        await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
     # -- list + watch ------------------------------------------------------------------------
 
@@ -463,6 +466,17 @@ class LifecycleWatcher:
         if deleted and not phases:
             self._reported.pop(seen.key, None)
             return
+        # Publishing and writing the phase back belong together: a stop() in between would let
+        # a restarted watcher report the same transition again. So they run as their own task,
+        # which a cancelled watch loop does not interrupt and stop() waits for.
+        applying = asyncio.create_task(self._apply(kind, seen, phases, deleted=deleted))
+        self._inflight.add(applying)
+        applying.add_done_callback(self._inflight.discard)
+        await asyncio.shield(applying)
+
+    async def _apply(
+        self, kind: Kind, seen: Observed, phases: Sequence[Phase], *, deleted: bool
+    ) -> None:
         for phase in phases:
             data = to_lifecycle(seen, phase)
             await self.publish(data)
