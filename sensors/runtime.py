@@ -8,6 +8,11 @@ process may die at any instruction. The rules (DESIGN.md, Delivery):
   records concurrently (`publish_many`); write each touched Axon's state once, by
   compare-and-set; only then ack (or term) its messages. Action requests carry their
   idempotency key as `Nats-Msg-Id`, so re-publishing them after a crash stores nothing new.
+  The state write and the ack run in the background (`_kick`/`_flush`): while one is in
+  flight the next batches are stepped and published, and the following write covers all of
+  them at once (one write per touched Axon). The state written is dumped between batches,
+  so it holds exactly the events published so far, with the last one's sequence; an event
+  is acked only after a write that covers it.
 - Each Axon's state (in `ranvier_state`) records the last stream sequence applied to it, so an
   event seen again (redelivered after a crash between the state write and the ack) is skipped.
   That is only sound if events reach the engine in stream order. JetStream redelivers a dead
