@@ -8,6 +8,11 @@ process may die at any instruction. The rules (DESIGN.md, Delivery):
   records concurrently (`publish_many`); write each touched Axon's state once, by
   compare-and-set; only then ack (or term) its messages. Action requests carry their
   idempotency key as `Nats-Msg-Id`, so re-publishing them after a crash stores nothing new.
+  The state write and the ack run in the background (`_kick`/`_flush`): while one is in
+  flight the next batches are stepped and published, and the following write covers all of
+  them at once (one write per touched Axon). The state written is dumped between batches,
+  so it holds exactly the events published so far, with the last one's sequence; an event
+  is acked only after a write that covers it.
 - Each Axon's state (in `ranvier_state`) records the last stream sequence applied to it, so an
   event seen again (redelivered after a crash between the state write and the ack) is skipped.
   That is only sound if events reach the engine in stream order. JetStream redelivers a dead
@@ -174,7 +179,8 @@ class _Slot:
     namespace: str
     name: str
     revision: int | None = None  # KV revision of the state key; None: key absent
-    applied: int = 0  # last stream sequence applied to this Axon
+    applied: int = 0  # last stream sequence applied to this Axon in the stored state
+    stepped: int = 0  # last stream sequence applied to it in memory (>= applied)
     loaded: bool = False  # the engine holds its state (else: unknown or deleted)
 
 
@@ -190,6 +196,19 @@ class _Batch:
     started: set[str] = field(default_factory=set)  # sensor runs started in this batch
     ack: list[Received] = field(default_factory=list)
     term: list[Received] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Batches published but not yet covered by a state write (hence not acked)."""
+
+    dirty: dict[str, int] = field(default_factory=dict)  # axon key -> applied seq to write
+    ack: Received | None = None  # the highest-sequence message to ack (ack-all)
+    acked: int = 0  # messages that ack covers (for the stats)
+    term: list[Received] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not self.dirty and self.ack is None and not self.term
 
 
 class EngineRuntime:
@@ -218,6 +237,8 @@ class EngineRuntime:
         self._specs: dict[tuple[str, str, int], Axon] = {}
         self._runs: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._consumer: Consumer | None = None
+        self._pending = _Pending()
+        self._flusher: asyncio.Future[None] | None = None
         self._ticked_at: datetime | None = None
         self._due: datetime | None = None
         self.ready = asyncio.Event()
@@ -239,6 +260,7 @@ class EngineRuntime:
                     await asyncio.sleep(_RETRY_DELAY)
                     await self._restart_until_ok()
         finally:
+            await self._stop_flusher()
             if self._consumer is not None:
                 with contextlib.suppress(Exception):  # the connection may be gone already
                     await self._consumer.close()
@@ -255,6 +277,7 @@ class EngineRuntime:
 
     async def _restart(self) -> None:
         """Reload all state from KV and recreate the consumer from its ack floor."""
+        await self._stop_flusher()
         if self._consumer is not None:
             await self._consumer.close()
             self._consumer = None
@@ -304,7 +327,8 @@ class EngineRuntime:
             try:
                 record = json.loads(zlib.decompress(raw[len(_ZLIB) :]) if raw[:1] != b"{" else raw)
                 ns, name = str(record["namespace"]), str(record["axon"])
-                slot = _Slot(ns, name, revision=revision, applied=int(record["seq"]))
+                applied = int(record["seq"])
+                slot = _Slot(ns, name, revision=revision, applied=applied, stepped=applied)
             except (ValueError, KeyError, TypeError, zlib.error) as exc:
                 log.error("runtime.state_unreadable", key=key, error=str(exc))
                 continue
@@ -339,7 +363,10 @@ class EngineRuntime:
         consumer = self._consumer
         if consumer is None:
             raise _Conflict("no consumer")
+        self._kick()
         wait = self.max_wait
+        if not self._pending.empty():  # come back soon to write it once the flusher is free
+            wait = min(wait, 0.02)
         due = self._due
         if due is not None:
             wait = max(0.0, min(wait, (due - utcnow()).total_seconds()))
@@ -348,6 +375,8 @@ class EngineRuntime:
             with _gc_paused():
                 await self._process(received)
             self._ticked_at = None  # new values may have unblocked an overdue deadline
+        elif self._flusher is not None:  # idle: let the state write finish, then write the rest
+            await asyncio.wait([self._flusher])
         await self._maybe_tick()
 
     async def _maybe_tick(self) -> None:
@@ -380,7 +409,7 @@ class EngineRuntime:
             seq = rec.seq
             akey = _axon_of(event)
             slot = self._slots.get(akey) if akey is not None else None
-            if slot is not None and seq <= slot.applied:
+            if slot is not None and seq <= max(slot.applied, slot.stepped):
                 self.stats.redelivered += 1
                 batch.ack.append(rec)
                 continue
@@ -401,6 +430,9 @@ class EngineRuntime:
             if event.type == LIFECYCLE and event.data.get("sensor_run_id"):
                 batch.lifecycle.append(event.data)
             self._collect(batch, result, event.id, akey, seq)
+            slot = self._slots.get(akey) if akey is not None else None
+            if slot is not None:
+                slot.stepped = max(slot.stepped, seq)
             batch.ack.append(rec)
         await self._commit(batch)
         if new_spec:
@@ -438,7 +470,7 @@ class EngineRuntime:
         batch.started.update(result.started)
         for key in (*result.touched, *result.deleted):
             slot = self._slots[key]
-            applied = seq if key == akey else slot.applied
+            applied = seq if key == akey else max(slot.applied, slot.stepped)
             batch.dirty[key] = max(applied, batch.dirty.get(key, 0))
         if akey is not None and akey in batch.dirty:
             batch.dirty[akey] = max(batch.dirty[akey], seq)
@@ -446,42 +478,95 @@ class EngineRuntime:
     # -- commit --------------------------------------------------------------------------------
 
     async def _commit(self, batch: _Batch) -> None:
+        """Publish a batch's records, then hand its state and acks to the flusher.
+
+        The state write and the ack leave the batch's critical path: the next batch is fetched
+        and stepped while the flusher writes (one write per touched Axon for every batch
+        published since its last write, compressed in a thread), then acks. Nothing is acked
+        before a state write that covers it; a failed write throws all in-memory state away
+        (`_restart`), and every unacked event comes again and is stepped on the stored state.
+        Re-publishing the records of such events stores nothing new (their Msg-Ids).
+        """
         stamp = format_time(batch.now)
         items = [encode_action(a, stamp) for a in batch.actions]
         items += [decision_event(d, ev_id, stamp) for ev_id, d in batch.decisions]
-        dumps = {key: self._dump(key) for key in batch.dirty}
-        values = {key: self._value(key, seq, dumps[key]) for key, seq in batch.dirty.items()}
-        # Large states are compressed in a thread (zlib releases the GIL) while the records
-        # are published: it is the largest fixed cost of a batch once an Axon's state is big.
+        items += await self._run_records(batch, stamp)
+        if items:
+            await self._bus.publish_many_encoded(items, max_in_flight=self.max_in_flight)
+        pending = self._pending
+        for key, seq in batch.dirty.items():
+            pending.dirty[key] = max(seq, pending.dirty.get(key, 0))
+        if batch.ack:
+            last = max(batch.ack, key=_seq_of)
+            if pending.ack is None or last.seq > pending.ack.seq:
+                pending.ack = last
+            pending.acked += len(batch.ack)
+        pending.term += batch.term
+        self.stats.batches += 1
+        self.stats.actions += len(batch.actions)
+        self.stats.decisions += len(batch.decisions)
+        if batch.actions:
+            log.debug("runtime.batch", actions=len(batch.actions), acked=len(batch.ack))
+        self._kick()
+
+    def _kick(self) -> None:
+        """Start writing what is pending unless a write is in flight (raises if one failed).
+
+        Only called between batches (never between a step and its publish), so the state
+        dumped here holds exactly the events published so far, and the sequence recorded with
+        it (`_Slot.stepped`) is the last of them.
+        """
+        flusher = self._flusher
+        if flusher is not None:
+            if not flusher.done():
+                return
+            self._flusher = None
+            flusher.result()  # a failed write: _Conflict, handled by run()
+        pending = self._pending
+        if pending.empty():
+            return
+        self._pending = _Pending()
+        dirty = {
+            key: max(seq, self._slots[key].stepped, self._slots[key].applied)
+            for key, seq in pending.dirty.items()
+        }
+        dumps = {key: self._dump(key) for key in dirty}
+        values = {key: self._value(key, seq, dumps[key]) for key, seq in dirty.items()}
+        self._flusher = asyncio.ensure_future(self._flush(pending, dirty, dumps, values))
+
+    async def _flush(
+        self,
+        pending: _Pending,
+        dirty: dict[str, int],
+        dumps: dict[str, bytes | None],
+        values: dict[str, bytes],
+    ) -> None:
         big = {key: value for key, value in values.items() if len(value) > COMPRESS_OVER}
-        packing = asyncio.ensure_future(asyncio.to_thread(_compress, big)) if big else None
-        try:
-            items += await self._run_records(batch, stamp)
-            if items:
-                await self._bus.publish_many_encoded(items, max_in_flight=self.max_in_flight)
-            if packing is not None:
-                values.update(await packing)
-        finally:
-            if packing is not None and not packing.done():
-                packing.cancel()
+        if big:  # zlib releases the GIL: batches go on being stepped meanwhile
+            values.update(await asyncio.to_thread(_compress, big))
         writes = [
             self._write(key, seq, values[key], loaded=dumps[key] is not None)
-            for key, seq in batch.dirty.items()
+            for key, seq in dirty.items()
         ]
         outcomes = await asyncio.gather(*writes, return_exceptions=True)
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         if failed:
             raise _Conflict(f"state write failed: {failed[0]!r}")
-        if batch.ack:  # ack-all policy: acking the last acks the batch's earlier messages
-            await max(batch.ack, key=_seq_of).ack()
-        for rec in batch.term:
+        if pending.ack is not None:  # ack-all: acking the last acks the earlier messages
+            await pending.ack.ack()
+        for rec in pending.term:
             await rec.term()
-        self.stats.batches += 1
-        self.stats.acked += len(batch.ack) + len(batch.term)
-        self.stats.actions += len(batch.actions)
-        self.stats.decisions += len(batch.decisions)
-        if batch.actions:
-            log.debug("runtime.batch", actions=len(batch.actions), acked=len(batch.ack))
+        self.stats.acked += pending.acked + len(pending.term)
+
+    async def _stop_flusher(self) -> None:
+        """Drop the write in flight and what is pending (before reloading the state)."""
+        flusher, self._flusher = self._flusher, None
+        self._pending = _Pending()
+        if flusher is not None:
+            flusher.cancel()
+            await asyncio.wait([flusher])  # does not raise what the flusher raised
+            if not flusher.cancelled():
+                flusher.exception()  # retrieved: it is the reason of this restart, logged
 
     def _dump(self, key: str) -> bytes | None:
         """The engine's bytes for an Axon, or None when its state is gone (deleted)."""
