@@ -86,6 +86,7 @@ thousands of sensors has megabytes of JSON state, over NATS's default max payloa
 _ZLIB: Final = b"zlib:"
 _MAX_ID: Final = 128
 _RETRY_DELAY: Final = 0.5
+_STOP_WITHIN: Final = 5.0  # seconds a cancelled runtime waits for its cleanup
 
 
 @dataclass(slots=True)
@@ -260,11 +261,16 @@ class EngineRuntime:
                     await asyncio.sleep(_RETRY_DELAY)
                     await self._restart_until_ok()
         finally:
-            await self._stop_flusher()
-            if self._consumer is not None:
-                with contextlib.suppress(Exception):  # the connection may be gone already
-                    await self._consumer.close()
-                self._consumer = None
+            # Stopping must not hang on a stuck connection: what is not written is redelivered.
+            try:
+                async with asyncio.timeout(_STOP_WITHIN):
+                    await self._stop_flusher()
+                    if self._consumer is not None:
+                        with contextlib.suppress(Exception):  # the connection may be gone
+                            await self._consumer.close()
+            except TimeoutError:
+                log.warning("runtime.stop_timed_out", seconds=_STOP_WITHIN)
+            self._consumer = None
 
     async def _restart_until_ok(self) -> None:
         while True:

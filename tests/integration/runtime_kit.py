@@ -178,7 +178,17 @@ async def caught_up(bus: Bus, *, durable: str = DURABLE, limit: float = 60.0) ->
 
 @contextlib.asynccontextmanager
 async def running(bus: Bus, **options: Any) -> AsyncIterator[EngineRuntime]:
-    """An `EngineRuntime` running as a task on `bus`, cancelled on exit."""
+    """An `EngineRuntime` on its own connection to `bus`'s server, as a task, cancelled on exit.
+
+    Like a real engine process it has a connection of its own: cancelling it must not leave
+    anything half-done on the connection the test keeps using.
+    """
+    async with Bus.connect(bus.options) as own, _running_on(own, **options) as runtime:
+        yield runtime
+
+
+@contextlib.asynccontextmanager
+async def _running_on(bus: Bus, **options: Any) -> AsyncIterator[EngineRuntime]:
     runtime = EngineRuntime(bus, **options)
     task = asyncio.create_task(runtime.run())
     try:
