@@ -319,7 +319,8 @@ async def _latency_run(url: str, sensors: int, rate: int, seconds: float) -> lis
             sent[n] = time.perf_counter()
             await bus.nc.publish(item.subject, item.data, headers={MSG_ID: item.msg_id})
         with contextlib.suppress(TimeoutError):  # report what arrived
-            await asyncio.wait_for(done.wait(), 30)
+            async with asyncio.timeout(30):
+                await done.wait()
     return latencies
 
 

@@ -322,7 +322,8 @@ class Consumer:
             if left <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._arrived.wait(), left)
+                async with asyncio.timeout(left):  # not wait_for: see events/aio.py
+                    await self._arrived.wait()
             except TimeoutError:
                 return False
         return True
@@ -1044,7 +1045,8 @@ class _PublishRound:
             self.wake_at = self.free + len(self.inflight) if all_of_them else self.low_water
             self.waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self.waiter, self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await self.waiter
             except TimeoutError:
                 self.give_up_on_inflight()
             finally:

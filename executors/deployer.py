@@ -877,7 +877,8 @@ class LocalDeployer:
                         hint="see its log " + str(log_path),
                     )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(proc.wait()), _POLL)
+                    async with asyncio.timeout(_POLL):
+                        await asyncio.shield(proc.wait())
 
     # -- KV -----------------------------------------------------------------------------------
 

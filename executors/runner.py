@@ -35,6 +35,7 @@ from typing import Any, Final, Literal, Protocol
 import structlog
 
 from events import subjects
+from events.aio import checkpoint
 from events.bus import Bus, Received, kv_key
 from events.errors import RanvierError
 from events.model import (
@@ -316,6 +317,7 @@ class ExecutorRunner:
         self._ready.set()
         try:
             while True:
+                checkpoint()
                 free = self.concurrency - len(self._tasks)
                 if free <= 0:
                     await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -530,6 +532,7 @@ class ExecutorRunner:
 
     async def _keepalive(self, live: _Live) -> None:
         while True:
+            checkpoint()
             await asyncio.sleep(self.ack_wait / 3)
             for delivery in list(live.deliveries):
                 with contextlib.suppress(Exception):

@@ -52,6 +52,7 @@ import structlog
 from nats.js import api
 
 from events import subjects
+from events.aio import checkpoint
 from events.bus import Bus, BusError, Consumer, Outgoing, Received, RevisionMismatch, kv_key
 from events.errors import RanvierError
 from events.model import (
@@ -253,6 +254,7 @@ class EngineRuntime:
             await self._restart_until_ok()  # the server may be slow to answer at first
             self.ready.set()
             while True:
+                checkpoint()  # a cancellation a library swallowed stops us here
                 try:
                     await self._loop_once()
                 except (_Conflict, BusError, nats.errors.Error, TimeoutError) as exc:

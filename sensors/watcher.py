@@ -47,6 +47,7 @@ from typing import Final, Literal
 import structlog
 
 from events import subjects
+from events.aio import checkpoint
 from events.bus import Bus, BusError, kv_key
 from events.model import MetricData
 from events.telemetry import Telemetry
@@ -216,6 +217,7 @@ class MetricsWatcher:
         log.info("watcher.started", prometheus=self.prometheus_url)
         try:
             while True:
+                checkpoint()
                 now = self.clock()
                 if now - self._refreshed >= self.refresh:
                     await self._refresh_plans(now)
@@ -243,7 +245,8 @@ class MetricsWatcher:
             await asyncio.shield(work)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(work, self.timeout + 1.0)
+                async with asyncio.timeout(self.timeout + 1.0):
+                    await work
             raise
 
     async def _refresh_plans(self, now: float) -> None:

@@ -25,6 +25,7 @@ from typing import Final
 import structlog
 
 from events import subjects
+from events.aio import checkpoint
 from events.bus import Bus, RevisionMismatch, kv_key
 from events.model import CalendarData, format_time, utcnow
 from events.watchers.calendar import DEFAULT_MAX_CATCH_UP, Schedule, tick_event_id
@@ -78,6 +79,7 @@ class CalendarWatcher:
         """Publish due ticks, sleep until the next one (or `refresh`), repeat."""
         log.info("calendar.started")
         while True:
+            checkpoint()
             triggers = await self.provider()
             now = self.clock()
             wake = self.refresh

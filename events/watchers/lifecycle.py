@@ -37,6 +37,7 @@ from typing import Any, Final, Literal
 
 import structlog
 
+from events.aio import checkpoint
 from events.model import ActionRequest, LifecycleData, Phase
 
 log = structlog.get_logger(__name__)
@@ -320,6 +321,7 @@ class LifecycleWatcher:
         version: str | None = None
         bound = log.bind(kind=kind, namespace=self.namespace or "*")
         while not self._stopping.is_set():
+            checkpoint()
             try:
                 if version is None:
                     version = await self._relist(kind)

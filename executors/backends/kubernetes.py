@@ -511,7 +511,8 @@ class KubernetesBackend:
                 await self._delete_jobs(live)
                 return "Failed", live.cancel_reason
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(live.cancelled.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await live.cancelled.wait()
 
     async def _wait_job(self, namespace: str, name: str, live: _Live) -> tuple[Phase, str]:
         return await self._poll(

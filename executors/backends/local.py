@@ -329,7 +329,8 @@ async def _wait_gone(pgid: int, within: float, proc: asyncio.subprocess.Process 
             return False
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(proc.wait()), _POLL)
+                async with asyncio.timeout(_POLL):
+                    await asyncio.shield(proc.wait())
         else:
             await asyncio.sleep(_POLL)
 
@@ -842,7 +843,8 @@ class LocalBackend:
                 f"command not found: {self.git}", hint="install git to use git artifacts"
             ) from None
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.git_timeout)
+            async with asyncio.timeout(self.git_timeout):
+                out, _ = await proc.communicate()
         except TimeoutError:
             await stop_tree(proc.pid, self.grace, proc)
             raise TaskSetupError(

@@ -28,6 +28,7 @@ import structlog
 import uvicorn
 from pydantic import ValidationError
 
+from events.aio import checkpoint
 from events.bus import Bus, BusError, KVChange
 from events.subjects import MODELS_BUCKET
 from executors.serving.router import create_router_app
@@ -113,6 +114,7 @@ class KvTableSource:
         change: asyncio.Future[KVChange] | None = None
         try:
             while True:
+                checkpoint()
                 change = asyncio.ensure_future(anext(watch))
                 await asyncio.wait({change, reconnected}, return_when=asyncio.FIRST_COMPLETED)
                 if not change.done():

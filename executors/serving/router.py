@@ -40,6 +40,7 @@ from prometheus_client import (
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from events.aio import checkpoint
 from events.errors import RanvierError
 from executors.serving import protocol
 from executors.serving.protocol import ErrorResponse, Feedback, ProtocolError, SeldonMessage
@@ -269,6 +270,7 @@ class Router:
         first, longest = self.retry
         delay = first
         while True:
+            checkpoint()
             try:
                 async for table in self.source.changes():
                     self._install(table)

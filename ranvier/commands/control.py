@@ -348,7 +348,8 @@ async def _follow(
                 progress.note(f"timed out after {plan.limit:g}s before {goal or 'stop'}")
                 return 3
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(stop.wait()), POLL)
+                async with asyncio.timeout(POLL):
+                    await asyncio.shield(stop.wait())
 
 
 def _detach(argv: list[str], state_dir: Path, goal: Goal | None, timeout: float | None) -> int:

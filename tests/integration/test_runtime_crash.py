@@ -46,7 +46,8 @@ async def start_engine(url: str) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    async with asyncio.timeout(30):
+        line = await proc.stdout.readline()
     assert line.strip() == b"ready", f"engine process did not start: {line!r}"
     return proc
 

@@ -50,7 +50,8 @@ async def test_file_source_follows_valid_edits_and_skips_bad_ones(tmp_path: Path
     _write(path, '{"revision": "not a number"}')
     await asyncio.sleep(0.05)
     _write(path, RoutingTable(revision=2).model_dump_json())
-    assert (await asyncio.wait_for(waiting, 30)).revision == 2
+    async with asyncio.timeout(30):
+        assert (await waiting).revision == 2
     await changes.aclose()
 
 
