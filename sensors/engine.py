@@ -601,7 +601,8 @@ class _Parts:
             bucket[key] = part
         self._joined.pop(name, None)
 
-    def joined(self) -> str:
+    def pieces(self) -> list[str]:
+        """Each bucket's pieces joined, in order: joined with commas, all the pieces sorted."""
         if self._names is None:
             self._names = sorted(self._buckets)
         out: list[str] = []
@@ -611,7 +612,14 @@ class _Parts:
                 bucket = self._buckets[name]
                 text = self._joined[name] = ",".join([bucket[k] for k in sorted(bucket)])
             out.append(text)
-        return ",".join(out)
+        return out
+
+
+def _commas(pieces: list[str]) -> list[str]:
+    """`pieces` with "," between them (their concatenation is `",".join(pieces)`)."""
+    out = [","] * (2 * len(pieces) - 1) if pieces else []
+    out[::2] = pieces
+    return out
 
 
 @dataclass(slots=True)
@@ -681,6 +689,10 @@ class _AxonState:
 
     def dump(self) -> str:
         """Canonical JSON of `to_json()`, byte for byte, re-encoding only dirty parts."""
+        return "".join(self.dump_parts())
+
+    def dump_parts(self) -> list[str]:
+        """`dump()` in pieces (cached, immutable strings): joining them is left to the caller."""
         if not self.encoded:
             self.sensor_parts.clear()
             self.run_parts.clear()
@@ -700,15 +712,16 @@ class _AxonState:
                 part = None if run is None else f"{_encode(rid)}:{_encode(run.to_json())}"
                 self.run_parts.set(rid, part)
             self.dirty_runs.clear()
-        sensors = self.sensor_parts.joined()
-        runs = self.run_parts.joined()
         # The keys of `to_json()` in sorted order, as canonical JSON has them.
-        return (
+        return [
             f'{{"axon":{_encode(self.spec.name)},"finished":{_encode(self.finished)},'
             f'"generation":{_encode(self.generation)},"namespace":{_encode(self.spec.namespace)},'
-            f'"runs":{{{runs}}},"seen":{_encode(self.seen)},"sensors":{{{sensors}}},'
-            f'"spec":{_encode(self.spec.digest)},"version":{_encode(STATE_VERSION)}}}'
-        )
+            '"runs":{',
+            *_commas(self.run_parts.pieces()),
+            f'}},"seen":{_encode(self.seen)},"sensors":{{',
+            *_commas(self.sensor_parts.pieces()),
+            f'}},"spec":{_encode(self.spec.digest)},"version":{_encode(STATE_VERSION)}}}',
+        ]
 
     def to_json(self) -> dict[str, Any]:
         sensors = {}
@@ -755,6 +768,18 @@ class EngineState:
         if ax is None:
             raise EngineError(f"no state for Axon {key!r}", hint="submit it first")
         return ax.dump().encode()
+
+    def dump_axon_parts(self, key: str) -> list[str]:
+        """`dump_axon(key)` as pieces of text: `"".join(pieces).encode() == dump_axon(key)`.
+
+        The pieces are cached immutable strings, so a caller may join and encode them later or
+        in another thread (the runtime compresses an Axon's megabytes of state that way, off
+        its event loop) while this state goes on changing.
+        """
+        ax = self._axons.get(key)
+        if ax is None:
+            raise EngineError(f"no state for Axon {key!r}", hint="submit it first")
+        return ax.dump_parts()
 
     def run(self, key: str, run_id: str) -> RunView | None:
         """A sensor run of the Axon `key` (`axon_key`): active, recently finished, or None."""
