@@ -225,12 +225,16 @@ def _build(cls: type[_M], values: dict[str, Any]) -> _M:
     bookkeeping and sets exactly what it would set. The tests compare these instances with
     validated ones (`test_engine_models.py`), so a pydantic change that broke it would show.
     """
-    obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", values)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    obj = _new(cls)  # BaseModel has no __new__ of its own
+    _set(obj, "__dict__", values)
+    _set(obj, "__pydantic_fields_set__", set(values))
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
     return obj
+
+
+_new: Final = object.__new__
+_set: Final = object.__setattr__
 
 
 def _dump(model: Any) -> Any:
