@@ -224,7 +224,7 @@ class EngineRuntime:
         bus: Bus,
         *,
         durable: str = DURABLE,
-        batch: int = 256,
+        batch: int = 1024,
         max_wait: float = 0.5,
         ack_wait: float = 30.0,
         max_in_flight: int = 1024,
@@ -251,6 +251,7 @@ class EngineRuntime:
         self._pending = _Pending()
         self._flusher: asyncio.Future[None] | None = None
         self._written_at = 0.0  # loop time the last state write started
+        self._decisions_seq: int | None = None  # RANVIER_DECISIONS' last sequence, if known
         self._frozen_at = 0.0  # loop time of the last _keep_heap_old
         self._ticked_at: datetime | None = None
         self._due: datetime | None = None
@@ -511,11 +512,18 @@ class EngineRuntime:
         Re-publishing the records of such events stores nothing new (their Msg-Ids).
         """
         stamp = format_time(batch.now)
+        decisions_seq = self._decisions_seq
         items = [encode_action(a, stamp) for a in batch.actions]
-        items += [decision_event(d, ev_id, stamp) for ev_id, d in batch.decisions]
         items += await self._run_records(batch, stamp)
-        if items:
-            await self._bus.publish_many_encoded(items, max_in_flight=self.max_in_flight)
+        decisions = [decision_event(d, ev_id, stamp) for ev_id, d in batch.decisions]
+        # Decision records go to a stream only the engine writes: one ack per batch will do.
+        self._decisions_seq = None  # unknown until the publish below returns
+        _, self._decisions_seq = await asyncio.gather(
+            self._bus.publish_many_encoded(items, max_in_flight=self.max_in_flight),
+            self._bus.publish_tail_acked(
+                decisions, last_seq=decisions_seq, max_in_flight=self.max_in_flight
+            ),
+        )
         pending = self._pending
         for key, seq in batch.dirty.items():
             pending.dirty[key] = max(seq, pending.dirty.get(key, 0))

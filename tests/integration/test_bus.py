@@ -15,6 +15,7 @@ from events.bus import (
     BusError,
     ConnectError,
     ConnectOptions,
+    Outgoing,
     Received,
     RevisionMismatch,
     StreamLimits,
@@ -367,3 +368,41 @@ async def test_consuming_continues_across_a_server_restart(make_nats_server: Mak
         # Acks the crash may have lost can come back once; nothing else and nothing missing.
         assert seen <= set(range(1, 11))
         await consumer.close()
+
+
+def _decisions(prefix: str, count: int) -> list[Outgoing]:
+    return [
+        Outgoing(f"ranvier.dec.ml.s{i % 3}", f'{{"n":{i}}}'.encode(), f"{prefix}-{i}")
+        for i in range(count)
+    ]
+
+
+async def test_publish_tail_acked_takes_one_ack_when_the_sequence_adds_up(bus: Bus) -> None:
+    stream = subjects.DECISIONS_STREAM
+    first = await bus.publish_tail_acked(_decisions("a", 5), last_seq=None)  # unknown: all acked
+    assert first == 5
+    acks_before = bus.nc.stats["in_msgs"]
+    second = await bus.publish_tail_acked(_decisions("b", 50), last_seq=first)
+    assert second == 55
+    assert bus.nc.stats["in_msgs"] - acks_before == 1  # the last message's ack, nothing else
+    assert (await bus.stream_info(stream)).state.messages == 55
+
+
+async def test_publish_tail_acked_publishes_again_when_the_sequence_does_not_add_up(
+    bus: Bus,
+) -> None:
+    """Another writer, or messages already stored (a batch published again after a crash):
+    the last ack's sequence is not `last_seq + n`, so every message is published again with an
+    ack of its own; their Msg-Ids keep each stored once."""
+    stream = subjects.DECISIONS_STREAM
+    seq = await bus.publish_tail_acked(_decisions("a", 10), last_seq=None)
+    await bus.publish_many_encoded([Outgoing("ranvier.dec.ml.other", b"{}", "foreign")])
+    acks_before = bus.nc.stats["in_msgs"]
+    seq = await bus.publish_tail_acked(_decisions("b", 10), last_seq=seq)  # stale: 10, not 11
+    assert seq == 21
+    assert bus.nc.stats["in_msgs"] - acks_before == 1 + 10  # the tail ack, then one per message
+    # The same messages again (as after a crash): all duplicates, none stored twice.
+    again = await bus.publish_tail_acked(_decisions("b", 10), last_seq=seq)
+    assert again is None  # nothing new stored: the stream's last sequence is not known here
+    info = await bus.stream_info(stream)
+    assert info.state.messages == 21
