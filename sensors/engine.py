@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Any, Final, Literal, NamedTuple, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -81,6 +81,7 @@ __all__ = [
     "FINISHED_RUNS_LIMIT",
     "SEEN_EDGES_LIMIT",
     "STATE_VERSION",
+    "EndedRun",
     "EngineError",
     "EngineState",
     "RunAction",
@@ -136,6 +137,17 @@ def sensor_run_id(event_id: str, sensor: str, trigger: str | None = None) -> str
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
+class EndedRun(NamedTuple):
+    """A sensor run that ended (`StepResult.ended`)."""
+
+    namespace: str
+    axon: str
+    sensor: str
+    run_id: str
+    phase: str
+    reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class StepResult:
     """What one submit/step/tick decided: records to publish, actions to request, keys to write."""
@@ -150,6 +162,9 @@ class StepResult:
     """Why the event was ignored as a whole (unknown type, invalid payload, stale generation)."""
     started: tuple[str, ...] = ()
     """Ids of the sensor runs this call started."""
+    ended: tuple[EndedRun, ...] = ()
+    """The sensor runs this call ended, whichever way (steps done or failed, replaced by a new
+    run, their sensor removed or its tasks changed): some end with no decision naming them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -863,7 +878,7 @@ class EngineState:
 class _Out:
     """Collects one call's decisions and actions, in the order they were decided."""
 
-    __slots__ = ("actions", "decisions", "fired", "now", "started", "touched")
+    __slots__ = ("actions", "decisions", "ended", "fired", "now", "started", "touched")
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -872,6 +887,12 @@ class _Out:
         self.touched: dict[str, None] = {}
         self.fired: set[tuple[str, str, str]] = set()
         self.started: list[str] = []
+        self.ended: list[EndedRun] = []
+
+    def end(self, ax: _AxonState, run: _RunState, phase: RunPhase, why: str) -> None:
+        """End a run (`_AxonState.finish`) and report it in the result."""
+        ax.finish(run, phase, why)
+        self.ended.append(EndedRun(ax.spec.namespace, ax.spec.name, run.sensor, run.id, phase, why))
 
     def decide(
         self,
@@ -913,6 +934,7 @@ class _Out:
             deleted=tuple(deleted),
             ignored=ignored,
             started=tuple(self.started),
+            ended=tuple(self.ended),
         )
 
 
@@ -1011,7 +1033,7 @@ def _fire(
     if st.active and sensor.concurrency == "Replace":
         old = list(st.active)
         for rid in old:
-            ax.finish(ax.runs[rid], "Failed", f"replaced by run {run_id}")
+            out.end(ax, ax.runs[rid], "Failed", f"replaced by run {run_id}")
         replaced = f" (replaced run {', '.join(old)})"
     run = _RunState(
         id=run_id,
@@ -1095,7 +1117,7 @@ def submit(
             reason = f"generation {generation}: new sensor"
         else:
             reason = f"generation {generation}: " + _reconcile(
-                ax, old, prior, sensor, old.sensors.get(sensor.name)
+                out, ax, old, prior=prior, sensor=sensor, st=old.sensors.get(sensor.name)
             )
         out.decide(ax, event.id, sensor.name, None, matched=True, fired=False, reason=reason)
     if old is not None:
@@ -1106,7 +1128,7 @@ def submit(
             for rid in dropped:
                 run = old.runs.get(rid)
                 if run is not None:
-                    ax.finish(run, "Failed", f"sensor removed in generation {generation}")
+                    out.end(ax, run, "Failed", f"sensor removed in generation {generation}")
             out.decide(
                 ax,
                 event.id,
@@ -1135,7 +1157,13 @@ def submit(
 
 
 def _reconcile(
-    ax: _AxonState, old: _AxonState, prior: _Sensor, sensor: _Sensor, st: _SensorState | None
+    out: _Out,
+    ax: _AxonState,
+    old: _AxonState,
+    *,
+    prior: _Sensor,
+    sensor: _Sensor,
+    st: _SensorState | None,
 ) -> str:
     """Carry one sensor's state into a new generation; returns what was kept and reset."""
     st = st if st is not None else _SensorState()
@@ -1171,8 +1199,8 @@ def _reconcile(
         for rid in ended:
             run = old.runs.get(rid)
             if run is not None:
-                ax.finish(
-                    run, "Failed", f"the sensor's tasks changed in generation {ax.generation}"
+                out.end(
+                    ax, run, "Failed", f"the sensor's tasks changed in generation {ax.generation}"
                 )
         new.active = {}
         reset.append("tasks changed" + (f" (ended run {', '.join(ended)})" if ended else ""))
@@ -1323,7 +1351,7 @@ def _advance(out: _Out, ax: _AxonState, event_id: str, data: LifecycleData) -> N
                 planned=planned,
             )
         detail = f": {data.message}" if data.message else ""
-        ax.finish(run, "Failed", f"{what} Failed{detail}")
+        out.end(ax, run, "Failed", f"{what} Failed{detail}")
         return note(f"{what} Failed{detail}; run Failed")
     waiting = sum(1 for a in run.actions if a.phase != "Succeeded")
     if waiting:
@@ -1336,7 +1364,7 @@ def _advance(out: _Out, ax: _AxonState, event_id: str, data: LifecycleData) -> N
             fired=True,
             planned=planned,
         )
-    ax.finish(run, "Succeeded", f"all {len(sensor.steps)} step(s) succeeded")
+    out.end(ax, run, "Succeeded", f"all {len(sensor.steps)} step(s) succeeded")
     return note(f"{what} Succeeded; run Succeeded")
 
 

@@ -199,6 +199,7 @@ class _Batch:
     dirty: dict[str, int] = field(default_factory=dict)  # axon key -> applied seq to write
     lifecycle: list[dict[str, Any]] = field(default_factory=list)  # reports about sensor runs
     started: set[str] = field(default_factory=set)  # sensor runs started in this batch
+    ended: list[engine.EndedRun] = field(default_factory=list)  # sensor runs ended in it
     ack: list[Received] = field(default_factory=list)
     term: list[Received] = field(default_factory=list)
 
@@ -492,6 +493,7 @@ class EngineRuntime:
             batch.decisions.append((_event_id("dec", base, i), decision))
         batch.actions.extend(result.actions)
         batch.started.update(result.started)
+        batch.ended.extend(result.ended)
         for key in (*result.touched, *result.deleted):
             slot = self._slots[key]
             applied = seq if key == akey else max(slot.applied, slot.stepped)
@@ -660,6 +662,8 @@ class EngineRuntime:
         for _, decision in batch.decisions:
             if decision.sensor_run_id is not None:
                 touched.setdefault(decision.sensor_run_id, _run_ref(decision))
+        for ended in batch.ended:  # a run replaced or dropped is named by no decision of its own
+            touched.setdefault(ended.run_id, _run_ref(ended))
         if not touched:
             return []
         missing = [
@@ -677,7 +681,12 @@ class EngineRuntime:
         for action in batch.actions:
             by_run.setdefault(action.sensor_run_id, []).append(action)
         out: list[Outgoing] = []
+        ends = {ended.run_id: ended for ended in batch.ended}
         for rid, (ns, axon, sensor, rkey) in touched.items():
+            view = self._state.run(engine.axon_key(ns, axon), rid)
+            end = ends.get(rid)
+            if view is None and end is None and rkey not in self._runs and rid not in batch.started:
+                continue  # a report about a run nobody knows (long gone, or never started)
             record = self._runs.get(rkey) or {
                 "id": rid,
                 "axon": axon,
@@ -706,7 +715,6 @@ class EngineRuntime:
                 if entry is not None and entry["attempt"] == report.get("attempt", 1):
                     entry["phase"] = report["phase"]
                     entry["run_id"] = report["run_id"]
-            view = self._state.run(engine.axon_key(ns, axon), rid)
             if view is not None and view.phase == "Running":
                 record["phase"] = "Running"
                 record["trigger"] = view.trigger
@@ -721,9 +729,9 @@ class EngineRuntime:
                             act.step, act.index, act.kind, act.task, act.attempt
                         )
                     entry["phase"] = act.phase
-            elif view is not None:
-                record["phase"] = view.phase
-                record["reason"] = view.reason
+            elif (done := end or view) is not None:  # ended (this batch says how, if it did)
+                record["phase"] = done.phase
+                record["reason"] = done.reason
                 record["finished"] = record["finished"] or stamp
             record["steps"] = [steps[k] for k in sorted(steps)]
             self._remember(rkey, record)
@@ -818,8 +826,8 @@ def _axon_of(event: Event) -> str | None:
     return None
 
 
-def _run_ref(item: ActionRequest | DecisionData) -> tuple[str, str, str, str]:
-    rid = item.sensor_run_id or ""
+def _run_ref(item: ActionRequest | DecisionData | engine.EndedRun) -> tuple[str, str, str, str]:
+    rid = (item.run_id if isinstance(item, engine.EndedRun) else item.sensor_run_id) or ""
     key = kv_key("sensor", item.namespace, item.axon, item.sensor, rid)
     return item.namespace, item.axon, item.sensor, key
 

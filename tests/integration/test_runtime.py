@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from events import subjects
 from events.bus import Bus, Outgoing
-from events.model import AXON, Event, LifecycleData
+from events.model import AXON, ActionRequest, Event, LifecycleData
 from events.server import EmbeddedServer
 from ranvier.cli import main
 from sensors import engine
@@ -230,3 +230,42 @@ async def test_a_run_record_keeps_earlier_steps_across_a_restart(bus: Bus) -> No
         (0, "Train", "Succeeded", running_report.data["run_id"]),
         (1, "Eval", "Pending", None),
     ]
+
+
+async def test_a_replaced_run_is_recorded_as_ended_and_an_unknown_run_gets_no_record(
+    bus: Bus,
+) -> None:
+    """`concurrency: Replace` ends the active run although no decision of the event names it:
+    its record says so. A report naming a run the engine never started makes no record."""
+    replace = two_step_axon().model_dump(by_alias=True, exclude_none=True)
+    replace["spec"]["sensors"][0]["concurrency"] = "Replace"
+    await AxonStore(bus).submit(Axon.model_validate(replace))
+    ghost = ActionRequest(
+        axon=NAME,
+        sensor="retrain",
+        sensor_run_id="no-such-run",
+        step=0,
+        kind="trainer",
+        task="Train",
+    )
+    async with running(bus):
+        await bus.publish(prep_done(1))
+        await caught_up(bus)
+        await bus.publish_many([prep_done(2), report(ghost)])
+        await caught_up(bus)
+    first, second = (as_action(e) for _, e in await stored_actions(bus))
+    got = await bus.kv_get(
+        subjects.RUNS_BUCKET, f"sensor.default.{NAME}.retrain.{first.sensor_run_id}"
+    )
+    assert got is not None
+    old = record_of(got[0])
+    assert (old["phase"], old["reason"]) == ("Failed", f"replaced by run {second.sensor_run_id}")
+    assert old["finished"] is not None
+    got = await bus.kv_get(
+        subjects.RUNS_BUCKET, f"sensor.default.{NAME}.retrain.{second.sensor_run_id}"
+    )
+    assert got is not None
+    assert record_of(got[0])["phase"] == "Running"
+    assert (
+        await bus.kv_get(subjects.RUNS_BUCKET, f"sensor.default.{NAME}.retrain.no-such-run") is None
+    )

@@ -106,6 +106,17 @@ def test_a_removed_sensor_is_recorded_and_its_runs_end() -> None:
     assert rig.metric("latency", 5, 2).decisions == ()
 
 
+def test_runs_of_a_removed_sensor_end_and_are_reported() -> None:
+    rig = Rig(make_axon(GEN1))
+    [train] = rig.rest("Watch", 0).actions
+    only_other = "- name: Other" + GEN1.split("- name: Other", maxsplit=1)[1]
+    result = engine.submit(rig.state, make_axon(only_other), 2, submit_event(2, "s2"), at(1))
+    assert [(e.sensor, e.run_id, e.phase) for e in result.ended] == [
+        ("Watch", train.sensor_run_id, "Failed")
+    ]
+    assert result.ended[0].reason == "sensor removed in generation 2"
+
+
 def test_stale_generations_are_ignored() -> None:
     rig = Rig(make_axon(GEN1))
     engine.submit(rig.state, rig.axon, 3, submit_event(3, "s3"), at(1))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sensors import engine
-from tests.unit.engine_kit import Rig, at, fired, make_axon, only
+from tests.unit.engine_kit import AXON, Rig, at, fired, make_axon, only
 
 PIPELINE = """
 - name: Pipe
@@ -241,3 +241,24 @@ def test_step_results_name_the_runs_they_started() -> None:
     [prep] = start.actions
     assert start.started == (prep.sensor_run_id,)
     assert rig.action_done(prep, "Succeeded", 1).started == ()
+
+
+def test_every_way_a_run_ends_is_in_the_result() -> None:
+    """`StepResult.ended` names the runs a call ended, also those no decision names (a run
+    replaced by another), so the runtime can update their records."""
+    rig = Rig(make_axon(_concurrency("Replace")))
+    [first] = rig.rest("S", 0).actions
+    second = rig.rest("S", 1)
+    [replacement] = second.actions
+    [ended] = second.ended
+    assert (ended.axon, ended.sensor, ended.run_id) == (AXON, "S", first.sensor_run_id)
+    assert (ended.phase, ended.reason) == ("Failed", f"replaced by run {replacement.sensor_run_id}")
+    assert [d.sensor_run_id for d in second.decisions] == [replacement.sensor_run_id]
+    done = rig.action_done(replacement, "Succeeded", 2)
+    assert [(e.run_id, e.phase) for e in done.ended] == [(replacement.sensor_run_id, "Succeeded")]
+    started = rig.rest("S", 3)  # nothing active any more: nothing replaced
+    assert started.ended == ()
+    [third] = started.actions
+    failed = rig.action_done(third, "Failed", 4)
+    assert [(e.run_id, e.phase) for e in failed.ended] == [(third.sensor_run_id, "Failed")]
+    assert "Failed" in failed.ended[0].reason
