@@ -356,6 +356,8 @@ def measure_latency(sensors: int, rate: int, seconds: float) -> dict[str, float]
         finally:
             engine_proc.kill()
             engine_proc.wait()
+            if engine_proc.stdout is not None:
+                engine_proc.stdout.close()
     if not latencies:
         raise RuntimeError("no action request arrived")
     return {

@@ -1,0 +1,1 @@
+"""Benchmarks: each script starts the servers it needs and prints one JSON object (README)."""
