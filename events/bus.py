@@ -51,6 +51,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field
 
 from events import subjects
+from events.aio import checkpoint
 from events.errors import RanvierError
 from events.model import DEFAULT_MAX_PAYLOAD, PAYLOAD_TYPES, Event, EventError
 
@@ -766,6 +767,7 @@ class Bus:
         )
         try:
             while True:
+                checkpoint()  # see events/aio.py
                 got = await consumer.fetch(batch, wait=max_wait)
                 if got or yield_empty:
                     yield got
@@ -853,6 +855,7 @@ class Bus:
         self._open_subs.add(sub)
         try:
             while True:
+                checkpoint()
                 try:
                     msg = await sub.next_msg(timeout=None)
                 except nats.errors.TimeoutError:
