@@ -5,9 +5,11 @@ process may die at any instruction. The rules (DESIGN.md, Delivery):
 
 - Events are consumed in batches from a durable pull consumer and stepped in memory.
 - A batch commits in this order: publish its action requests, decision records and sensor-run
-  records concurrently (`publish_many`); write each touched Axon's state once, by
-  compare-and-set; only then ack (or term) its messages. Action requests carry their
-  idempotency key as `Nats-Msg-Id`, so re-publishing them after a crash stores nothing new.
+  records concurrently (the first two with one ack per stream and batch when the stream's
+  sequence shows every message stored, `Bus.publish_tail_acked`, else one ack each); write
+  each touched Axon's state once, by compare-and-set; only then ack (or term) its messages.
+  Action requests carry their idempotency key as `Nats-Msg-Id`, so re-publishing them after
+  a crash stores nothing new.
   The state write and the ack run in the background (`_kick`/`_flush`): while one is in
   flight the next batches are stepped and published, and the following write covers all of
   them at once (one write per touched Axon), at most one write per `write_interval` (0.1 s)
@@ -252,6 +254,7 @@ class EngineRuntime:
         self._pending = _Pending()
         self._flusher: asyncio.Future[None] | None = None
         self._written_at = 0.0  # loop time the last state write started
+        self._actions_seq: int | None = None  # RANVIER_ACTIONS' last sequence, if known
         self._decisions_seq: int | None = None  # RANVIER_DECISIONS' last sequence, if known
         self._frozen_at = 0.0  # loop time of the last _keep_heap_old
         self._ticked_at: datetime | None = None
@@ -514,17 +517,19 @@ class EngineRuntime:
         Re-publishing the records of such events stores nothing new (their Msg-Ids).
         """
         stamp = format_time(batch.now)
-        decisions_seq = self._decisions_seq
-        items = [encode_action(a, stamp) for a in batch.actions]
-        items += await self._run_records(batch, stamp)
+        actions_seq, decisions_seq = self._actions_seq, self._decisions_seq
+        actions = [encode_action(a, stamp) for a in batch.actions]
         decisions = [decision_event(d, ev_id, stamp) for ev_id, d in batch.decisions]
-        # Decision records go to a stream only the engine writes: one ack per batch will do.
-        self._decisions_seq = None  # unknown until the publish below returns
-        _, self._decisions_seq = await asyncio.gather(
-            self._bus.publish_many_encoded(items, max_in_flight=self.max_in_flight),
-            self._bus.publish_tail_acked(
-                decisions, last_seq=decisions_seq, max_in_flight=self.max_in_flight
-            ),
+        runs = await self._run_records(batch, stamp)
+        # Actions and decisions go to streams only the engine writes: one ack per stream and
+        # batch will do (`publish_tail_acked`). Run records share their bucket with the
+        # executors' records, so each has its own ack.
+        self._actions_seq = self._decisions_seq = None  # unknown until the publishes return
+        window = self.max_in_flight
+        _, self._actions_seq, self._decisions_seq = await asyncio.gather(
+            self._bus.publish_many_encoded(runs, max_in_flight=window),
+            self._bus.publish_tail_acked(actions, last_seq=actions_seq, max_in_flight=window),
+            self._bus.publish_tail_acked(decisions, last_seq=decisions_seq, max_in_flight=window),
         )
         pending = self._pending
         for key, seq in batch.dirty.items():
