@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import itertools
 import json
 import zlib
 from collections import OrderedDict
@@ -255,6 +256,9 @@ class EngineRuntime:
         self._flusher: asyncio.Future[None] | None = None
         self._written_at = 0.0  # loop time the last state write started
         self._actions_seq: int | None = None  # RANVIER_ACTIONS' last sequence, if known
+        # Msg-Ids of run records: unique to this process and record (a ULID each cost 2%).
+        self._instance = new_id()
+        self._record_ids = itertools.count(1)
         self._decisions_seq: int | None = None  # RANVIER_DECISIONS' last sequence, if known
         self._frozen_at = 0.0  # loop time of the last _keep_heap_old
         self._ticked_at: datetime | None = None
@@ -742,7 +746,9 @@ class EngineRuntime:
             self._remember(rkey, record)
             out.append(
                 Outgoing(
-                    f"$KV.{subjects.RUNS_BUCKET}.{rkey}", json.dumps(record).encode(), new_id()
+                    f"$KV.{subjects.RUNS_BUCKET}.{rkey}",
+                    json.dumps(record).encode(),
+                    f"{self._instance}-{next(self._record_ids)}",
                 )
             )
         return out
@@ -833,8 +839,14 @@ def _axon_of(event: Event) -> str | None:
 
 def _run_ref(item: ActionRequest | DecisionData | engine.EndedRun) -> tuple[str, str, str, str]:
     rid = (item.run_id if isinstance(item, engine.EndedRun) else item.sensor_run_id) or ""
-    key = kv_key("sensor", item.namespace, item.axon, item.sensor, rid)
+    key = f"{_runs_prefix(item.namespace, item.axon, item.sensor)}.{subjects.token(rid)}"
     return item.namespace, item.axon, item.sensor, key
+
+
+@functools.lru_cache(maxsize=65536)
+def _runs_prefix(namespace: str, axon: str, sensor: str) -> str:
+    """`kv_key("sensor", namespace, axon, sensor)`: the start of its runs' record keys."""
+    return kv_key("sensor", namespace, axon, sensor)
 
 
 def _step_entry(step: int, index: int, kind: str, task: str, attempt: int | None) -> dict[str, Any]:
