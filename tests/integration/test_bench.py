@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from bench import engine as engine_bench
 from bench import replay as replay_bench
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _logging_kept() -> Iterator[None]:
+    """`main()` quiets structlog to warnings for the whole process; later tests read info logs."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def test_engine_bench_prints_one_json_object_in_the_design_shape(
