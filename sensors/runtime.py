@@ -93,6 +93,8 @@ _MAX_ID: Final = 128
 _RETRY_DELAY: Final = 0.5
 _REFREEZE_EVERY: Final = 1.0
 """Seconds between collections of the objects made since the last one (`_keep_heap_old`)."""
+_UNFREEZE_EVERY: Final = 600.0
+"""Seconds between full collections of everything, frozen objects too (`_keep_heap_old`)."""
 _STOP_WITHIN: Final = 5.0  # seconds a cancelled runtime waits for its cleanup
 
 
@@ -261,6 +263,7 @@ class EngineRuntime:
         self._record_ids = itertools.count(1)
         self._decisions_seq: int | None = None  # RANVIER_DECISIONS' last sequence, if known
         self._frozen_at = 0.0  # loop time of the last _keep_heap_old
+        self._thawed_at = 0.0  # ... and of the last one over every object
         self._ticked_at: datetime | None = None
         self._due: datetime | None = None
         self.ready = asyncio.Event()
@@ -310,7 +313,8 @@ class EngineRuntime:
             await self._consumer.close()
             self._consumer = None
         await self._load_state()
-        _keep_heap_old()
+        _keep_heap_old(everything=True)
+        self._frozen_at = self._thawed_at = asyncio.get_running_loop().time()
         self._consumer = await self._recreate_consumer()
         self._ticked_at = None
         self._due = engine.next_deadline(self._state)
@@ -409,7 +413,10 @@ class EngineRuntime:
         now = asyncio.get_running_loop().time()
         if now - self._frozen_at >= _REFREEZE_EVERY:
             self._frozen_at = now
-            _keep_heap_old()
+            everything = now - self._thawed_at >= _UNFREEZE_EVERY
+            if everything:
+                self._thawed_at = now
+            _keep_heap_old(everything=everything)
 
     async def _maybe_tick(self) -> None:
         # next_deadline looks at every armed alert: once per loop, not per fetch and tick.
@@ -790,7 +797,7 @@ def _gc_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _keep_heap_old() -> None:
+def _keep_heap_old(*, everything: bool = False) -> None:
     """Collect garbage, then take every surviving object out of the collector's sight.
 
     A full collection walks every tracked object; an Axon's spec, compiled spec and state are
@@ -800,8 +807,13 @@ def _keep_heap_old() -> None:
     runs started meanwhile join them: a full collection then walks about a second's worth of
     survivors, not 10,000 runs, which cost 30 ms pauses and the latency bench's p99), they
     are no longer walked. Frozen objects are still freed when their last reference goes; only
-    cycles among them would stay, and the engine's state makes none.
+    cycles among them would stay: the engine's state makes none, but a process running other
+    roles too (`ranvier up`: HTTP connections, tasks) may. So every `_UNFREEZE_EVERY` seconds
+    (`everything`) the frozen objects are collected as well: one long pause per ten minutes
+    instead of memory that grows.
     """
+    if everything:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
 
