@@ -953,21 +953,24 @@ class Bus:
         """Changes to keys matching `pattern`, current values first (unless told otherwise).
 
         A deleted key yields a change with `value=None`. Iterate until you have seen enough.
+        A change is `initial` when its revision is no newer than the bucket's last revision
+        when the watch began: exact, where nats-py's "current values sent" marker races with
+        delivery (the reason `kv_keys` does not use it either).
         """
         kv = await self._bucket(bucket)
+        began = int((await self.stream_info(f"KV_{bucket}")).state.last_seq or 0)
         watcher = await kv.watch(pattern, inactive_threshold=_WATCH_INACTIVE)
-        current_done = False
         try:
             async for entry in watcher:
-                if entry is None:  # nats-py's marker: the current values have all been sent
-                    current_done = True
+                if entry is None:  # nats-py's marker after the current values: not needed
                     continue
                 deleted = entry.operation in ("DEL", "PURGE")
+                revision = int(entry.revision or 0)
                 change = KVChange(
                     key=str(entry.key),
                     value=None if deleted else bytes(entry.value or b""),
-                    revision=int(entry.revision or 0),
-                    initial=not current_done,
+                    revision=revision,
+                    initial=revision <= began,
                 )
                 if include_current or not change.initial:
                     yield change

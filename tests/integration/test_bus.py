@@ -340,10 +340,28 @@ async def test_kv_watch_can_skip_current_values(bus: Bus) -> None:
     await bus.kv_put(subjects.MODELS_BUCKET, "w.older", b"older")
     changes = bus.kv_watch(subjects.MODELS_BUCKET, "w.*", include_current=False)
     pending = asyncio.ensure_future(anext(changes))
-    await asyncio.sleep(0.1)  # let the watch deliver the current values (which it must skip)
-    await bus.kv_put(subjects.MODELS_BUCKET, "w.new", b"new")
-    change = await pending
-    assert (change.key, change.value, change.initial) == ("w.new", b"new", False)
+    writes = 0
+    while not pending.done():  # a write before the watch began is a current value: write again
+        writes += 1
+        await bus.kv_put(subjects.MODELS_BUCKET, "w.new", f"new-{writes}".encode())
+        await asyncio.wait({pending}, timeout=0.05)
+    change = pending.result()
+    assert (change.key, change.initial) == ("w.new", False)
+    assert change.value is not None
+    assert change.value.startswith(b"new-")
+    await changes.aclose()
+
+
+async def test_kv_watch_marks_current_values_initial_by_revision(bus: Bus) -> None:
+    first = await bus.kv_put(subjects.MODELS_BUCKET, "m.a", b"1")
+    await bus.kv_put(subjects.MODELS_BUCKET, "m.b", b"2")
+    changes = bus.kv_watch(subjects.MODELS_BUCKET, "m.*")
+    got = [await anext(changes), await anext(changes)]
+    assert [(c.key, c.initial) for c in got] == [("m.a", True), ("m.b", True)]
+    assert got[0].revision == first
+    await bus.kv_put(subjects.MODELS_BUCKET, "m.a", b"3")
+    later = await anext(changes)
+    assert (later.key, later.value, later.initial) == ("m.a", b"3", False)
     await changes.aclose()
 
 
