@@ -424,3 +424,22 @@ async def test_publish_tail_acked_publishes_again_when_the_sequence_does_not_add
     assert again is None  # nothing new stored: the stream's last sequence is not known here
     info = await bus.stream_info(stream)
     assert info.state.messages == 21
+
+
+async def test_publish_tail_acked_never_loses_a_message_the_server_refused_silently(
+    bus: Bus,
+) -> None:
+    """Without a reply subject a refused message says nothing; the sequence check notices the
+    gap, and publishing again with acks surfaces the refusal as an error (the server does not
+    even answer a message over a stream's max_msg_size: the publish times out)."""
+    await bus.js.add_stream(name="LOSSY", subjects=["lossy.>"], max_msg_size=100)
+    items = [
+        Outgoing("lossy.a", b"small-1", "l-1"),
+        Outgoing("lossy.b", b"x" * 200, "l-2"),  # over the stream's max_msg_size
+        Outgoing("lossy.c", b"small-2", "l-3"),
+    ]
+    quick = bus.options.model_copy(update={"request_timeout": 0.5, "publish_retry_for": 1.0})
+    async with Bus.connect(quick, ensure=False) as impatient:
+        with pytest.raises(BusError, match="could not publish 1 message"):
+            await impatient.publish_tail_acked(items, last_seq=0)
+    assert (await bus.stream_info("LOSSY")).state.messages == 2  # the refused one: never stored
