@@ -144,7 +144,7 @@ class EndedRun(NamedTuple):
     axon: str
     sensor: str
     run_id: str
-    phase: str
+    phase: RunPhase
     reason: str
 
 
@@ -706,12 +706,9 @@ class _AxonState:
             self.seen_index.discard(self.seen.pop(0))
         return True
 
-    def dump(self) -> str:
-        """Canonical JSON of `to_json()`, byte for byte, re-encoding only dirty parts."""
-        return "".join(self.dump_parts())
-
     def dump_parts(self) -> list[str]:
-        """`dump()` in pieces (cached, immutable strings): joining them is left to the caller."""
+        """Canonical JSON of `to_json()`, byte for byte once joined, re-encoding only dirty
+        parts; in pieces (cached, immutable strings): joining them is left to the caller."""
         if not self.encoded:
             self.sensor_parts.clear()
             self.run_parts.clear()
@@ -783,10 +780,7 @@ class EngineState:
         key = (
             axon if isinstance(axon, str) else axon_key(axon.metadata.namespace, axon.metadata.name)
         )
-        ax = self._axons.get(key)
-        if ax is None:
-            raise EngineError(f"no state for Axon {key!r}", hint="submit it first")
-        return ax.dump().encode()
+        return "".join(self.dump_axon_parts(key)).encode()
 
     def dump_axon_parts(self, key: str) -> list[str]:
         """`dump_axon(key)` as pieces of text: `"".join(pieces).encode() == dump_axon(key)`.
