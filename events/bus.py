@@ -80,6 +80,11 @@ _RETRYABLE: Final = (
 )
 
 
+_PLACEMENT_ERRORS: Final = frozenset({10005, 10023, 10074})
+"""JetStream's answers to more replicas than it can place: no suitable peers for placement,
+insufficient resources, replicas > 1 not supported in non-clustered mode."""
+
+
 class BusError(RanvierError, RuntimeError):
     """The bus could not do what was asked (see the message)."""
 
@@ -139,6 +144,18 @@ class StreamLimits(BaseModel):
     events_max_age: timedelta = Field(timedelta(days=7), description="Events kept this long.")
     decisions_max_age: timedelta = Field(timedelta(days=7), description="Decisions kept so long.")
     duplicate_window: timedelta = Field(timedelta(minutes=2), description="Msg-Id dedupe window.")
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        le=5,
+        description="Copies of each stream and KV bucket on a NATS cluster. None: 1 for what is "
+        "created, and an existing stream or bucket keeps its count.",
+    )
+
+    @property
+    def num_replicas(self) -> int:
+        """The replica count to create streams and buckets with."""
+        return self.replicas or 1
 
 
 class Published(NamedTuple):
@@ -493,6 +510,7 @@ class Bus:
     def stream_configs(self) -> list[api.StreamConfig]:
         """The three ranvier streams as DESIGN.md describes them."""
         dup = self.limits.duplicate_window.total_seconds()
+        replicas = self.limits.num_replicas
         return [
             api.StreamConfig(
                 name=subjects.EVENTS_STREAM,
@@ -501,6 +519,7 @@ class Bus:
                 storage=api.StorageType.FILE,
                 max_age=self.limits.events_max_age.total_seconds(),
                 duplicate_window=dup,
+                num_replicas=replicas,
             ),
             api.StreamConfig(
                 name=subjects.ACTIONS_STREAM,
@@ -508,6 +527,7 @@ class Bus:
                 retention=api.RetentionPolicy.WORK_QUEUE,
                 storage=api.StorageType.FILE,
                 duplicate_window=dup,
+                num_replicas=replicas,
             ),
             api.StreamConfig(
                 name=subjects.DECISIONS_STREAM,
@@ -516,6 +536,7 @@ class Bus:
                 storage=api.StorageType.FILE,
                 max_age=self.limits.decisions_max_age.total_seconds(),
                 duplicate_window=dup,
+                num_replicas=replicas,
             ),
         ]
 
@@ -531,8 +552,10 @@ class Bus:
                 subjects.MODELS_BUCKET,
             ):
                 await self._bucket(bucket)
+                if self.limits.replicas is not None:
+                    await self._ensure_replicas(f"KV_{bucket}", self.limits.replicas)
         except nats.js.errors.APIError as exc:
-            raise BusError(
+            raise self._placement_error(exc) or BusError(
                 f"cannot set up ranvier's streams on {self.url}: {exc.description}",
                 hint="is JetStream enabled on this server (nats-server --jetstream)?",
             ) from None
@@ -548,17 +571,59 @@ class Bus:
         except nats.js.errors.NotFoundError:
             with contextlib.suppress(nats.js.errors.BadRequestError):  # lost a creation race
                 await self.js.add_stream(config)
-                log.info("bus.stream_created", stream=config.name)
+                log.info("bus.stream_created", stream=config.name, replicas=config.num_replicas)
                 return
             info = await self.js.stream_info(config.name or "")
         current = info.config
+        if self.limits.replicas is None:  # not asked for: an existing stream keeps its count
+            config = config.evolve(num_replicas=current.num_replicas)
         if (
             current.subjects != config.subjects
             or (current.max_age or 0) != (config.max_age or 0)
             or (current.duplicate_window or 0) != (config.duplicate_window or 0)
+            or (current.num_replicas or 1) != (config.num_replicas or 1)
         ):
             await self.js.update_stream(config)
-            log.info("bus.stream_updated", stream=config.name)
+            log.info(
+                "bus.stream_updated",
+                stream=config.name,
+                replicas=config.num_replicas,
+                was_replicas=current.num_replicas,
+            )
+
+    async def _ensure_replicas(self, stream: str, replicas: int) -> None:
+        """Scale an existing stream (a KV bucket's) to `replicas` copies, keeping the rest."""
+        current = (await self.js.stream_info(stream)).config
+        if (current.num_replicas or 1) != replicas:
+            await self.js.update_stream(current.evolve(num_replicas=replicas))
+            log.info(
+                "bus.stream_updated",
+                stream=stream,
+                replicas=replicas,
+                was_replicas=current.num_replicas,
+            )
+
+    def _placement_error(self, exc: nats.js.errors.APIError) -> BusError | None:
+        """A clear error when the server cannot hold the replicas asked for, else None."""
+        wanted = self.limits.num_replicas
+        if wanted <= 1 or exc.err_code not in _PLACEMENT_ERRORS:
+            return None
+        info: dict[str, Any] = getattr(self.nc, "_server_info", None) or {}  # INFO from the server
+        if not info.get("cluster"):
+            return BusError(
+                f"cannot keep ranvier's streams and buckets with {wanted} replicas: the NATS "
+                f"server at {self.url} is not part of a cluster ({exc.description})",
+                hint="use --replicas 1 (RANVIER_REPLICAS=1) with a single server, "
+                "or connect to a NATS cluster",
+            )
+        found = len(info.get("connect_urls") or ()) or None
+        servers = f"{found} server(s)" if found else "fewer servers"
+        return BusError(
+            f"cannot keep ranvier's streams and buckets with {wanted} replicas: the NATS "
+            f"cluster at {self.url} has {servers} up ({exc.description})",
+            hint=f"lower --replicas (RANVIER_REPLICAS) to at most {found or 'its size'}, "
+            "or add servers to the cluster",
+        )
 
     async def _bucket(self, bucket: str) -> KeyValue:
         kv = self._kv.get(bucket)
@@ -566,10 +631,14 @@ class Bus:
             try:
                 kv = await self.js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
-                kv = await self.js.create_key_value(
-                    bucket=bucket, history=5, storage=api.StorageType.FILE
-                )
-                log.info("bus.bucket_created", bucket=bucket)
+                replicas = self.limits.num_replicas
+                try:
+                    kv = await self.js.create_key_value(
+                        bucket=bucket, history=5, storage=api.StorageType.FILE, replicas=replicas
+                    )
+                except nats.js.errors.APIError as exc:
+                    raise self._placement_error(exc) or exc from None
+                log.info("bus.bucket_created", bucket=bucket, replicas=replicas)
             self._kv[bucket] = kv
         return kv
 

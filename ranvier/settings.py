@@ -15,7 +15,7 @@ from typing import Any, Final
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from events.bus import ConnectOptions
+from events.bus import ConnectOptions, StreamLimits
 from events.errors import RanvierError
 
 DEFAULT_URL: Final = "nats://127.0.0.1:4222"
@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     tls_ca_file: Path | None = Field(None, description="CA bundle for the server's TLS cert.")
     connect_timeout: float = Field(2.0, gt=0, description="Seconds per connection attempt.")
     request_timeout: float = Field(5.0, gt=0, description="Seconds to wait for JetStream.")
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        le=5,
+        description="Copies of each stream and KV bucket on a NATS cluster; unset: 1 for what "
+        "is created, and existing ones keep their count.",
+    )
 
     @classmethod
     def from_flags(cls, **flags: Any) -> Settings:
@@ -70,6 +77,10 @@ class Settings(BaseSettings):
         if found:
             return found, str(self.url_file)
         return DEFAULT_URL, "default"
+
+    def stream_limits(self) -> StreamLimits:
+        """The streams' and buckets' settings (their replica count) for these settings."""
+        return StreamLimits(replicas=self.replicas)
 
     def connect_options(self, *, name: str = "ranvier") -> ConnectOptions:
         """The bus's connection options for these settings."""

@@ -68,9 +68,11 @@ def settings_from_flags(
     nkey: Path | None,
     tls_ca: Path | None,
     state_dir: Path | None,
+    replicas: int | None = None,
 ) -> Settings:
     """The settings of a command from its connection flags (then `RANVIER_*`, then defaults)."""
     return Settings.from_flags(
+        replicas=replicas,
         nats_url=nats_url,
         user=user,
         password=password,
@@ -95,9 +97,11 @@ class Connection:
     tls_ca: Path | None = None
     state_dir: Path | None = None
 
-    def settings(self) -> Settings:
-        """The command's settings: these flags, then `RANVIER_*`, then defaults."""
+    def settings(self, *, replicas: int | None = None) -> Settings:
+        """The command's settings: these flags (and `--replicas` where a command has it), then
+        `RANVIER_*`, then defaults."""
         return settings_from_flags(
+            replicas=replicas,
             nats_url=self.nats_url,
             user=self.user,
             password=self.password,
@@ -219,7 +223,7 @@ async def connect_or_start(
     dir's store if the server recorded there is gone (DESIGN.md: export works on a stopped
     `ranvier up`)."""
     try:
-        async with Bus.connect(settings.connect_options()) as bus:
+        async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
             await body(bus)
         return
     except ConnectError:

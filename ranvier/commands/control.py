@@ -83,6 +83,17 @@ Backend = Annotated[
     ),
 ]
 
+Replicas = Annotated[
+    int | None,
+    typer.Option(
+        "--replicas",
+        min=1,
+        max=5,
+        help="Copies of each stream and KV bucket on a NATS cluster (1 on a single server; "
+        "unset: existing ones keep theirs) [RANVIER_REPLICAS].",
+    ),
+]
+
 list_app = typer.Typer(name="list", help="List submitted resources.", no_args_is_help=True)
 get_app = typer.Typer(name="get", help="Show one resource.", no_args_is_help=True)
 watch_app = typer.Typer(name="watch", help="Follow a resource live.", no_args_is_help=True)
@@ -288,8 +299,10 @@ async def _up(plan: _UpRun) -> int:
         write_url_file(settings.url_file, url)
     plan.report(pid=os.getpid(), state="starting", url=url)
     try:
-        options = settings.connect_options().model_copy(update={"servers": [url]})
-        async with Bus.connect(options) as bus:
+        options = settings.connect_options()
+        if server is not None:
+            options = options.model_copy(update={"servers": [url]})
+        async with Bus.connect(options, limits=settings.stream_limits()) as bus:
             role_options = RoleOptions(settings.state_dir, backend=plan.backend, nats_url=url)
             roles = build_roles(bus, available_roles(), role_options)
             stop = asyncio.Event()
@@ -414,6 +427,7 @@ def up(
         bool, typer.Option("--detach", "-d", help="Run in the background (see `ranvier down`).")
     ] = False,
     backend: Backend = "local",
+    replicas: Replicas = None,
     detached_child: Annotated[bool, typer.Option("--detached-child", hidden=True)] = False,
     connection: Connection,
 ) -> None:
@@ -421,7 +435,7 @@ def up(
     if backend not in BACKENDS:
         raise unknown_backend(backend)
     axon = load_axon(file)
-    settings = connection.settings()
+    settings = connection.settings(replicas=replicas)
     root = settings.state_dir.resolve()
     other = running_pid(root)
     if other is not None and other != os.getpid():
@@ -435,6 +449,8 @@ def up(
         argv += ["--detached-child"] + (["--until", goal] if goal else [])
         if connection.nats_url:
             argv += ["--nats-url", connection.nats_url]
+        if replicas is not None:
+            argv += ["--replicas", str(replicas)]
         raise typer.Exit(_detach(argv, root, goal, timeout))
     root.mkdir(parents=True, exist_ok=True)
     _write_json(root / PID_FILE, {"pid": os.getpid()})
@@ -496,6 +512,7 @@ def run(
     concurrency: Annotated[
         int, typer.Option("--concurrency", help="Executor: actions run at once.")
     ] = 16,
+    replicas: Replicas = None,
     connection: Connection,
     metrics_port: Annotated[
         int | None,
@@ -561,7 +578,7 @@ def run(
                 raise AppError(f"unknown role {name!r}", hint=f"choose {', '.join(ROLES)} or all")
             elif name not in names:
                 names.append(name)
-    settings = connection.settings()
+    settings = connection.settings(replicas=replicas)
 
     async def go() -> None:
         url, _ = settings.resolve_url()
@@ -578,7 +595,8 @@ def run(
             registry=registry,
             registry_insecure=registry_insecure,
         )
-        async with Bus.connect(settings.connect_options(name=f"ranvier-{'-'.join(names)}")) as bus:
+        connect = settings.connect_options(name=f"ranvier-{'-'.join(names)}")
+        async with Bus.connect(connect, limits=settings.stream_limits()) as bus:
             roles = build_roles(bus, names, options)
             served = (
                 telemetry.serve(metrics_port, metrics_host)
@@ -646,7 +664,7 @@ def submit(
     settings = connection.settings()
 
     async def go() -> None:
-        async with Bus.connect(settings.connect_options()) as bus:
+        async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
             stored = await AxonStore(bus).submit(axon, file)
             typer.echo(
                 f"axon {stored.namespace}/{stored.name} submitted (generation {stored.generation})"
@@ -734,7 +752,7 @@ def watch_axon(
     settings = connection.settings()
 
     async def go() -> None:
-        async with Bus.connect(settings.connect_options()) as bus:
+        async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
             await _watch(bus, await _stored(bus, namespace, name))
 
     run_command(go())
@@ -752,7 +770,7 @@ def delete_axon(
     settings = connection.settings()
 
     async def go() -> None:
-        async with Bus.connect(settings.connect_options()) as bus:
+        async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
             stored = await AxonStore(bus).delete(namespace, name)
         typer.echo(f"axon {stored.namespace}/{stored.name} deleted")
 
@@ -778,7 +796,7 @@ def trigger(
     settings = connection.settings()
 
     async def go() -> None:
-        async with Bus.connect(settings.connect_options()) as bus:
+        async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
             event_id = await trigger_rest(bus, namespace, axon, sensor, payload)
         typer.echo(f"triggered {axon}/{sensor} (event {event_id})")
 

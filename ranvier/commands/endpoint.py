@@ -113,7 +113,9 @@ def endpoint(
     settings = connection.settings()
 
     async def go() -> dict[str, Any]:
-        async with Bus.connect(settings.connect_options(), ensure=False) as bus:
+        async with Bus.connect(
+            settings.connect_options(), limits=settings.stream_limits(), ensure=False
+        ) as bus:
             return await read_endpoint(bus, name, namespace)
 
     document = run_command(go())

@@ -235,7 +235,7 @@ def publish(
     settings = connection.settings()
 
     async def go() -> None:
-        async with Bus.connect(settings.connect_options()) as bus:
+        async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
             ack = await bus.publish(event)
         if output == "json":
             info = {"id": event.id, "stream": ack.stream, "seq": ack.seq}
@@ -269,7 +269,7 @@ def tail(
 
     async def go() -> None:
         seen = 0
-        async with Bus.connect(settings.connect_options()) as bus:
+        async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
             if count is not None and count <= 0:
                 return
             follow = bus.follow(since=start, filter_subject=subject)
@@ -330,7 +330,7 @@ def import_(
     settings = connection.settings()
 
     async def go() -> None:
-        async with Bus.connect(settings.connect_options()) as bus:
+        async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
             too_big = [i for i in items if len(i.data) > bus.max_payload]
             if too_big:
                 raise EventError(
@@ -364,7 +364,7 @@ def replay(
     settings = connection.settings()
 
     async def go() -> None:
-        async with Bus.connect(settings.connect_options()) as bus:
+        async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
             originals = [
                 item.event
                 async for item in bus.replay(since=start, until=end, filter_subject=subject)
