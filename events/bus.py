@@ -569,8 +569,12 @@ class Bus:
         try:
             info = await self.js.stream_info(config.name or "")
         except nats.js.errors.NotFoundError:
-            with contextlib.suppress(nats.js.errors.BadRequestError):  # lost a creation race
+            try:
                 await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError as exc:  # lost a creation race, or...
+                if self._placement_error(exc) is not None:  # ...cannot place its replicas
+                    raise
+            else:
                 log.info("bus.stream_created", stream=config.name, replicas=config.num_replicas)
                 return
             info = await self.js.stream_info(config.name or "")

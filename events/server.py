@@ -10,6 +10,10 @@ then `Server is ready`), which also tells us the port when we asked for a free o
 passed as nats-server's `-1`, "pick a random port"). The log is drained by a thread for the
 server's whole life, so a chatty server never blocks on a full pipe, and its tail is kept for
 error messages.
+
+`NatsCluster` runs several of them as one NATS cluster on loopback (routes between them,
+JetStream on each, a store directory each), which is what streams with replicas need: the
+scale-out tests run on it, and it is the smallest way to try `--replicas 3` on one machine.
 """
 
 from __future__ import annotations
@@ -17,13 +21,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -40,12 +48,17 @@ START_TIMEOUT: Final = 20.0
 STOP_TIMEOUT: Final = 10.0
 
 _LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)")
+_MONITOR = re.compile(r"Starting http monitor on (\S+):(\d+)")
 _READY = "Server is ready"
 _PORT_TAKEN = re.compile(r"address already in use|Error listening on port", re.IGNORECASE)
 
 
 class ServerError(RanvierError, RuntimeError):
     """The embedded nats-server could not be found, started or stopped."""
+
+
+class PortTakenError(ServerError):
+    """A port the nats-server was told to listen on is taken."""
 
 
 def find_nats_server() -> Path:
@@ -80,6 +93,11 @@ class EmbeddedServer:
         tls_key: Path | None = None,
         binary: Path | None = None,
         extra_args: tuple[str, ...] = (),
+        name: str | None = None,
+        cluster_name: str | None = None,
+        cluster_port: int | None = None,
+        routes: Sequence[str] = (),
+        monitor_port: int | None = None,
     ) -> None:
         if sum(bool(x) for x in (token, user or password, nkey_users)) > 1:
             raise ServerError("choose one of: a token, a user and password, or nkey users")
@@ -97,6 +115,11 @@ class EmbeddedServer:
         self._tls = (tls_cert, tls_key) if tls_cert and tls_key else None
         self._binary = binary
         self._extra_args = extra_args
+        self.name = name
+        self._cluster = (cluster_name or "ranvier", cluster_port) if cluster_port else None
+        self._routes = tuple(routes)
+        self.requested_monitor_port = monitor_port
+        self.monitor_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._ready = threading.Event()
@@ -140,6 +163,16 @@ class EmbeddedServer:
             argv += ["--auth", self._token]
         if self._tls is not None:
             argv += ["--tls", "--tlscert", str(self._tls[0]), "--tlskey", str(self._tls[1])]
+        if self.name is not None:
+            argv += ["--server_name", self.name]
+        if self._cluster is not None:
+            cluster_name, cluster_port = self._cluster
+            argv += ["--cluster_name", cluster_name]
+            argv += ["--cluster", f"nats://{self.host}:{cluster_port}"]
+            if self._routes:
+                argv += ["--routes", ",".join(self._routes)]
+        if self.requested_monitor_port is not None:
+            argv += ["--http_port", str(self.requested_monitor_port or -1)]
         conf = self.config_text()
         if conf:
             # Settings without a flag go in a small config file in the store; flags still win.
@@ -169,6 +202,7 @@ class EmbeddedServer:
         self._is_ready = False
         self._tail.clear()
         self.port = None
+        self.monitor_port = None
         try:
             self._proc = subprocess.Popen(
                 argv,
@@ -194,6 +228,8 @@ class EmbeddedServer:
             self._tail.append(line)
             if self.port is None and (m := _LISTENING.search(line)):
                 self.port = int(m.group(2))
+            if self.monitor_port is None and (m := _MONITOR.search(line)):
+                self.monitor_port = int(m.group(2))
             if _READY in line:
                 self._is_ready = True
                 self._ready.set()
@@ -208,13 +244,20 @@ class EmbeddedServer:
         self._terminate()
         self.port = None
         if any(_PORT_TAKEN.search(line) for line in tail):
-            raise ServerError(
+            raise PortTakenError(
                 f"cannot start nats-server: port {self.requested_port} on {self.host} is taken",
                 hint="choose another --port, or 0 for any free port",
             )
         last = next((ln for ln in reversed(tail) if ln.strip()), "no output")
         what = f"exited with code {code}" if code is not None else f"not ready after {timeout}s"
         raise ServerError(f"nats-server {what}: {last}")
+
+    def pin_ports(self) -> None:
+        """Start again on the ports it listens on now (a restart keeps its address)."""
+        if self.port is not None:
+            self.requested_port = self.port
+        if self.monitor_port is not None:
+            self.requested_monitor_port = self.monitor_port
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop gracefully (SIGTERM), then SIGKILL after `timeout`; always reaps the child."""
@@ -265,6 +308,166 @@ class EmbeddedServer:
     def log_tail(self) -> list[str]:
         """The last lines the server logged (for diagnostics)."""
         return list(self._tail)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` ports free on `host` right now (the system's pick, never a fixed number).
+
+    Cluster members must name each other's route ports before any of them starts, so these
+    cannot be read from a log afterwards; a port taken meanwhile fails that start clearly
+    (`PortTakenError`) and `NatsCluster` tries again with new ones.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+class NatsCluster:
+    """`size` nats-servers with JetStream, one NATS cluster over loopback routes.
+
+    Node `i` is named `n<i>` and stores under `store_dir/n<i>`. Each node's client port is
+    chosen by its server and its route port by the system; after the first start they are
+    kept, so `kill(i)` and `restart(i)` bring a node back at the same address on the same
+    store, as a crashed pod comes back.
+    """
+
+    def __init__(
+        self,
+        *,
+        store_dir: Path | str,
+        size: int = 3,
+        host: str = "127.0.0.1",
+        name: str = "ranvier",
+        binary: Path | None = None,
+    ) -> None:
+        if size < 1:
+            raise ServerError(f"a cluster needs at least one server, not {size}")
+        self.store_dir = Path(store_dir)
+        self.size = size
+        self.host = host
+        self.name = name
+        self._binary = binary
+        self.nodes: list[EmbeddedServer] = []
+
+    @property
+    def urls(self) -> list[str]:
+        """Every node's client URL (also of nodes that are down: clients should know them)."""
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """The client URLs comma-separated, as `--nats-url` takes them."""
+        return ",".join(self.urls)
+
+    def node_named(self, server_name: str) -> int:
+        """The index of the node with this server name (as JetStream reports leaders)."""
+        for i, node in enumerate(self.nodes):
+            if node.name == server_name:
+                return i
+        raise ServerError(f"no node named {server_name!r} in cluster {self.name}")
+
+    def _make_nodes(self) -> None:
+        ports = free_ports(self.size, self.host)
+        routes = [f"nats://{self.host}:{port}" for port in ports]
+        self.nodes = [
+            EmbeddedServer(
+                store_dir=self.store_dir / f"n{i}",
+                host=self.host,
+                name=f"n{i}",
+                cluster_name=self.name,
+                cluster_port=port,
+                routes=routes,
+                monitor_port=0,
+                binary=self._binary,
+            )
+            for i, port in enumerate(ports)
+        ]
+
+    def start(self, timeout: float = START_TIMEOUT, *, attempts: int = 3) -> str:
+        """Start every node, wait for a JetStream meta leader; returns the URLs (comma-joined)."""
+        for attempt in range(1, attempts + 1):
+            self._make_nodes()
+            try:
+                for node in self.nodes:
+                    node.start(timeout)
+                    node.pin_ports()
+            except PortTakenError:
+                self.stop()
+                if attempt == attempts:
+                    raise
+                log.info("nats.cluster_port_taken", attempt=attempt)
+                continue
+            break
+        leader = self.wait_for_leader(timeout)
+        log.info("nats.cluster_started", urls=self.urls, meta_leader=leader)
+        return self.url
+
+    def meta_leader(self) -> str | None:
+        """The JetStream meta leader's name as a running node's monitor reports it, if any."""
+        for node in self.nodes:
+            if not node.running or node.monitor_port is None:
+                continue
+            url = f"http://{self.host}:{node.monitor_port}/jsz"
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as reply:
+                    meta = json.loads(reply.read()).get("meta_cluster") or {}
+            except (OSError, ValueError):
+                continue
+            leader = meta.get("leader")
+            if leader:
+                return str(leader)
+        return None
+
+    def wait_for_leader(self, timeout: float = START_TIMEOUT) -> str:
+        """Block until the cluster has a JetStream meta leader; returns its name."""
+        deadline = time.monotonic() + timeout
+        while True:
+            leader = self.meta_leader()
+            if leader is not None:
+                return leader
+            if time.monotonic() >= deadline:
+                raise ServerError(f"cluster {self.name} elected no JetStream leader in {timeout}s")
+            time.sleep(0.05)
+
+    def kill(self, index: int) -> None:
+        """SIGKILL node `index`, as a crash would."""
+        self.nodes[index].kill()
+        log.info("nats.node_killed", node=self.nodes[index].name)
+
+    def restart(self, index: int, timeout: float = START_TIMEOUT) -> None:
+        """Start node `index` again on its ports and store (after `kill` or `stop`)."""
+        self.nodes[index].start(timeout)
+
+    def stop(self) -> None:
+        """Stop every node (gracefully, then SIGKILL)."""
+        for node in self.nodes:
+            node.stop()
 
     def __enter__(self) -> Self:
         self.start()

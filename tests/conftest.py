@@ -10,6 +10,9 @@ NATS, for any test that needs the bus:
 - `bus`: a connected `Bus` with ranvier's streams and buckets created; drained after the test.
 - `make_nats_server`: a factory for extra servers (auth, a second store, ...); every server it
   made is stopped after the test, even when the test fails.
+- `nats_cluster`: three nats-servers clustered over loopback routes (`NatsCluster`), JetStream
+  on each, a meta leader elected; `tests/integration/cluster_kit.py` has what tests do with it
+  (options for all its URLs, which node leads a stream).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import pytest
 
 from events.bus import Bus, ConnectOptions
-from events.server import EmbeddedServer
+from events.server import EmbeddedServer, NatsCluster
 
 MakeServer = Callable[..., EmbeddedServer]
 
@@ -67,3 +70,14 @@ async def bus(nats_options: ConnectOptions) -> AsyncIterator[Bus]:
     """A `Bus` connected to `nats_server`, streams and KV buckets ensured."""
     async with Bus.connect(nats_options) as connected:
         yield connected
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A running three-node NATS cluster with JetStream and empty stores, for this test only."""
+    cluster = NatsCluster(store_dir=tmp_path / "cluster", size=3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
