@@ -26,6 +26,7 @@ import contextlib
 import json
 import ssl
 import time
+import uuid
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 import nats
 import nats.errors
@@ -56,6 +57,7 @@ from events.errors import RanvierError
 from events.model import DEFAULT_MAX_PAYLOAD, PAYLOAD_TYPES, Event, EventError
 
 log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 
 MSG_ID: Final = "Nats-Msg-Id"
 START_HINT: Final = "start one with `ranvier server` or `ranvier up`, or pass --nats-url"
@@ -80,6 +82,8 @@ _RETRYABLE: Final = (
 )
 
 
+_WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
+"""JetStream's refusal of a write that expected another last revision of its key."""
 _PLACEMENT_ERRORS: Final = frozenset({10005, 10023, 10074})
 """JetStream's answers to more replicas than it can place: no suitable peers for placement,
 insufficient resources, replicas > 1 not supported in non-clustered mode."""
@@ -949,13 +953,34 @@ class Bus:
     # -- key-value ---------------------------------------------------------------------------
 
     async def kv_get(self, bucket: str, key: str) -> tuple[bytes, int] | None:
-        """The value and revision of `key`, or None if it does not exist (or was deleted)."""
+        """The value and revision of `key`, or None if it does not exist (or was deleted).
+
+        Retried through outages (a stream leader changing, a reconnect), as writes are.
+        """
         kv = await self._bucket(bucket)
         try:
-            entry = await kv.get(key)
+            entry = await self._retrying(lambda: kv.get(key), bucket=bucket, key=key)
         except nats.js.errors.KeyNotFoundError:
             return None
         return bytes(entry.value or b""), int(entry.revision or 0)
+
+    async def _retrying(self, call: Callable[[], Awaitable[_T]], *, bucket: str, key: str) -> _T:
+        """`call()` (a KV read) made again through outages, for up to `publish_retry_for` s."""
+        deadline = time.monotonic() + self.options.publish_retry_for
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await call()
+            except _RETRYABLE as exc:
+                if time.monotonic() >= deadline:
+                    raise BusError(
+                        f"could not read {bucket}/{key} from {self.url} within "
+                        f"{self.options.publish_retry_for:g}s: {exc!r}",
+                        hint="is the server running and JetStream enabled?",
+                    ) from None
+                log.info("bus.kv_retry", bucket=bucket, key=key, attempt=attempt, error=repr(exc))
+                await asyncio.sleep(min(0.05 * attempt, 1.0))
 
     async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
         """Set `key` unconditionally; returns the new revision."""
@@ -963,20 +988,87 @@ class Bus:
         return int(await kv.put(key, value))
 
     async def kv_create(self, bucket: str, key: str, value: bytes) -> int | None:
-        """Create `key` only if absent: the revision if we won, None if it already existed."""
-        kv = await self._bucket(bucket)
-        try:
-            return int(await kv.create(key, value))
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return None
+        """Create `key` only if absent (or deleted): the revision if we won, None if it existed.
+
+        A definite answer even across a stream leader's crash (see `_kv_write`); None also means
+        the winner's value can be read now.
+        """
+        revision, last = await self._kv_write(bucket, key, value, expected=0, read_last=True)
+        if revision is None and last is not None and _kv_deleted(last):
+            revision, _ = await self._kv_write(bucket, key, value, expected=int(last.seq or 0))
+        return revision
 
     async def kv_update(self, bucket: str, key: str, value: bytes, last_revision: int) -> int:
-        """Compare-and-set: write only if `key` is at `last_revision` (else `RevisionMismatch`)."""
-        kv = await self._bucket(bucket)
-        try:
-            return int(await kv.update(key, value, last=last_revision))
-        except nats.js.errors.KeyWrongLastSequenceError:
-            raise RevisionMismatch(bucket, key, last_revision) from None
+        """Compare-and-set: write only if `key` is at `last_revision` (else `RevisionMismatch`).
+
+        A definite answer even across a stream leader's crash (see `_kv_write`).
+        """
+        revision, _ = await self._kv_write(bucket, key, value, expected=last_revision)
+        if revision is None:
+            raise RevisionMismatch(bucket, key, last_revision)
+        return revision
+
+    async def _kv_write(
+        self, bucket: str, key: str, value: bytes, *, expected: int, read_last: bool = False
+    ) -> tuple[int | None, api.RawStreamMsg | None]:
+        """Write `key` if its last revision is `expected` (0: none); (new revision, None) if it
+        was, else (None, the key's last message as the stream's leader has it, when it was read:
+        with `read_last`, or after a retry).
+
+        On a replicated bucket a write's answer can be lost while the write itself is stored (the
+        leader crashed after committing it), and asking again is refused: the key moved on. So
+        the write is retried through outages with one `Nats-Msg-Id`, and a refusal after such a
+        retry is checked against the key's last message: our Msg-Id there means we won. (The
+        server checks the expected revision before duplicates, so the Msg-Id alone cannot tell.)
+        A refusal can also come while the winning write is still being replicated, before the
+        leader can read it back; the last message is awaited (a few seconds at most) so that a
+        loser can read the winner's value as soon as it is told it lost.
+        """
+        await self._bucket(bucket)  # the bucket must exist (created here if not)
+        subject = f"$KV.{bucket}.{key}"
+        msg_id = uuid.uuid4().hex
+        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected), MSG_ID: msg_id}
+        deadline = time.monotonic() + self.options.publish_retry_for
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                ack = await self.js.publish(
+                    subject, value, timeout=self.options.request_timeout, headers=headers
+                )
+                return int(ack.seq), None
+            except _RETRYABLE as exc:
+                if time.monotonic() >= deadline:
+                    raise self._publish_failed(1, exc) from None
+                log.info("bus.kv_retry", bucket=bucket, key=key, attempt=attempt, error=repr(exc))
+                await asyncio.sleep(min(0.05 * attempt, 1.0))
+            except nats.js.errors.APIError as exc:
+                if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                    raise
+                break
+        if attempt == 1 and not read_last:
+            return None, None
+        last = await self._kv_last(bucket, key)
+        if attempt > 1 and last is not None and (last.headers or {}).get(MSG_ID) == msg_id:
+            log.info("bus.kv_retry_stored", bucket=bucket, key=key, revision=last.seq)
+            return int(last.seq or 0), None
+        return None, last
+
+    async def _kv_last(self, bucket: str, key: str) -> api.RawStreamMsg | None:
+        """The last message of `key` in its bucket's stream, waiting briefly for one that was
+        accepted but is not readable yet (None if none shows)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.request_timeout
+        stream, subject = f"KV_{bucket}", f"$KV.{bucket}.{key}"
+        while True:
+            try:
+                return await self._retrying(
+                    lambda: self.js.get_msg(stream, subject=subject), bucket=bucket, key=key
+                )
+            except nats.js.errors.NotFoundError:
+                if loop.time() >= deadline:
+                    return None
+            await asyncio.sleep(0.01)
 
     async def kv_delete(self, bucket: str, key: str) -> None:
         """Delete `key` (a no-op if it does not exist)."""
@@ -1220,6 +1312,11 @@ class KVChange(NamedTuple):
     value: bytes | None
     revision: int
     initial: bool
+
+
+def _kv_deleted(msg: api.RawStreamMsg) -> bool:
+    """Whether a KV stream message is a delete or purge marker."""
+    return (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
 
 
 def _stream_subjects(stream: str) -> str:
