@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from typing import Any
 
 import pytest
 import structlog
@@ -36,8 +37,9 @@ async def kill_when(
     cluster: NatsCluster, node: int, reached: asyncio.Event, work: asyncio.Future[None]
 ) -> float:
     """SIGKILL `node` once `reached` is set while `work` still runs; returns when it did."""
-    waiting = asyncio.ensure_future(reached.wait())
-    await asyncio.wait([waiting, work], return_when=asyncio.FIRST_COMPLETED)
+    waiting: asyncio.Future[Any] = asyncio.ensure_future(reached.wait())
+    either: list[asyncio.Future[Any]] = [waiting, work]
+    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     waiting.cancel()
     if work.done():
         work.result()  # its error, if it failed
