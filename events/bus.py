@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import re
 import ssl
 import time
 import uuid
@@ -82,6 +83,8 @@ _RETRYABLE: Final = (
 )
 
 
+_KV_KEY: Final = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
+"""What a KV key may hold (as nats-py checks it; `kv_key` makes any name fit)."""
 _WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 """JetStream's refusal of a write that expected another last revision of its key."""
 _PLACEMENT_ERRORS: Final = frozenset({10005, 10023, 10074})
@@ -983,9 +986,13 @@ class Bus:
                 await asyncio.sleep(min(0.05 * attempt, 1.0))
 
     async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
-        """Set `key` unconditionally; returns the new revision."""
-        kv = await self._bucket(bucket)
-        return int(await kv.put(key, value))
+        """Set `key` unconditionally; returns the new revision.
+
+        Retried through outages with one `Nats-Msg-Id`, so a put whose answer was lost is
+        stored once (see `_kv_write`).
+        """
+        revision, _ = await self._kv_write(bucket, key, value, expected=None)
+        return revision or 0  # never None: nothing was expected, so nothing refused
 
     async def kv_create(self, bucket: str, key: str, value: bytes) -> int | None:
         """Create `key` only if absent (or deleted): the revision if we won, None if it existed.
@@ -1009,11 +1016,17 @@ class Bus:
         return revision
 
     async def _kv_write(
-        self, bucket: str, key: str, value: bytes, *, expected: int, read_last: bool = False
+        self,
+        bucket: str,
+        key: str,
+        value: bytes,
+        *,
+        expected: int | None,
+        read_last: bool = False,
     ) -> tuple[int | None, api.RawStreamMsg | None]:
-        """Write `key` if its last revision is `expected` (0: none); (new revision, None) if it
-        was, else (None, the key's last message as the stream's leader has it, when it was read:
-        with `read_last`, or after a retry).
+        """Write `key` if its last revision is `expected` (0: none; None: whatever it is);
+        (new revision, None) if it was, else (None, the key's last message as the stream's
+        leader has it, when it was read: with `read_last`, or after a retry).
 
         On a replicated bucket a write's answer can be lost while the write itself is stored (the
         leader crashed after committing it), and asking again is refused: the key moved on. So
@@ -1024,10 +1037,14 @@ class Bus:
         leader can read it back; the last message is awaited (a few seconds at most) so that a
         loser can read the winner's value as soon as it is told it lost.
         """
+        if not _KV_KEY.match(key) or key.startswith(".") or key.endswith("."):
+            raise nats.js.errors.InvalidKeyError(description=f"invalid KV key {key!r}")
         await self._bucket(bucket)  # the bucket must exist (created here if not)
         subject = f"$KV.{bucket}.{key}"
         msg_id = uuid.uuid4().hex
-        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected), MSG_ID: msg_id}
+        headers = {MSG_ID: msg_id}
+        if expected is not None:
+            headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected)
         deadline = time.monotonic() + self.options.publish_retry_for
         attempt = 0
         while True:
