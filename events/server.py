@@ -35,7 +35,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Final, Self
+from typing import IO, Any, Final, Self
 
 import structlog
 
@@ -428,27 +428,49 @@ class NatsCluster:
         log.info("nats.cluster_started", urls=self.urls, meta_leader=leader)
         return self.url
 
+    def _jsz(self, node: EmbeddedServer) -> dict[str, Any]:
+        """A running node's JetStream report from its monitor ({} when it does not answer)."""
+        if not node.running or node.monitor_port is None:
+            return {}
+        url = f"http://{self.host}:{node.monitor_port}/jsz"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as reply:
+                found = json.loads(reply.read())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
     def meta_leader(self) -> str | None:
         """The JetStream meta leader's name as a running node's monitor reports it, if any."""
         for node in self.nodes:
-            if not node.running or node.monitor_port is None:
-                continue
-            url = f"http://{self.host}:{node.monitor_port}/jsz"
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as reply:
-                    meta = json.loads(reply.read()).get("meta_cluster") or {}
-            except (OSError, ValueError):
-                continue
-            leader = meta.get("leader")
+            leader = (self._jsz(node).get("meta_cluster") or {}).get("leader")
             if leader:
                 return str(leader)
         return None
 
+    def meta_ready(self) -> str | None:
+        """The meta leader's name once it reports every other running node current, else None."""
+        leader = self.meta_leader()
+        if leader is None:
+            return None
+        index = next((i for i, n in enumerate(self.nodes) if n.name == leader), None)
+        if index is None:
+            return None
+        meta = self._jsz(self.nodes[index]).get("meta_cluster") or {}
+        current = {
+            str(peer.get("name"))
+            for peer in meta.get("replicas") or ()
+            if peer.get("current") and not peer.get("offline")
+        }
+        others = {n.name for i, n in enumerate(self.nodes) if i != index and n.running}
+        return leader if meta.get("leader") == leader and others <= current else None
+
     def wait_for_leader(self, timeout: float = START_TIMEOUT) -> str:
-        """Block until the cluster has a JetStream meta leader; returns its name."""
+        """Block until the cluster has a JetStream meta leader with every running node current;
+        returns the leader's name."""
         deadline = time.monotonic() + timeout
         while True:
-            leader = self.meta_leader()
+            leader = self.meta_ready()
             if leader is not None:
                 return leader
             if time.monotonic() >= deadline:

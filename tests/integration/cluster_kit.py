@@ -23,7 +23,7 @@ def cluster_options(cluster: NatsCluster, **changes: object) -> ConnectOptions:
     base = ConnectOptions(
         servers=cluster.urls,
         connect_timeout=2.0,
-        request_timeout=2.0,
+        request_timeout=5.0,  # creating a three-replica stream on a busy machine takes seconds
         reconnect_wait=0.1,
         publish_retry_for=30.0,
         name="ranvier-cluster-tests",

@@ -56,7 +56,7 @@ async def test_sigkilled_events_leader_mid_publish_stores_each_event_once(
         MetricData(axon="ml", name="acc", value=float(i)).to_event(source="test", id=f"ev-{i:05d}")
         for i in range(count)
     ]
-    options = cluster_options(nats_cluster, request_timeout=1.0, publish_retry_for=60.0)
+    options = cluster_options(nats_cluster, request_timeout=2.0, publish_retry_for=60.0)
     async with Bus.connect(options, limits=R3) as bus:
         await wait_current(bus, subjects.EVENTS_STREAM, 3)
         leader = await stream_leader(bus, nats_cluster, subjects.EVENTS_STREAM)
@@ -116,7 +116,7 @@ async def test_kv_claims_and_compare_and_set_hold_across_a_leader_kill(
 ) -> None:
     keys, kill_at = 300, 100
     bucket = subjects.RUNS_BUCKET
-    options = cluster_options(nats_cluster, request_timeout=1.0, publish_retry_for=60.0)
+    options = cluster_options(nats_cluster, request_timeout=2.0, publish_retry_for=60.0)
     async with (
         Bus.connect(options.model_copy(update={"name": "a"}), limits=R3) as a,
         Bus.connect(options.model_copy(update={"name": "b"}), limits=R3) as b,
