@@ -91,3 +91,44 @@ def test_control_plane_has_probes_resources_and_security() -> None:
         assert container["livenessProbe"]
         assert container["resources"]["requests"]
         assert container["securityContext"]["runAsNonRoot"] is True
+
+
+def _deployments() -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: d
+        for d in documents(MANIFESTS / "base" / "control-plane.yaml")
+        if d["kind"] == "Deployment"
+    }
+
+
+def test_every_role_keeps_three_copies_of_streams_and_buckets() -> None:
+    for name, deployment in _deployments().items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env.get("RANVIER_REPLICAS") == "3", name
+    (sts,) = [d for d in documents(MANIFESTS / "base" / "nats.yaml") if d["kind"] == "StatefulSet"]
+    assert sts["spec"]["replicas"] >= 3  # three replicas need three servers
+
+
+def test_scaled_out_roles_have_replicas_and_disruption_budgets() -> None:
+    replicas = {name: d["spec"]["replicas"] for name, d in _deployments().items()}
+    assert replicas == {
+        "ranvier-engine": 2,
+        "ranvier-executor": 2,
+        "ranvier-router": 2,
+        "ranvier-watcher": 1,
+    }
+    budgets = {
+        d["metadata"]["name"]: d
+        for d in documents(MANIFESTS / "base" / "disruption-budgets.yaml")
+        if d["kind"] == "PodDisruptionBudget"
+    }
+    deployments = _deployments()
+    for role in ("engine", "executor", "router"):
+        budget = budgets[f"ranvier-{role}"]["spec"]
+        assert budget["minAvailable"] == 1
+        labels = deployments[f"ranvier-{role}"]["spec"]["template"]["metadata"]["labels"]
+        assert budget["selector"]["matchLabels"].items() <= labels.items()
+    assert budgets["nats"]["spec"]["maxUnavailable"] == 1
+    base = yaml.safe_load((MANIFESTS / "base" / "kustomization.yaml").read_text())
+    assert "disruption-budgets.yaml" in base["resources"]
