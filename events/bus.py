@@ -62,6 +62,8 @@ _T = TypeVar("_T")
 
 MSG_ID: Final = "Nats-Msg-Id"
 START_HINT: Final = "start one with `ranvier server` or `ranvier up`, or pass --nats-url"
+_TOPOLOGY_PATIENCE: Final = 20.0
+"""Seconds `Bus.connect` keeps asking a JetStream that does not answer (a leader election)."""
 _KEYS_INACTIVE: Final = 5.0
 """Seconds the server keeps a finished `kv_keys` read's consumer (nats-py's default is 5 min)."""
 _WATCH_INACTIVE: Final = 10.0
@@ -94,6 +96,10 @@ insufficient resources, replicas > 1 not supported in non-clustered mode."""
 
 class BusError(RanvierError, RuntimeError):
     """The bus could not do what was asked (see the message)."""
+
+
+class NoAnswerError(BusError, TimeoutError):
+    """JetStream did not answer in time (no server with JetStream, or no leader yet)."""
 
 
 class ConnectError(BusError, ConnectionError):
@@ -467,10 +473,27 @@ class Bus:
         bus = cls(nc, options, limits or StreamLimits(), callbacks)
         try:
             if ensure:
-                await bus.ensure_topology()
+                await bus._ensure_topology_patiently()
             yield bus
         finally:
             await bus.close()
+
+    async def _ensure_topology_patiently(self) -> None:
+        """`ensure_topology`, asked again for a while when JetStream does not answer: on a
+        cluster a stream whose leader just died answers nothing until its servers have elected
+        another (seconds), and a process starting then should wait rather than fail."""
+        deadline = time.monotonic() + min(self.options.publish_retry_for, _TOPOLOGY_PATIENCE)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self.ensure_topology()
+                return
+            except NoAnswerError as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("bus.topology_retry", url=self.url, attempt=attempt, error=str(exc))
+                await asyncio.sleep(min(0.2 * attempt, 1.0))
 
     async def next_reconnect(self) -> None:
         """Return when the connection next comes back after an outage.
@@ -567,7 +590,7 @@ class Bus:
                 hint="is JetStream enabled on this server (nats-server --jetstream)?",
             ) from None
         except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError):
-            raise BusError(
+            raise NoAnswerError(
                 f"JetStream does not answer on {self.url}",
                 hint="enable it (nats-server --jetstream) or use `ranvier server`",
             ) from None
@@ -1500,6 +1523,7 @@ __all__ = [
     "ConnectOptions",
     "Consumer",
     "KVChange",
+    "NoAnswerError",
     "Outgoing",
     "Published",
     "Received",

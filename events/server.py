@@ -299,6 +299,10 @@ class EmbeddedServer:
         if proc.stderr is not None:
             proc.stderr.close()
 
+    def poll(self) -> int | None:
+        """The exit code once the child has exited on its own, else None."""
+        return self._proc.poll() if self._proc is not None else None
+
     def wait(self) -> int:
         """Block until the server exits on its own; returns its exit code."""
         if self._proc is None:
@@ -352,9 +356,9 @@ class NatsCluster:
     """`size` nats-servers with JetStream, one NATS cluster over loopback routes.
 
     Node `i` is named `n<i>` and stores under `store_dir/n<i>`. Each node's client port is
-    chosen by its server and its route port by the system; after the first start they are
-    kept, so `kill(i)` and `restart(i)` bring a node back at the same address on the same
-    store, as a crashed pod comes back.
+    chosen by its server (node 0's is `port` when given) and its route port by the system;
+    after the first start they are kept, so `kill(i)` and `restart(i)` bring a node back at the
+    same address on the same store, as a crashed pod comes back.
     """
 
     def __init__(
@@ -363,7 +367,11 @@ class NatsCluster:
         store_dir: Path | str,
         size: int = 3,
         host: str = "127.0.0.1",
+        port: int = 0,
         name: str = "ranvier",
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
         binary: Path | None = None,
     ) -> None:
         if size < 1:
@@ -371,7 +379,9 @@ class NatsCluster:
         self.store_dir = Path(store_dir)
         self.size = size
         self.host = host
+        self.port = port
         self.name = name
+        self._user, self._password, self._token = user, password, token
         self._binary = binary
         self.nodes: list[EmbeddedServer] = []
 
@@ -399,6 +409,10 @@ class NatsCluster:
             EmbeddedServer(
                 store_dir=self.store_dir / f"n{i}",
                 host=self.host,
+                port=self.port if i == 0 else 0,
+                user=self._user,
+                password=self._password,
+                token=self._token,
                 name=f"n{i}",
                 cluster_name=self.name,
                 cluster_port=port,
@@ -490,6 +504,15 @@ class NatsCluster:
         """Stop every node (gracefully, then SIGKILL)."""
         for node in self.nodes:
             node.stop()
+
+    def wait(self) -> tuple[str, int]:
+        """Block until a node exits on its own; returns its name and exit code."""
+        while True:
+            for node in self.nodes:
+                code = node.poll()
+                if code is not None:
+                    return node.name or "", code
+            time.sleep(0.2)
 
     def __enter__(self) -> Self:
         self.start()

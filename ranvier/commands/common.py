@@ -52,6 +52,16 @@ NkeySeed = Annotated[
 TlsCa = Annotated[
     Path | None, typer.Option("--tls-ca", help="CA bundle for TLS [RANVIER_TLS_CA_FILE].")
 ]
+Replicas = Annotated[
+    int | None,
+    typer.Option(
+        "--replicas",
+        min=1,
+        max=5,
+        help="Copies of each stream and KV bucket on a NATS cluster (1 on a single server; "
+        "unset: existing ones keep theirs) [RANVIER_REPLICAS].",
+    ),
+]
 StateDir = Annotated[
     Path | None,
     typer.Option("--state-dir", help="State directory (default ./.ranvier) [RANVIER_STATE_DIR]."),
@@ -249,6 +259,7 @@ __all__ = [
     "NatsUrl",
     "NkeySeed",
     "Password",
+    "Replicas",
     "StateDir",
     "TlsCa",
     "Token",

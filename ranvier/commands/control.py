@@ -56,6 +56,7 @@ from ranvier.app import (
 )
 from ranvier.commands.common import (
     Connection,
+    Replicas,
     StateDir,
     connect_or_start,
     on_own_server,
@@ -80,17 +81,6 @@ Backend = Annotated[
     str,
     typer.Option(
         "--backend", envvar="RANVIER_BACKEND", help="Where tasks run: local or kubernetes."
-    ),
-]
-
-Replicas = Annotated[
-    int | None,
-    typer.Option(
-        "--replicas",
-        min=1,
-        max=5,
-        help="Copies of each stream and KV bucket on a NATS cluster (1 on a single server; "
-        "unset: existing ones keep theirs) [RANVIER_REPLICAS].",
     ),
 ]
 

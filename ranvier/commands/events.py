@@ -22,10 +22,10 @@ import typer
 from pydantic import ValidationError
 
 from events import model, subjects
-from events.bus import Bus, Outgoing
+from events.bus import Bus, ConnectOptions, Outgoing
 from events.errors import RanvierError
 from events.model import PAYLOAD_TYPES, Event, EventError
-from events.server import EmbeddedServer
+from events.server import EmbeddedServer, NatsCluster
 from ranvier.commands.common import (
     Connection,
     Password,
@@ -185,9 +185,30 @@ def server(
     user: User = None,
     password: Password = None,
     token: Token = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            "--replicas",
+            min=1,
+            max=5,
+            help="Run this many servers as one local NATS cluster (--port is the first one's) "
+            "and keep ranvier's streams and buckets on all of them [RANVIER_REPLICAS].",
+        ),
+    ] = None,
 ) -> None:
     """Run an embedded NATS server with JetStream in the foreground (Ctrl-C stops it)."""
-    settings = Settings.from_flags(state_dir=state_dir)
+    settings = Settings.from_flags(state_dir=state_dir, replicas=replicas)
+    if (settings.replicas or 1) > 1:
+        _serve_cluster(
+            settings,
+            store=store or settings.store_dir,
+            port=port,
+            host=host,
+            user=user,
+            password=password,
+            token=token,
+        )
+        return
     srv = EmbeddedServer(
         store_dir=store or settings.store_dir,
         port=port,
@@ -215,6 +236,53 @@ def server(
         if code != 0:  # 0: it got the terminal's Ctrl-C before we did, a clean stop
             last = " | ".join(srv.log_tail()[-2:])
             raise RanvierError(f"nats-server exited with code {code}: {last}")
+
+
+def _serve_cluster(
+    settings: Settings,
+    *,
+    store: Path,
+    port: int,
+    host: str,
+    user: str | None,
+    password: str | None,
+    token: str | None,
+) -> None:
+    """`ranvier server --replicas N`: N servers as one local cluster, the topology at N copies.
+
+    The streams and buckets are created here, before any client can create them with the
+    one replica a client that does not say otherwise starts them with.
+    """
+    size = settings.replicas or 1
+    cluster = NatsCluster(
+        store_dir=store, size=size, host=host, port=port, user=user, password=password, token=token
+    )
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    async def topology() -> None:
+        options = ConnectOptions(servers=cluster.urls, user=user, password=password, token=token)
+        async with Bus.connect(options, limits=settings.stream_limits()):
+            pass
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    with contextlib.ExitStack() as stack:
+        stack.callback(signal.signal, signal.SIGTERM, previous)
+        stack.callback(cluster.stop)
+        url = cluster.start()
+        run_command(topology())
+        stack.callback(remove_url_file, settings.url_file, url)
+        write_url_file(settings.url_file, url)
+        typer.echo(url)
+        try:
+            name, code = cluster.wait()
+        except KeyboardInterrupt:
+            return
+        if code != 0:  # 0: it got the terminal's Ctrl-C before we did, a clean stop
+            node = cluster.nodes[cluster.node_named(name)]
+            last = " | ".join(node.log_tail()[-2:])
+            raise RanvierError(f"nats-server {name} exited with code {code}: {last}")
 
 
 @events_app.command("publish")

@@ -3,23 +3,27 @@
 - `ranvier up --nats-url A,B,C --replicas 3` runs a pipeline on the cluster (roles and topology
   on all three URLs, every stream and bucket at three replicas);
 - `ranvier events publish` with a dead URL first in the list connects through the others, and
-  creates the topology at the count `RANVIER_REPLICAS` gives; with a node killed, the same
-  URLs still work once the cluster has its JetStream leader again;
+  creates the topology at the count `RANVIER_REPLICAS` gives; started right after a node is
+  killed, the same command waits until the cluster's leaders are elected again, then works;
 - asking for more replicas than the cluster has servers is one line on stderr, exit code 1;
-  an impossible count is a usage error.
+  an impossible count is a usage error;
+- `ranvier server --replicas 3` runs a three-server cluster in the foreground, with the
+  topology at three replicas and every URL in the state dir's `nats.url`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from events import subjects
-from events.bus import Bus
+from events.bus import Bus, ConnectOptions
 from events.server import NatsCluster, free_ports
 from tests.e2e.kit import clean_env, ranvier
 from tests.integration.cluster_kit import cluster_options
@@ -38,6 +42,10 @@ spec:
     - name: OnStart
       tasks: [{resourceExecutor: {task: Hello}}]
 """
+
+
+def cluster_options_for(urls: list[str]) -> ConnectOptions:
+    return ConnectOptions(servers=urls, request_timeout=5.0)
 
 
 def replicas(cluster: NatsCluster) -> dict[str, int]:
@@ -86,8 +94,7 @@ def test_a_dead_url_is_skipped_and_replicas_come_from_the_environment(
     first = ranvier(*publish, *data, state=tmp_path / "state", env=env)
     assert first.returncode == 0, first.stderr
     assert set(replicas(nats_cluster).values()) == {3}
-    nats_cluster.kill(0)
-    nats_cluster.wait_for_leader()  # a command started during the election would be refused
+    nats_cluster.kill(0)  # right away: the command waits out the leader elections
     again = ranvier(*publish, *data, state=tmp_path / "state", env=env)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["seq"] == json.loads(first.stdout)["seq"] + 1
@@ -114,3 +121,52 @@ def test_too_many_replicas_is_one_clear_line(nats_cluster: NatsCluster, tmp_path
     assert bad.returncode == 1
     assert bad.stderr.startswith("error: invalid setting")
     assert "Traceback" not in bad.stderr
+
+
+def test_server_with_replicas_runs_a_local_cluster(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "ranvier", "server", "--replicas", "3", "--port", "0"),
+            *("--state-dir", str(state)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        urls = url.split(",")
+        assert len(urls) == 3, url
+        assert all(u.startswith("nats://127.0.0.1:") for u in urls)
+        assert (state / "nats.url").read_text().strip() == url
+        for node in ("n0", "n1", "n2"):
+            assert (state / "nats" / node / "jetstream").is_dir()
+        published = ranvier(
+            "events", "publish", "--type", "metric", "--axon", "ml",
+            "--data", '{"name": "acc", "value": 0.5}', state=state,
+        )  # fmt: skip
+        assert published.returncode == 0, published.stderr
+        assert "to RANVIER_EVENTS seq 1" in published.stdout
+
+        async def counts() -> set[int]:
+            async with Bus.connect(cluster_options_for(urls), ensure=False) as bus:
+                return {int(i.config.num_replicas or 1) for i in await bus.js.streams_info()}
+
+        assert asyncio.run(counts()) == {3}
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert not (state / "nats.url").exists()
+    left = subprocess.run(
+        ["pgrep", "-f", f"nats-server.*{state}"], capture_output=True, text=True, check=False
+    )
+    assert left.stdout == ""
