@@ -1,5 +1,6 @@
 """The engine runtime as its own OS process, for the crash test: `python -m
-tests.integration.engine_process NATS_URL`. Prints `ready` once consuming; runs until killed."""
+tests.integration.engine_process NATS_URL[,URL...]`. Prints `ready` once consuming; runs until
+killed."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sensors.runtime import EngineRuntime
 
 async def main(url: str) -> None:
     options = ConnectOptions(
-        servers=[url], request_timeout=2.0, reconnect_wait=0.1, name="engine-process"
+        servers=url.split(","), request_timeout=2.0, reconnect_wait=0.1, name="engine-process"
     )
     async with Bus.connect(options) as bus:
         runtime = EngineRuntime(bus, batch=64)
