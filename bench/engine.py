@@ -215,7 +215,7 @@ async def _raw_consume(url: str, total: int, batch: int) -> float:
     try:
         js = nc.jetstream()
         sub = await js.pull_subscribe(
-            subjects.EVENTS_SUBJECTS, durable="bench-raw", stream=subjects.EVENTS_STREAM
+            subjects.STORED_EVENTS, durable="bench-raw", stream=subjects.EVENTS_STREAM
         )
         got = 0
         started = time.perf_counter()

@@ -139,6 +139,13 @@ class StreamLimits(BaseModel):
     events_max_age: timedelta = Field(timedelta(days=7), description="Events kept this long.")
     decisions_max_age: timedelta = Field(timedelta(days=7), description="Decisions kept so long.")
     duplicate_window: timedelta = Field(timedelta(minutes=2), description="Msg-Id dedupe window.")
+    partitions: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Partitions of the events stream (None: the stream's own, or "
+        f"{subjects.DEFAULT_PARTITIONS} when creating it). Fixed once the stream exists.",
+    )
 
 
 class Published(NamedTuple):
@@ -421,6 +428,8 @@ class Bus:
         self.options = options
         self.limits = limits
         self._kv: dict[str, KeyValue] = {}
+        self.partitions = limits.partitions or subjects.DEFAULT_PARTITIONS
+        """The events stream's partition count (read from the stream by `ensure_topology`)."""
         self._acks = _AckRouter(nc)
         # Iterator-style subscriptions still open; drain() would wait for their unread
         # messages until its timeout, so close() unsubscribes them first.
@@ -493,6 +502,7 @@ class Bus:
     def stream_configs(self) -> list[api.StreamConfig]:
         """The three ranvier streams as DESIGN.md describes them."""
         dup = self.limits.duplicate_window.total_seconds()
+        source, dest = subjects.partition_transform(self.partitions)
         return [
             api.StreamConfig(
                 name=subjects.EVENTS_STREAM,
@@ -501,6 +511,8 @@ class Bus:
                 storage=api.StorageType.FILE,
                 max_age=self.limits.events_max_age.total_seconds(),
                 duplicate_window=dup,
+                subject_transform=api.SubjectTransform(src=source, dest=dest),
+                metadata={subjects.PARTITIONS_KEY: str(self.partitions)},
             ),
             api.StreamConfig(
                 name=subjects.ACTIONS_STREAM,
@@ -520,8 +532,14 @@ class Bus:
         ]
 
     async def ensure_topology(self) -> None:
-        """Create or update the streams and KV buckets; idempotent, safe to race."""
+        """Create or update the streams and KV buckets; idempotent, safe to race.
+
+        The events stream's partition count is fixed when it is created: a stream created
+        with another count than `limits.partitions` asks for is an error (never silent
+        re-partitioning); with no count asked for, the stream's own is adopted.
+        """
         try:
+            await self._adopt_partitions()
             for config in self.stream_configs():
                 await self._ensure_stream(config)
             for bucket in (
@@ -542,6 +560,32 @@ class Bus:
                 hint="enable it (nats-server --jetstream) or use `ranvier server`",
             ) from None
 
+    async def _adopt_partitions(self) -> None:
+        try:
+            info = await self.js.stream_info(subjects.EVENTS_STREAM)
+        except nats.js.errors.NotFoundError:
+            return  # created with ours
+        recorded = (info.config.metadata or {}).get(subjects.PARTITIONS_KEY)
+        if recorded is None:
+            if info.state.messages:
+                raise BusError(
+                    f"the events stream on {self.url} holds {info.state.messages} events stored "
+                    "without partitions (by an older ranvier); they cannot be partitioned in place",
+                    hint="`ranvier events export` them, delete the stream "
+                    f"{subjects.EVENTS_STREAM} (or the state dir), then `ranvier events import`",
+                )
+            return  # empty: updated to ours
+        count = int(recorded)
+        wanted = self.limits.partitions
+        if wanted is not None and wanted != count:
+            raise BusError(
+                f"the events stream on {self.url} has {count} partitions, but {wanted} are "
+                "configured; the partition count is fixed when the stream is created",
+                hint=f"use --partitions {count} (or RANVIER_PARTITIONS={count}), or export the "
+                "events, delete the stream and import them into a new one",
+            )
+        self.partitions = count
+
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         try:
             info = await self.js.stream_info(config.name or "")
@@ -556,6 +600,7 @@ class Bus:
             current.subjects != config.subjects
             or (current.max_age or 0) != (config.max_age or 0)
             or (current.duplicate_window or 0) != (config.duplicate_window or 0)
+            or current.subject_transform != config.subject_transform
         ):
             await self.js.update_stream(config)
             log.info("bus.stream_updated", stream=config.name)
@@ -566,11 +611,18 @@ class Bus:
             try:
                 kv = await self.js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
-                kv = await self.js.create_key_value(
-                    bucket=bucket, history=5, storage=api.StorageType.FILE
-                )
-                log.info("bus.bucket_created", bucket=bucket)
+                kv = await self.create_bucket(bucket)
             self._kv[bucket] = kv
+        return kv
+
+    async def create_bucket(self, bucket: str, *, ttl: float = 0.0, history: int = 5) -> KeyValue:
+        """Create a KV bucket (every key expiring `ttl` seconds after its last write, if set);
+        a bucket that exists already is returned as it is."""
+        kv = await self.js.create_key_value(
+            bucket=bucket, history=history, ttl=ttl or None, storage=api.StorageType.FILE
+        )
+        log.info("bus.bucket_created", bucket=bucket, ttl=ttl)
+        self._kv[bucket] = kv
         return kv
 
     async def stream_info(self, stream: str = subjects.EVENTS_STREAM) -> api.StreamInfo:
@@ -905,10 +957,17 @@ class Bus:
         except nats.js.errors.KeyWrongLastSequenceError:
             raise RevisionMismatch(bucket, key, last_revision) from None
 
-    async def kv_delete(self, bucket: str, key: str) -> None:
-        """Delete `key` (a no-op if it does not exist)."""
+    async def kv_delete(self, bucket: str, key: str, *, last_revision: int | None = None) -> None:
+        """Delete `key` (a no-op if it does not exist); with `last_revision`, only if the key
+        is still at that revision (else `RevisionMismatch`)."""
         kv = await self._bucket(bucket)
-        await kv.delete(key)
+        if last_revision is None:
+            await kv.delete(key)
+            return
+        try:
+            await kv.delete(key, last=last_revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise RevisionMismatch(bucket, key, last_revision) from None
 
     async def kv_keys(self, bucket: str, pattern: str = ">") -> list[str]:
         """Keys currently set in `bucket` that match `pattern` (NATS wildcards).
@@ -1152,7 +1211,7 @@ class KVChange(NamedTuple):
 def _stream_subjects(stream: str) -> str:
     """The subject filter that covers a whole ranvier stream."""
     return {
-        subjects.EVENTS_STREAM: subjects.EVENTS_SUBJECTS,
+        subjects.EVENTS_STREAM: subjects.STORED_EVENTS,
         subjects.ACTIONS_STREAM: subjects.ACTIONS_SUBJECTS,
         subjects.DECISIONS_STREAM: subjects.DECISIONS_SUBJECTS,
     }.get(stream, ">")

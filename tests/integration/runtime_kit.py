@@ -20,7 +20,7 @@ from events.bus import Bus
 from events.model import AXON, ActionRequest, Event, LifecycleData, utcnow
 from sensors import engine
 from sensors.loader import load_axon_text
-from sensors.runtime import DURABLE, EngineRuntime
+from sensors.runtime import DURABLE, EngineRuntime, partition_durable
 from sensors.spec import Axon
 
 NAME = "pipe"
@@ -160,20 +160,38 @@ def duplicates(keys: Iterable[str]) -> dict[str, int]:
     return {k: c for k, c in Counter(keys).items() if c > 1}
 
 
+def durable_of(bus: Bus, axon: str = NAME) -> str:
+    """The engine's durable consumer for an Axon's partition."""
+    return partition_durable(DURABLE, subjects.partition_of(axon, bus.partitions))
+
+
 async def caught_up(bus: Bus, *, durable: str = DURABLE, limit: float = 60.0) -> None:
-    """Wait until the engine's consumer has every event of the stream acked."""
+    """Wait until, for every partition holding events, the engine's consumer of that
+    partition has delivered and had acked every one of them."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while True:
-        last = (await bus.stream_info()).state.last_seq
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            info = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
-            floor = info.ack_floor.stream_seq if info.ack_floor else 0
-            if floor >= last and not info.num_ack_pending:
-                return
+        if await _all_acked(bus, durable):
+            return
         if loop.time() > deadline:
+            last = (await bus.stream_info()).state.last_seq
             raise TimeoutError(f"the engine did not catch up with seq {last} in {limit}s")
         await asyncio.sleep(0.05)
+
+
+async def _all_acked(bus: Bus, durable: str) -> bool:
+    info = await bus.js.stream_info(subjects.EVENTS_STREAM, subjects_filter=subjects.STORED_EVENTS)
+    partitions = {int(subject.split(".")[2]) for subject in (info.state.subjects or {})}
+    for partition in sorted(partitions):
+        try:
+            consumer = await bus.js.consumer_info(
+                subjects.EVENTS_STREAM, partition_durable(durable, partition)
+            )
+        except nats.js.errors.NotFoundError:
+            return False
+        if consumer.num_pending or consumer.num_ack_pending:
+            return False
+    return True
 
 
 @contextlib.asynccontextmanager
