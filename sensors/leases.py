@@ -160,13 +160,7 @@ class LeaseTable:
 
         async def one(partition: int) -> str | None:
             got = await self._bus.kv_get(subjects.LEASES_BUCKET, self.key(partition))
-            if got is None:
-                return None
-            try:
-                owner = json.loads(got[0]).get("replica")
-            except (ValueError, AttributeError):
-                return None
-            return owner if isinstance(owner, str) else None
+            return None if got is None else _holder(got[0])[0]
 
         return list(await asyncio.gather(*(one(p) for p in range(self.partitions))))
 
@@ -174,14 +168,25 @@ class LeaseTable:
         return json.dumps({"replica": self.replica, "instance": self._instance}).encode()
 
     async def acquire(self, partition: int) -> Lease | None:
-        """Take a free partition; None if another replica has it."""
+        """Take a free partition, or one an earlier process of this replica held; None if
+        another replica has it."""
         sent = time.monotonic()
-        revision = await self._bus.kv_create(
-            subjects.LEASES_BUCKET, self.key(partition), self._value()
-        )
+        bucket, key = subjects.LEASES_BUCKET, self.key(partition)
+        revision = await self._bus.kv_create(bucket, key, self._value())
         if revision is None:
-            return None
+            got = await self._bus.kv_get(bucket, key)
+            replica, instance = _holder(got[0]) if got is not None else (None, None)
+            if got is None or replica != self.replica or instance == self._instance:
+                return None
+            try:  # our predecessor's (it died: a replica name is one process at a time)
+                revision = await self._bus.kv_update(bucket, key, self._value(), got[1])
+            except BusError:
+                return None
         return Lease(partition, revision, revision, sent + self.ttl * VALID_FRACTION)
+
+    def mine(self, owner: str | None) -> bool:
+        """Whether a lease's holder is this replica (this process or an earlier one)."""
+        return owner == self.replica
 
     async def renew(self, lease: Lease) -> bool:
         """Extend a held lease; False (and the lease no longer valid) if it was lost."""
@@ -205,3 +210,16 @@ class LeaseTable:
             )
         except (BusError, nats.errors.Error) as exc:  # lost meanwhile, or the server is gone
             log.info("leases.release_failed", partition=lease.partition, error=str(exc))
+
+
+def _holder(value: bytes) -> tuple[str | None, str | None]:
+    """(replica, instance) of a lease value; None for what cannot be read."""
+    try:
+        record = json.loads(value)
+        replica, instance = record.get("replica"), record.get("instance")
+    except (ValueError, AttributeError):
+        return None, None
+    return (
+        replica if isinstance(replica, str) else None,
+        instance if isinstance(instance, str) else None,
+    )

@@ -996,7 +996,7 @@ class EngineRuntime:
                 held.engine.drain()
                 log.info("runtime.partition_moving", partition=partition, to=target[partition])
         for partition, owner in enumerate(owners):
-            if owner is not None or partition in self._held:
+            if partition in self._held or (owner is not None and not table.mine(owner)):
                 self._free_since.pop(partition, None)
                 continue
             since = self._free_since.setdefault(partition, now)
