@@ -39,6 +39,7 @@ from executors.registry import ModelRegistry
 from executors.runner import Deployer, ExecutorRunner
 from executors.serving.kv_table import ROUTER_URL_KEY, RouterRole
 from sensors.axons import AxonStore, StoredAxon
+from sensors.leases import DEFAULT_TTL
 from sensors.runtime import EngineRuntime
 from sensors.spec import CalendarTrigger, RestTrigger
 from sensors.watcher import MetricsWatcher
@@ -126,6 +127,9 @@ class RoleOptions:
     registry: str | None = None
     registry_insecure: bool = False
     kube_poll_interval: float = 2.0
+    replica_id: str | None = None
+    """The engine's name in the partition leases (None: unique to the process)."""
+    lease_ttl: float = DEFAULT_TTL
 
 
 @dataclass(slots=True)
@@ -209,7 +213,9 @@ def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[st
     roles: dict[str, Any] = {}
     for name in names:
         if name == "engine":
-            roles[name] = engine = EngineRuntime(bus, durable=ENGINE_DURABLE)
+            roles[name] = engine = EngineRuntime(
+                bus, durable=ENGINE_DURABLE, replica=options.replica_id, lease_ttl=options.lease_ttl
+            )
             if options.telemetry is not None:
                 options.telemetry.add_stats("engine", _attribute(engine, "stats"))
         elif name == "executor":

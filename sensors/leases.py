@@ -132,8 +132,11 @@ class LeaseTable:
             )
         if recorded is None or (config.max_age or 0) != self.ttl:
             metadata = {**(config.metadata or {}), subjects.PARTITIONS_KEY: str(self.partitions)}
+            window = min(config.duplicate_window or self.ttl, self.ttl)  # at most the max age
             await self._bus.js.update_stream(
-                dataclasses.replace(config, max_age=self.ttl, metadata=metadata)
+                dataclasses.replace(
+                    config, max_age=self.ttl, duplicate_window=window, metadata=metadata
+                )
             )
             log.info("leases.bucket_configured", partitions=self.partitions, ttl=self.ttl)
 
@@ -175,10 +178,11 @@ class LeaseTable:
         revision = await self._bus.kv_create(bucket, key, self._value())
         if revision is None:
             got = await self._bus.kv_get(bucket, key)
-            replica, instance = _holder(got[0]) if got is not None else (None, None)
-            if got is None or replica != self.replica or instance == self._instance:
+            if got is None or _holder(got[0])[0] != self.replica:
                 return None
-            try:  # our predecessor's (it died: a replica name is one process at a time)
+            # Ours, though not held: a predecessor's (it died: a replica name is one process
+            # at a time), or one this process stopped trusting (fenced) and still has.
+            try:
                 revision = await self._bus.kv_update(bucket, key, self._value(), got[1])
             except BusError:
                 return None

@@ -976,13 +976,16 @@ class EngineRuntime:
 
     async def _beat(self, table: LeaseTable) -> None:
         """Renew, then release what moved to another replica and take what is free and ours."""
-        await table.heartbeat()
         for partition, held in list(self._held.items()):
             if held.task.done():
                 self._reap(partition, held)
-                continue
-            if not await table.renew(held.lease):
-                log.warning("runtime.lease_lost", partition=partition, replica=self.replica)
+        held_now = list(self._held.values())
+        _, *renewed = await asyncio.gather(
+            table.heartbeat(), *(table.renew(held.lease) for held in held_now)
+        )
+        for held, ok in zip(held_now, renewed, strict=True):
+            if not ok:
+                log.warning("runtime.lease_lost", partition=held.lease.partition)
                 held.task.cancel()  # fenced already; nothing of it may be written now
         members = await table.members()
         if self.replica not in members:

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from events.bus import Bus
+from events.bus import Bus, StreamLimits
 from events.server import EmbeddedServer
 from events.telemetry import Telemetry
 from executors.backends.local import group_members, stop_tree
@@ -64,6 +64,7 @@ from ranvier.commands.common import (
 )
 from ranvier.settings import Settings, remove_url_file, write_url_file
 from sensors.axons import AxonStore, StoredAxon
+from sensors.leases import DEFAULT_TTL
 from sensors.loader import load_axon
 from sensors.spec import Axon
 
@@ -290,7 +291,11 @@ async def _up(plan: _UpRun) -> int:
     try:
         options = settings.connect_options().model_copy(update={"servers": [url]})
         async with Bus.connect(options) as bus:
-            role_options = RoleOptions(settings.state_dir, backend=plan.backend, nats_url=url)
+            # One engine, under one name: after a crash, the next `up` takes its partitions
+            # back at once instead of waiting for the leases to expire.
+            role_options = RoleOptions(
+                settings.state_dir, backend=plan.backend, nats_url=url, replica_id="up"
+            )
             roles = build_roles(bus, available_roles(), role_options)
             stop = asyncio.Event()
             with stop_on_signals(stop):
@@ -545,8 +550,41 @@ def run(
             help="Look images up in the registry over plain HTTP.",
         ),
     ] = False,
+    replica_id: Annotated[
+        str | None,
+        typer.Option(
+            "--replica-id",
+            envvar="RANVIER_REPLICA_ID",
+            help="Engine: this replica's name in the partition leases (default: host, pid "
+            "and a random suffix). One process at a time per name; a restart under the same "
+            "name takes its partitions back at once.",
+        ),
+    ] = None,
+    lease_ttl: Annotated[
+        float,
+        typer.Option(
+            "--lease-ttl",
+            envvar="RANVIER_LEASE_TTL",
+            min=1.0,
+            help="Engine: seconds a dead replica's partitions stay held before others take them.",
+        ),
+    ] = DEFAULT_TTL,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            "--partitions",
+            envvar="RANVIER_PARTITIONS",
+            min=1,
+            max=1024,
+            help="Partitions of the events stream when it is created (default 16); an "
+            "existing stream with another count is an error.",
+        ),
+    ] = None,
 ) -> None:
     """Run control-plane roles against a NATS server until SIGTERM or Ctrl-C.
+
+    Any number of processes may run each role: engines share the events stream's partitions
+    by lease, executors claim each action once, routers read one table.
 
     With `--backend kubernetes`, the executor runs tasks as Jobs and deploys as Deployments,
     and the watcher role also watches those objects and reports their lifecycle.
@@ -577,8 +615,13 @@ def run(
             kube_namespace=kube_namespace,
             registry=registry,
             registry_insecure=registry_insecure,
+            replica_id=replica_id,
+            lease_ttl=lease_ttl,
         )
-        async with Bus.connect(settings.connect_options(name=f"ranvier-{'-'.join(names)}")) as bus:
+        async with Bus.connect(
+            settings.connect_options(name=f"ranvier-{'-'.join(names)}"),
+            limits=StreamLimits(partitions=partitions),
+        ) as bus:
             roles = build_roles(bus, names, options)
             served = (
                 telemetry.serve(metrics_port, metrics_host)

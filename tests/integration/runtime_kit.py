@@ -257,10 +257,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 async def start_engine(
-    url: str, replica: str | None = None, lease_ttl: float = 8.0
+    url: str, replica: str = "engine", lease_ttl: float = 8.0
 ) -> asyncio.subprocess.Process:
-    """An engine replica process (`engine_process`), returned once it is ready."""
-    args = [url] if replica is None else [url, replica, str(lease_ttl)]
+    """An engine replica process (`engine_process`), returned once it is ready. A restart
+    under the same `replica` name takes its partitions back at once."""
+    args = [url, replica, str(lease_ttl)]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
