@@ -41,6 +41,7 @@ from executors.serving.kv_table import ROUTER_URL_KEY, RouterRole
 from sensors.axons import AxonStore, StoredAxon
 from sensors.leases import DEFAULT_TTL
 from sensors.runtime import EngineRuntime
+from sensors.runtime import caught_up as engine_caught_up
 from sensors.spec import CalendarTrigger, RestTrigger
 from sensors.watcher import MetricsWatcher
 
@@ -438,11 +439,7 @@ async def bus_idle(bus: Bus) -> bool:
     actions = await bus.stream_info(subjects.ACTIONS_STREAM)
     if actions.state.messages:
         return False
-    try:
-        info = await bus.js.consumer_info(subjects.EVENTS_STREAM, ENGINE_DURABLE)
-    except Exception:  # no engine consumer yet: it has not started, so it is not idle
-        return False
-    return not info.num_pending and not info.num_ack_pending
+    return await engine_caught_up(bus, ENGINE_DURABLE)
 
 
 @dataclass(frozen=True)

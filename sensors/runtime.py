@@ -83,6 +83,7 @@ __all__ = [
     "EngineRuntime",
     "PartitionEngine",
     "RuntimeStats",
+    "caught_up",
     "decision_event",
     "encode_action",
     "partition_durable",
@@ -128,6 +129,23 @@ class RuntimeStats:
 def partition_durable(durable: str, partition: int) -> str:
     """The durable consumer name of one partition."""
     return f"{durable}-p{partition}"
+
+
+async def caught_up(bus: Bus, durable: str = DURABLE) -> bool:
+    """Whether the engine has handled every stored event: for each partition holding events,
+    its consumer exists and has nothing undelivered or unacked."""
+    info = await bus.js.stream_info(subjects.EVENTS_STREAM, subjects_filter=subjects.STORED_EVENTS)
+    partitions = {int(subject.split(".")[2]) for subject in (info.state.subjects or {})}
+    for partition in sorted(partitions):
+        try:
+            consumer = await bus.js.consumer_info(
+                subjects.EVENTS_STREAM, partition_durable(durable, partition)
+            )
+        except nats.js.errors.NotFoundError:
+            return False
+        if consumer.num_pending or consumer.num_ack_pending:
+            return False
+    return True
 
 
 def state_key(namespace: str, name: str) -> str:

@@ -23,6 +23,7 @@ from events.model import AXON, ActionRequest, Event, LifecycleData, utcnow
 from sensors import engine
 from sensors.loader import load_axon_text
 from sensors.runtime import DURABLE, EngineRuntime, partition_durable
+from sensors.runtime import caught_up as engine_caught_up
 from sensors.spec import Axon
 
 NAME = "pipe"
@@ -191,27 +192,12 @@ async def caught_up(bus: Bus, *, durable: str = DURABLE, limit: float = 60.0) ->
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while True:
-        if await _all_acked(bus, durable):
+        if await engine_caught_up(bus, durable):
             return
         if loop.time() > deadline:
             last = (await bus.stream_info()).state.last_seq
             raise TimeoutError(f"the engine did not catch up with seq {last} in {limit}s")
         await asyncio.sleep(0.05)
-
-
-async def _all_acked(bus: Bus, durable: str) -> bool:
-    info = await bus.js.stream_info(subjects.EVENTS_STREAM, subjects_filter=subjects.STORED_EVENTS)
-    partitions = {int(subject.split(".")[2]) for subject in (info.state.subjects or {})}
-    for partition in sorted(partitions):
-        try:
-            consumer = await bus.js.consumer_info(
-                subjects.EVENTS_STREAM, partition_durable(durable, partition)
-            )
-        except nats.js.errors.NotFoundError:
-            return False
-        if consumer.num_pending or consumer.num_ack_pending:
-            return False
-    return True
 
 
 @contextlib.asynccontextmanager
