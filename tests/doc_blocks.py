@@ -16,8 +16,9 @@ test reports as the skip reason, so that nothing is dropped silently:
     <!-- docs-test: skip (runs the whole test suite) -->        in Markdown
     # docs-test: skip (trains GPT-2 for minutes)                 in an Axon's header
 
-Only blank lines may stand between a marker and its block; a marker without a reason, or one
-that no block follows, is an error.
+A Markdown marker may wrap over several lines up to its `-->`. Only blank lines may stand
+between a marker and its block; a marker without a reason, or one that no block follows, is an
+error.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from pathlib import Path
 SHELL_LANGUAGES = frozenset({"sh", "bash", "shell"})
 
 _FENCE = re.compile(r"^\s*(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+-]*)")
-_MD_MARKER = re.compile(r"^\s*<!--\s*docs-test:(?P<body>.*?)-->\s*$")
+_MD_MARKER = re.compile(r"^\s*<!--\s*docs-test:(?P<body>.*?)-->\s*$", re.DOTALL)
+_MD_MARKER_START = re.compile(r"^\s*<!--\s*docs-test:")
 _YAML_MARKER = re.compile(r"^#\s*docs-test:(?P<body>.*)$")
 _SKIP = re.compile(r"^\s*skip\s*\((?P<reason>.*\S.*)\)\s*$")
 _HEADER_COMMAND = re.compile(r"^#(?P<indent> {3,})\S")
@@ -76,12 +78,19 @@ def markdown_blocks(text: str, path: str) -> list[Block]:
     index = 0
     while index < len(lines):
         line = lines[index]
+        start = index
+        if _MD_MARKER_START.match(line):  # a marker may wrap over lines, up to its `-->`
+            while "-->" not in line and index + 1 < len(lines):
+                index += 1
+                line = f"{line} {lines[index].strip()}"
         marker = _MD_MARKER.match(line)
         fence = _FENCE.match(line)
+        if _MD_MARKER_START.match(line) and marker is None:
+            raise DocBlockError(f"{path}:{start + 1}: docs-test marker without its closing -->")
         if marker is not None:
             if pending is not None:
                 raise DocBlockError(f"{path}:{pending[0]}: docs-test marker followed by another")
-            pending = (index + 1, _skip_reason(marker.group("body"), f"{path}:{index + 1}"))
+            pending = (start + 1, _skip_reason(marker.group("body"), f"{path}:{start + 1}"))
         elif fence is not None:
             close = fence.group("fence")
             end = index + 1

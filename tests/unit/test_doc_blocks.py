@@ -66,6 +66,19 @@ def test_a_marker_skips_the_next_block_with_its_reason() -> None:
     ]
 
 
+def test_a_marker_may_wrap_over_lines() -> None:
+    blocks = _md(
+        """\
+        <!-- docs-test: skip (trains for minutes;
+             another test runs it) -->
+        ```sh
+        make demo
+        ```
+        """
+    )
+    assert [b.skip for b in blocks] == ["trains for minutes; another test runs it"]
+
+
 def test_a_fence_inside_a_longer_fence_is_text() -> None:
     blocks = _md(
         """\
@@ -88,6 +101,7 @@ def test_a_fence_inside_a_longer_fence_is_text() -> None:
         ("<!-- docs-test: skip (why) -->\nprose\n```sh\nx\n```\n", "not followed by"),
         ("<!-- docs-test: skip (why) -->\n```yaml\nx: 1\n```\n", "before a yaml block"),
         ("text\n<!-- docs-test: skip (why) -->\n", "at the end"),
+        ("<!-- docs-test: skip (why)\n```sh\nx\n```\n", "without its closing"),
         ("<!-- docs-test: skip (a) -->\n<!-- docs-test: skip (b) -->\n```sh\nx\n```\n", "another"),
     ],
 )
