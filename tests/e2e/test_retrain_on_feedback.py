@@ -1,9 +1,10 @@
 """examples/02-retrain-on-feedback end to end: bad feedback retrains, the new version serves.
 
 `ranvier up ... -d --until deployed` runs every real role (engine, executor with the deployer,
-router, the calendar and metric watchers) on an embedded NATS. The test then sends feedback
-with reward 0 through the router; the model class turns it into the `quickstart_accuracy`
-gauge, and:
+router, the calendar and metric watchers) on an embedded NATS. The test then sends the feedback
+the example's header tells users to send (`request` + `reward: 0`, no `response`: the router
+forwards it to every version serving /predict) through the router; the model class turns it
+into the `quickstart_accuracy` gauge, and:
 
 - the PostDeployment sensor's Alert (`{{quickstart_accuracy}} < 0.90`, `for`) starts a retrain
   within two metric intervals plus `for` of the feedback;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from events.bus import Bus, ConnectOptions
 from ranvier.app import axon_status
 from sensors.axons import AxonStore
+from tests.doc_blocks import header_blocks
 from tests.e2e import kit
 from tests.e2e.kit import REPO
 from tests.integration.prometheus_kit import PrometheusServer, prometheus
@@ -51,6 +54,19 @@ SLACK = 15.0
 """Process start-up and scheduling on a loaded 2-core machine, on top of the contract."""
 PAYLOAD = {"data": {"ndarray": [[1, 2]]}}
 WAIT = 120.0
+
+
+def documented_feedback() -> dict[str, Any]:
+    """The body of the `curl ... send-feedback` command in the example's header."""
+    path = EXAMPLE / "axon.yaml"
+    [block] = header_blocks(path.read_text(encoding="utf-8"), path.name)
+    [line] = [c for c in block.commands.splitlines() if "send-feedback" in c]
+    argv = shlex.split(line)
+    body: dict[str, Any] = json.loads(argv[argv.index("-d") + 1])
+    return body
+
+
+FEEDBACK = documented_feedback()
 
 
 def prepare(tmp_path: Path, source: str) -> Path:
@@ -121,17 +137,16 @@ class Pipeline:
         status = await self.status()
         return next(t["runs"] for t in status["tasks"] if t["name"] == "TrainModel")
 
-    async def feedback(self, url: str, reward: float) -> None:
-        answer = await self.http.post(f"{url}predict", json=PAYLOAD)
-        assert answer.status_code == 200, answer.text
-        sent = await self.http.post(
-            f"{url}send-feedback",
-            json={"request": PAYLOAD, "response": answer.json(), "reward": reward},
-        )
+    async def feedback(self, url: str) -> None:
+        """Send the example's feedback (a reward of 0) as its header does."""
+        sent = await self.http.post(f"{url}send-feedback", json=FEEDBACK)
         assert sent.status_code == 200, sent.text
 
 
 async def retrain_loop(tmp_path: Path, source: str, prom: PrometheusServer | None) -> None:
+    # what Myelin's and Seldon's clients send: no answer to follow back, a bad reward
+    assert "response" not in FEEDBACK
+    assert FEEDBACK["reward"] == 0
     axon = prepare(tmp_path, source)
     state = tmp_path / "state"
     env = kit.clean_env()
@@ -164,7 +179,7 @@ async def run_checks(pipe: Pipeline, url: str) -> None:
     # Bad feedback drives the gauge below 0.90; a retrain starts within 2 intervals + `for`.
     sent = time.time()
     for _ in range(3):
-        await pipe.feedback(url, 0.0)
+        await pipe.feedback(url)
     scraped = (await pipe.http.get(f"{first['url']}/metrics")).text
     accuracy = gauge(scraped, "quickstart_accuracy")
     assert accuracy is not None
@@ -190,7 +205,7 @@ async def run_checks(pipe: Pipeline, url: str) -> None:
     # A continued stream of bad feedback, now to the new version: no second retrain.
     async def low_on_new() -> bool:
         await pipe.backends()  # keeps Prometheus' targets in step with the deployment
-        await pipe.feedback(url, 0.0)
+        await pipe.feedback(url)
         text = (await pipe.http.get(f"{new['url']}/metrics")).text
         value = gauge(text, "quickstart_accuracy")
         return value is not None and value < 0.90
@@ -198,7 +213,7 @@ async def run_checks(pipe: Pipeline, url: str) -> None:
     await until("the new version's accuracy below 0.90", low_on_new)
     end = time.monotonic() + FOR + 4 * INTERVAL
     while time.monotonic() < end:  # the alert sees it for longer than `for`
-        await pipe.feedback(url, 0.0)
+        await pipe.feedback(url)
         await asyncio.sleep(INTERVAL / 2)
     await until("the retrain's TrainModel run to finish", _all_done(pipe))
     runs = await pipe.runs("PostDeployment")
