@@ -79,8 +79,8 @@ def events_filter(axon: str | None = None, kind: str | None = None) -> str:
     a = token(axon) if axon else "*"
     if kind is None:
         return f"{PREFIX}.evp.*.{a}.>"
-    # Axon events have no trailing name token; every other kind has exactly one.
-    return f"{PREFIX}.evp.*.{a}.{token(kind)}" + ("" if kind == "axon" else ".*")
+    # Axon and tick events have no trailing name token; every other kind has exactly one.
+    return f"{PREFIX}.evp.*.{a}.{token(kind)}" + ("" if kind in ("axon", "tick") else ".*")
 
 
 def partition_transform(partitions: int) -> tuple[str, str]:

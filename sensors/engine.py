@@ -53,6 +53,7 @@ from events.model import (
     LIFECYCLE,
     METRIC,
     REST,
+    TICK,
     ActionRequest,
     AxonData,
     CalendarData,
@@ -62,6 +63,7 @@ from events.model import (
     MetricData,
     PlannedAction,
     RestData,
+    TickData,
     canonical_json,
     format_time,
 )
@@ -1577,12 +1579,20 @@ def _named(
     return None
 
 
+def _tick_event(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:
+    """A recorded tick: the Axon's alerts whose deadline is at or before the tick's `due`,
+    at that time (whenever the tick is stepped)."""
+    out.now = _seconds(cast(TickData, payload).due)
+    _tick_axon(out, ax, out.now)
+
+
 _Handler = Callable[[_Out, _AxonState, str, Any], None]
 _HANDLERS: Final[dict[str, _Handler]] = {
     LIFECYCLE: _lifecycle,
     METRIC: _metric,
     REST: _rest,
     CALENDAR: _calendar,
+    TICK: _tick_event,
     AXON: _lifecycle,  # never called: step() routes ranvier.axon events to _step_axon first
 }
 _PAYLOADS: Final[dict[str, Any]] = {
@@ -1590,6 +1600,7 @@ _PAYLOADS: Final[dict[str, Any]] = {
     METRIC: MetricData,
     REST: RestData,
     CALENDAR: CalendarData,
+    TICK: TickData,
 }
 
 
@@ -1608,32 +1619,36 @@ def _deadline(alert: _Alert, st: _AlertState) -> float | None:
 
 
 def _armed(state: EngineState) -> Iterable[tuple[_AxonState, _Sensor, _Alert, float]]:
-    """Alerts waiting on time, with their deadlines: Axons in key order, sensors in spec order.
+    """Alerts waiting on time, with their deadlines: Axons in key order, sensors in spec order."""
+    for key in sorted(state._axons):
+        yield from _armed_axon(state._axons[key])
+
+
+def _armed_axon(ax: _AxonState) -> Iterable[tuple[_AxonState, _Sensor, _Alert, float]]:
+    """One Axon's alerts waiting on time, with their deadlines, sensors in spec order.
 
     Only the sensors in `_AxonState.timed` are looked at (the runtime asks after every batch,
     and an Axon may have thousands of sensors); those found waiting on nothing are dropped.
     """
-    for key in sorted(state._axons):
-        ax = state._axons[key]
-        if ax.timed is None:
-            ax.timed = {s.name for s in ax.spec.order if s.alerts}
-        if not ax.timed:
-            continue
-        sensors = ax.spec.sensors
-        idle: list[str] = []
-        for sensor in sorted((sensors[n] for n in ax.timed if n in sensors), key=_position):
-            st = ax.sensors.get(sensor.name)
-            waiting = False
-            for name, alert in sensor.alerts.items():
-                ast = st.alerts.get(name) if st is not None else None
-                due = _deadline(alert, ast) if ast is not None else None
-                if due is not None:
-                    waiting = True
-                    yield ax, sensor, alert, due
-            if not waiting:
-                idle.append(sensor.name)
-        ax.timed.difference_update(idle)
-        ax.timed.intersection_update(sensors)
+    if ax.timed is None:
+        ax.timed = {s.name for s in ax.spec.order if s.alerts}
+    if not ax.timed:
+        return
+    sensors = ax.spec.sensors
+    idle: list[str] = []
+    for sensor in sorted((sensors[n] for n in ax.timed if n in sensors), key=_position):
+        st = ax.sensors.get(sensor.name)
+        waiting = False
+        for name, alert in sensor.alerts.items():
+            ast = st.alerts.get(name) if st is not None else None
+            due = _deadline(alert, ast) if ast is not None else None
+            if due is not None:
+                waiting = True
+                yield ax, sensor, alert, due
+        if not waiting:
+            idle.append(sensor.name)
+    ax.timed.difference_update(idle)
+    ax.timed.intersection_update(sensors)
 
 
 def _position(sensor: _Sensor) -> int:
@@ -1642,10 +1657,19 @@ def _position(sensor: _Sensor) -> int:
 
 def tick(state: EngineState, now: datetime) -> StepResult:
     """Apply the passing of time: fire alerts whose `for` or cooldown elapsed, resolve those
-    whose `keepFiringFor` ran out. Records only what changed."""
+    whose `keepFiringFor` ran out. Records only what changed.
+
+    A "what if" for dry runs (`sensors test --tick`); the live runtime records each tick as a
+    `ranvier.tick` event instead (`due_ticks`), which `step` applies to its Axon."""
     out = _Out(_seconds(now))
-    for ax, sensor, alert, due in list(_armed(state)):
-        if due > out.now:
+    for key in sorted(state._axons):
+        _tick_axon(out, state._axons[key], out.now)
+    return out.result()
+
+
+def _tick_axon(out: _Out, ax: _AxonState, until: float) -> None:
+    for _, sensor, alert, due in list(_armed_axon(ax)):
+        if due > until:
             continue
         ast = ax.sensors[sensor.name].alerts[alert.name]
         cause = ast.since_event if ast.phase == "pending" else ast.clear_event
@@ -1658,7 +1682,26 @@ def tick(state: EngineState, now: datetime) -> StepResult:
             shown=f"tick at {_when(out.now)}",
             timed=True,
         )
-    return out.result()
+
+
+def due_ticks(state: EngineState, now: datetime, after: datetime | None = None) -> list[TickData]:
+    """The tick each Axon needs now: its earliest deadline, if at or before `now` (and after
+    `after`, for deadlines already ticked that wait for a value). The runtime publishes them
+    as `ranvier.tick` events; `step` acts on them when they come back from the stream."""
+    limit, floor = _seconds(now), _seconds(after) if after is not None else -math.inf
+    out: list[TickData] = []
+    for key in sorted(state._axons):
+        ax = state._axons[key]
+        dues = [due for *_, due in _armed_axon(ax) if floor < due <= limit]
+        if dues:
+            out.append(
+                TickData(
+                    axon=ax.spec.name,
+                    namespace=ax.spec.namespace,
+                    due=datetime.fromtimestamp(min(dues), UTC),
+                )
+            )
+    return out
 
 
 def next_deadline(state: EngineState, after: datetime | None = None) -> datetime | None:

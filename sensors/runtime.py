@@ -69,6 +69,7 @@ from events.model import (
     AxonData,
     DecisionData,
     Event,
+    TickData,
     canonical_json,
     format_time,
     new_id,
@@ -151,6 +152,11 @@ async def caught_up(bus: Bus, durable: str = DURABLE) -> bool:
 def state_key(namespace: str, name: str) -> str:
     """The `ranvier_state` key of one Axon's state."""
     return kv_key(namespace, name)
+
+
+def tick_id(tick: TickData) -> str:
+    """The event id of a tick: the same Axon and deadline give the same id."""
+    return _event_id("tick", f"{tick.namespace}.{tick.axon}.{format_time(tick.due)}", 0)
 
 
 def _event_id(prefix: str, base: str, index: int) -> str:
@@ -340,7 +346,7 @@ class PartitionEngine:
         # Msg-Ids of run records: unique to this process and record (a ULID each cost 2%).
         self._instance = new_id()
         self._record_ids = itertools.count(1)
-        self._ticked_at: datetime | None = None
+        self._ticked: set[tuple[str, str, datetime]] = set()  # ticks published, still due
         self._due: datetime | None = None
         self._draining = False
         self.ready = asyncio.Event()
@@ -413,7 +419,7 @@ class PartitionEngine:
         await self._load_state()
         _keep_heap_old(everything=True)
         self._consumer = await self._recreate_consumer()
-        self._ticked_at = None
+        self._ticked.clear()
         self._due = engine.next_deadline(self._state)
 
     async def _recreate_consumer(self) -> Consumer:
@@ -512,27 +518,36 @@ class PartitionEngine:
         if received:
             with _gc_paused():
                 await self._process(received)
-            self._ticked_at = None  # new values may have unblocked an overdue deadline
+            self._due = engine.next_deadline(self._state)  # the batch may have set one
         elif self._flusher is not None:  # idle: let the state write finish, then write the rest
             await asyncio.wait([self._flusher])
         await self._maybe_tick()
 
     async def _maybe_tick(self) -> None:
-        # next_deadline looks at every armed alert: once per loop, not per fetch and tick.
-        due = self._due = engine.next_deadline(self._state, self._ticked_at)
+        """Publish a `ranvier.tick` event for each deadline the wall clock has passed.
+
+        Time is data: the engine acts on a tick only when it comes back from the stream, in
+        order with every other event, so a dry run over a recording decides exactly what this
+        runtime decided (`sensors.replay`). Each tick's id derives from its Axon and deadline:
+        published again (a restart, a new holder of the partition), the stream stores it once.
+        """
         now = utcnow()
+        due = self._due
         if due is None or due > now:
             return
-        result = engine.tick(self._state, now)
-        self._ticked_at = now
+        ticks = engine.due_ticks(self._state, now)
+        current = {(t.namespace, t.axon, t.due) for t in ticks}
+        self._ticked.intersection_update(current)  # what is no longer due needs no memory
+        fresh = [t for t in ticks if (t.namespace, t.axon, t.due) not in self._ticked]
         self._due = engine.next_deadline(self._state, now)
-        self.stats.ticks += 1
-        if not (result.decisions or result.actions or result.touched):
+        if not fresh:
             return
-        batch = _Batch(now=now)
-        stamp = format_time(now)
-        self._collect(batch, result, f"tick@{stamp}", None, 0)
-        await self._commit(batch)
+        self._fence()
+        await self._bus.publish_many(
+            [t.to_event(source=SOURCE, id=tick_id(t), time=t.due) for t in fresh]
+        )
+        self._ticked.update((t.namespace, t.axon, t.due) for t in fresh)
+        self.stats.ticks += len(fresh)
 
     async def _process(self, received: Sequence[Received]) -> None:
         now = utcnow()
@@ -551,14 +566,16 @@ class PartitionEngine:
                 self.stats.redelivered += 1
                 batch.ack.append(rec)
                 continue
+            # The event's own time, never the wall clock: a dry run over a recording steps
+            # each event at the same time, so it decides the same (`sensors.replay`).
             if event.type == AXON:
-                result = await self._axon_event(event, now)
+                result = await self._axon_event(event, event.time)
                 if result is None:
                     self._reject(batch, rec, "invalid", f"event {event.id}: invalid axon event")
                     continue
                 new_spec = True
             else:
-                result = engine.step(self._state, event, now)
+                result = engine.step(self._state, event, event.time)
             if result.ignored is not None:
                 if event.type != AXON:  # unknown type, invalid payload, no Axon named
                     self._reject(batch, rec, "ignored", result.ignored)
