@@ -54,6 +54,7 @@ WATCH_EVERY: Final = 0.1
 
 _LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _READY = "Server is ready"
+_LOG_PREFIX = re.compile(r"^\[\d+\] \d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d+ ")
 _PORT_TAKEN = re.compile(r"address already in use|Error listening on port", re.IGNORECASE)
 
 
@@ -230,7 +231,7 @@ class EmbeddedServer:
                 hint="choose another --port, or 0 for any free port",
             )
         last = self.last_line()
-        what = f"exited with code {code}" if code is not None else f"not ready after {timeout}s"
+        what = _exit_text(code) if code is not None else f"not ready after {timeout}s"
         raise ServerError(f"nats-server {what}: {last}")
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -274,21 +275,19 @@ class EmbeddedServer:
             proc.stderr.close()
 
     def exited(self) -> str | None:
-        """Why the child ended on its own ("killed by SIGKILL", "exit code 1"), reaping it and
-        keeping its log tail; None while it runs or when it was never started."""
+        """Why the child ended on its own ("killed by SIGKILL", "exited with code 1"); reaps it
+        and keeps its log tail. None while it runs, or when it was never started."""
         proc = self._proc
         if proc is None or proc.poll() is None:
             return None
         code = proc.returncode
         self._reap()
-        if code < 0:
-            with contextlib.suppress(ValueError):
-                return f"killed by {signal.Signals(-code).name}"
-        return f"exit code {code}"
+        return _exit_text(code)
 
     def last_line(self) -> str:
-        """The last non-blank line the server logged ("no output" if none)."""
-        return next((ln for ln in reversed(self._tail) if ln.strip()), "no output")
+        """The last non-blank line the server logged, without its pid and time ("no output")."""
+        last = next((ln for ln in reversed(self._tail) if ln.strip()), "no output")
+        return _LOG_PREFIX.sub("", last).strip()
 
     def wait(self) -> int:
         """Block until the server exits on its own; returns its exit code."""
@@ -323,6 +322,14 @@ class EmbeddedServer:
         tb: TracebackType | None,
     ) -> None:
         await asyncio.to_thread(self.stop)
+
+
+def _exit_text(code: int) -> str:
+    """How a child ended, from its return code ("killed by SIGKILL", "exited with code 1")."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
 
 
 class Supervisor:
@@ -378,7 +385,7 @@ class Supervisor:
             exited = server.exited()
             if exited is None:
                 continue
-            why = f"{exited}: {server.last_line()}"
+            why = f"{exited}, last logged: {server.last_line()}"
             self.crashed(why)
             wait = self.delay()
             log.warning("nats.crashed", why=why, restart_in_s=wait, crashes=len(self.crashes))
