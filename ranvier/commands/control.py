@@ -4,9 +4,13 @@
 process, the Axon submitted, progress on screen, and (with `--until`) an exit code scripts can
 trust. `-d` runs the same command in the background, in its own session, with its output in
 `<state-dir>/up.log`, and returns when it is up (or its goal reached); `ranvier down` stops it
-through its pid file. The other commands are thin readers of the KV records the roles write
-(`get`, `list`, `watch`, `logs`) or one call into the Axon store (`submit`, `delete`,
-`trigger`), and take the same connection flags as every command that connects.
+through its pid file. Its embedded nats-server is supervised (`events.server.Supervisor`):
+after a crash it is started again on its port and store and the roles reconnect; when it keeps
+crashing, `up` stops with that reason, recorded as `stopped` in `up.json`.
+
+The other commands are thin readers of the KV records the roles write (`get`, `list`, `watch`,
+`logs`) or one call into the Axon store (`submit`, `delete`, `trigger`), and take the same
+connection flags as every command that connects.
 """
 
 from __future__ import annotations

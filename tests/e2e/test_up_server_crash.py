@@ -177,6 +177,7 @@ async def test_a_server_that_keeps_crashing_stops_up_with_one_line(tmp_path: Pat
         assert time.monotonic() < deadline, "ranvier up still runs after a minute of crashes"
         await asyncio.sleep(0.05)
     status = up_status(state)
+    print(f"\nup stopped: {status['stopped']}")
     assert status["state"] == "stopped"
     assert status["stopped"].startswith("nats-server crashed 5 times in 60 s: ")
     log = (state / "up.log").read_text()
