@@ -24,7 +24,6 @@ import pytest
 
 from events import subjects
 from events.bus import OUTAGE_ERRORS, Bus, ConnectOptions, kv_key
-from ranvier.app import bus_idle
 from tests.e2e import kit
 from tests.e2e.kit import REPO, alive
 from tests.e2e.test_retrain_on_feedback import NAME, PAYLOAD, Pipeline, prepare, until
@@ -95,6 +94,15 @@ async def bus_answers(bus: Bus) -> bool:
         return False
 
 
+async def idle(bus: Bus) -> bool:
+    """No action waiting or running, and every consumer of the events has handled them all."""
+    if (await bus.stream_info(subjects.ACTIONS_STREAM)).state.messages:
+        return False
+    consumers = await bus.js.consumers_info(subjects.EVENTS_STREAM)
+    durable = [c for c in consumers if c.config.durable_name]
+    return bool(durable) and not any(c.num_pending or c.num_ack_pending for c in durable)
+
+
 async def test_three_server_crashes_then_a_retrain_happens_once(tmp_path: Path) -> None:
     axon = prepare(tmp_path, "scrape")
     state = tmp_path / "state"
@@ -145,7 +153,7 @@ async def test_three_server_crashes_then_a_retrain_happens_once(tmp_path: Path) 
             answer = await http.post(f"{url}predict", json=PAYLOAD)
             assert answer.status_code == 200, answer.text
             assert answer.json()["meta"]["modelVersion"] == new["version"]
-            await until("the bus idle", lambda: bus_idle(bus))
+            await until("the engine and the executor idle", lambda: idle(bus))
             after = await pipe.status()
             sensors = {s["name"]: s["runs"] for s in after["sensors"]}
             assert len(sensors["PostDeployment"]) == 1
