@@ -94,6 +94,15 @@ async def bus_answers(bus: Bus) -> bool:
         return False
 
 
+async def bad_feedback(http: httpx.AsyncClient, url: str) -> None:
+    """A prediction, then a reward of 0 for it (with the answer, which every router takes)."""
+    answer = await http.post(f"{url}predict", json=PAYLOAD)
+    assert answer.status_code == 200, answer.text
+    feedback = {"request": PAYLOAD, "response": answer.json(), "reward": 0}
+    sent = await http.post(f"{url}send-feedback", json=feedback)
+    assert sent.status_code == 200, sent.text
+
+
 async def idle(bus: Bus) -> bool:
     """No action waiting or running, and every consumer of the events has handled them all."""
     if (await bus.stream_info(subjects.ACTIONS_STREAM)).state.messages:
@@ -142,7 +151,7 @@ async def test_three_server_crashes_then_a_retrain_happens_once(tmp_path: Path) 
 
             # A retrain triggered now: bad feedback, the alert fires once, one redeploy.
             for _ in range(3):
-                await pipe.feedback(url, 0.0)
+                await bad_feedback(http, url)
             [run] = await until("the PostDeployment retrain", lambda: pipe.runs("PostDeployment"))
             assert run["trigger"] == "accuracy-low"
 
