@@ -387,20 +387,25 @@ class Supervisor:
                 continue
             why = f"{exited}, last logged: {server.last_line()}"
             self.crashed(why)
-            wait = self.delay()
-            log.warning("nats.crashed", why=why, restart_in_s=wait, crashes=len(self.crashes))
-            while True:
-                await asyncio.sleep(wait)
-                try:
-                    await _finish_even_if_cancelled(asyncio.to_thread(server.start))
-                except ServerError as exc:
-                    self.crashed(str(exc))
-                    wait = self.delay()
-                    log.warning("nats.restart_failed", error=str(exc), retry_in_s=wait)
-                    continue
-                self.restarts += 1
-                log.info("nats.restarted", url=server.url, restarts=self.restarts)
-                break
+            log.warning(
+                "nats.crashed", why=why, restart_in_s=self.delay(), crashes=len(self.crashes)
+            )
+            await self._restart()
+
+    async def _restart(self) -> None:
+        """Start the server again after the backoff; a start that fails counts as a crash."""
+        while True:
+            checkpoint()
+            await asyncio.sleep(self.delay())
+            try:
+                await _finish_even_if_cancelled(asyncio.to_thread(self.server.start))
+            except ServerError as exc:
+                self.crashed(str(exc))
+                log.warning("nats.restart_failed", error=str(exc), retry_in_s=self.delay())
+                continue
+            self.restarts += 1
+            log.info("nats.restarted", url=self.server.url, restarts=self.restarts)
+            return
 
 
 async def _finish_even_if_cancelled(work: Awaitable[str]) -> str:
