@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Any, Final
 
-import nats.errors
 import structlog
 import typer
 import yaml
@@ -38,7 +37,7 @@ from rich.live import Live
 from rich.table import Table
 
 from events.aio import checkpoint
-from events.bus import Bus, BusError
+from events.bus import OUTAGE_ERRORS, Bus
 from events.errors import RanvierError
 from events.server import EmbeddedServer, Supervisor
 from events.telemetry import Telemetry
@@ -364,7 +363,7 @@ async def _follow(
                     if goal is not None and not reported and roles_ready(roles)
                     else GoalCheck(False)
                 )
-            except (BusError, nats.errors.Error, OSError) as exc:
+            except OUTAGE_ERRORS as exc:
                 # the server is restarting (or slow): the roles carry on, so do we
                 log.warning("up.status_unreadable", error=str(exc) or repr(exc))
                 check = GoalCheck(False)
