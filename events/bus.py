@@ -92,6 +92,11 @@ class AuthError(ConnectError, PermissionError):
     """The NATS server refused the credentials."""
 
 
+OUTAGE_ERRORS: Final = (BusError, nats.errors.Error, OSError)
+"""What a call can raise while the server restarts or is briefly away (a request timed out,
+no responders, the connection reset): loops that run until cancelled log these and go on."""
+
+
 class RevisionMismatch(BusError):
     """A compare-and-set KV update lost: the key changed since the revision read."""
 
@@ -484,7 +489,10 @@ class Bus:
             log.warning("bus.drain_failed", error=repr(exc))
         finally:
             if not self.nc.is_closed:
-                await self.nc.close()
+                try:
+                    await self.nc.close()
+                except OSError as exc:  # the server died under us: nothing is left to flush
+                    log.warning("bus.close_failed", error=repr(exc))
 
     @property
     def max_payload(self) -> int:
@@ -1365,6 +1373,7 @@ def _tls_context(ca_file: Path) -> ssl.SSLContext:
 
 
 __all__ = [
+    "OUTAGE_ERRORS",
     "AuthError",
     "Bus",
     "BusError",

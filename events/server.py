@@ -10,6 +10,12 @@ then `Server is ready`), which also tells us the port when we asked for a free o
 passed as nats-server's `-1`, "pick a random port"). The log is drained by a thread for the
 server's whole life, so a chatty server never blocks on a full pipe, and its tail is kept for
 error messages.
+
+`Supervisor` keeps one running: `ranvier up` owns its server, so when the child dies (a crash,
+the OOM killer, a stray SIGKILL) it is started again on the same port and store, after a
+backoff, and every client's reconnect finds it where it was. A server that keeps dying is not
+restarted forever: after `max_crashes` within `window` seconds the supervisor gives up with a
+one-line reason.
 """
 
 from __future__ import annotations
@@ -24,13 +30,15 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final, Self
 
 import structlog
 
+from events.aio import checkpoint
 from events.errors import RanvierError
 
 log = structlog.get_logger(__name__)
@@ -38,14 +46,24 @@ log = structlog.get_logger(__name__)
 BINARY: Final = "nats-server"
 START_TIMEOUT: Final = 20.0
 STOP_TIMEOUT: Final = 10.0
+MAX_CRASHES: Final = 5
+CRASH_WINDOW: Final = 60.0
+BACKOFF: Final = 0.2
+BACKOFF_CAP: Final = 5.0
+WATCH_EVERY: Final = 0.1
 
 _LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _READY = "Server is ready"
+_LOG_PREFIX = re.compile(r"^\[\d+\] \d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d+ ")
 _PORT_TAKEN = re.compile(r"address already in use|Error listening on port", re.IGNORECASE)
 
 
 class ServerError(RanvierError, RuntimeError):
     """The embedded nats-server could not be found, started or stopped."""
+
+
+class ServerGaveUp(ServerError):
+    """The supervised nats-server crashed too often to be started again."""
 
 
 def find_nats_server() -> Path:
@@ -212,8 +230,8 @@ class EmbeddedServer:
                 f"cannot start nats-server: port {self.requested_port} on {self.host} is taken",
                 hint="choose another --port, or 0 for any free port",
             )
-        last = next((ln for ln in reversed(tail) if ln.strip()), "no output")
-        what = f"exited with code {code}" if code is not None else f"not ready after {timeout}s"
+        last = self.last_line()
+        what = _exit_text(code) if code is not None else f"not ready after {timeout}s"
         raise ServerError(f"nats-server {what}: {last}")
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -256,6 +274,21 @@ class EmbeddedServer:
         if proc.stderr is not None:
             proc.stderr.close()
 
+    def exited(self) -> str | None:
+        """Why the child ended on its own ("killed by SIGKILL", "exited with code 1"); reaps it
+        and keeps its log tail. None while it runs, or when it was never started."""
+        proc = self._proc
+        if proc is None or proc.poll() is None:
+            return None
+        code = proc.returncode
+        self._reap()
+        return _exit_text(code)
+
+    def last_line(self) -> str:
+        """The last non-blank line the server logged, without its pid and time ("no output")."""
+        last = next((ln for ln in reversed(self._tail) if ln.strip()), "no output")
+        return _LOG_PREFIX.sub("", last).strip()
+
     def wait(self) -> int:
         """Block until the server exits on its own; returns its exit code."""
         if self._proc is None:
@@ -289,3 +322,99 @@ class EmbeddedServer:
         tb: TracebackType | None,
     ) -> None:
         await asyncio.to_thread(self.stop)
+
+
+def _exit_text(code: int) -> str:
+    """How a child ended, from its return code ("killed by SIGKILL", "exited with code 1")."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+class Supervisor:
+    """Keeps a started `EmbeddedServer` running: after a crash, starts it again on the same port
+    and store, waiting `backoff` seconds doubled for each earlier crash in the window (at most
+    `backoff_cap`); the `max_crashes`-th crash within `window` seconds raises `ServerGaveUp`."""
+
+    def __init__(
+        self,
+        server: EmbeddedServer,
+        *,
+        max_crashes: int = MAX_CRASHES,
+        window: float = CRASH_WINDOW,
+        backoff: float = BACKOFF,
+        backoff_cap: float = BACKOFF_CAP,
+        every: float = WATCH_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_crashes < 1:
+            raise ValueError("max_crashes must be at least 1")
+        self.server = server
+        self.max_crashes = max_crashes
+        self.window = window
+        self.backoff = backoff
+        self.backoff_cap = backoff_cap
+        self.every = every
+        self.clock = clock
+        self.crashes: list[float] = []  # clock times of the crashes still in the window
+        self.restarts = 0
+
+    def delay(self) -> float:
+        """Seconds to wait before the next start, from the crashes in the window."""
+        return min(self.backoff * 2.0 ** max(len(self.crashes) - 1, 0), self.backoff_cap)
+
+    def crashed(self, why: str) -> None:
+        """Count a crash now; raises `ServerGaveUp` when there were too many in the window."""
+        now = self.clock()
+        self.crashes = [t for t in self.crashes if now - t < self.window] + [now]
+        if len(self.crashes) >= self.max_crashes:
+            raise ServerGaveUp(
+                f"nats-server crashed {len(self.crashes)} times in {self.window:g} s: {why}"
+            )
+
+    async def run(self) -> None:
+        """Watch the server until cancelled, restarting it after each crash (see the class)."""
+        server = self.server
+        if server.port is None:
+            raise ServerError("start the embedded nats-server before supervising it")
+        server.requested_port = server.port  # clients reconnect to the URL they know
+        while True:
+            checkpoint()
+            await asyncio.sleep(self.every)
+            exited = server.exited()
+            if exited is None:
+                continue
+            why = f"{exited}, last logged: {server.last_line()}"
+            self.crashed(why)
+            log.warning(
+                "nats.crashed", why=why, restart_in_s=self.delay(), crashes=len(self.crashes)
+            )
+            await self._restart()
+
+    async def _restart(self) -> None:
+        """Start the server again after the backoff; a start that fails counts as a crash."""
+        while True:
+            checkpoint()
+            await asyncio.sleep(self.delay())
+            try:
+                await _finish_even_if_cancelled(asyncio.to_thread(self.server.start))
+            except ServerError as exc:
+                self.crashed(str(exc))
+                log.warning("nats.restart_failed", error=str(exc), retry_in_s=self.delay())
+                continue
+            self.restarts += 1
+            log.info("nats.restarted", url=self.server.url, restarts=self.restarts)
+            return
+
+
+async def _finish_even_if_cancelled(work: Awaitable[str]) -> str:
+    """Await `work`; a cancellation waits for it to end first, so that a server being started
+    in a thread is never stopped by someone else half-way through."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise

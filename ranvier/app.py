@@ -277,6 +277,7 @@ async def run_roles(roles: dict[str, Any], stop: asyncio.Event) -> None:
         results = await asyncio.gather(*tasks, return_exceptions=True)
     for task, result in zip(tasks, results, strict=True):
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            log.error("role.failed", role=tasks[task], error=str(result) or repr(result))
             if isinstance(result, RanvierError):
                 raise result
             raise AppError(f"the {tasks[task]} role failed: {result!r}") from result

@@ -4,9 +4,13 @@
 process, the Axon submitted, progress on screen, and (with `--until`) an exit code scripts can
 trust. `-d` runs the same command in the background, in its own session, with its output in
 `<state-dir>/up.log`, and returns when it is up (or its goal reached); `ranvier down` stops it
-through its pid file. The other commands are thin readers of the KV records the roles write
-(`get`, `list`, `watch`, `logs`) or one call into the Axon store (`submit`, `delete`,
-`trigger`), and take the same connection flags as every command that connects.
+through its pid file. Its embedded nats-server is supervised (`events.server.Supervisor`):
+after a crash it is started again on its port and store and the roles reconnect; when it keeps
+crashing, `up` stops with that reason, recorded as `stopped` in `up.json`.
+
+The other commands are thin readers of the KV records the roles write (`get`, `list`, `watch`,
+`logs`) or one call into the Axon store (`submit`, `delete`, `trigger`), and take the same
+connection flags as every command that connects.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from events.bus import Bus, StreamLimits
-from events.server import EmbeddedServer
+from events.aio import checkpoint
+from events.bus import OUTAGE_ERRORS, Bus, StreamLimits
+from events.errors import RanvierError
+from events.server import EmbeddedServer, Supervisor
 from events.telemetry import Telemetry
 from executors.backends.local import group_members, stop_tree
 from executors.runner import TaskRun, task_run_key
@@ -42,6 +48,7 @@ from ranvier.app import (
     ROLES,
     AppError,
     Goal,
+    GoalCheck,
     RoleOptions,
     available_roles,
     axon_status,
@@ -75,6 +82,7 @@ STATUS_FILE: Final = "up.json"
 LOG_FILE: Final = "up.log"
 POLL: Final = 0.5
 DOWN_TIMEOUT: Final = 30.0
+SERVER_ROLE: Final = "nats-server"
 
 Namespace = Annotated[str, typer.Option("--namespace", "-n", help="The Axon's namespace.")]
 Backend = Annotated[
@@ -280,6 +288,25 @@ class _UpRun:
 
 
 async def _up(plan: _UpRun) -> int:
+    """Run `up`; whatever stops it is recorded as `stopped` in up.json, and an unexpected error
+    becomes one line (the CLI's), never a traceback in up.log."""
+    stopped = "cancelled"
+    try:
+        code = await _up_roles(plan)
+        stopped = plan.status.get("stopped") or f"exit code {code}"
+        return code
+    except RanvierError as exc:
+        stopped = exc.message
+        raise
+    except Exception as exc:
+        stopped = f"ranvier up failed: {exc!r}"
+        log.error("up.failed", error=repr(exc))
+        raise AppError(stopped) from None
+    finally:
+        plan.report(state="stopped", stopped=stopped)
+
+
+async def _up_roles(plan: _UpRun) -> int:
     settings = plan.settings
     server: EmbeddedServer | None = None
     url, _ = settings.resolve_url()
@@ -297,6 +324,8 @@ async def _up(plan: _UpRun) -> int:
                 settings.state_dir, backend=plan.backend, nats_url=url, replica_id="up"
             )
             roles = build_roles(bus, available_roles(), role_options)
+            if server is not None:  # restarted on its port and store after a crash
+                roles[SERVER_ROLE] = Supervisor(server)
             stop = asyncio.Event()
             with stop_on_signals(stop):
                 runner = asyncio.create_task(run_roles(roles, stop))
@@ -312,7 +341,6 @@ async def _up(plan: _UpRun) -> int:
         if server is not None:
             await asyncio.to_thread(server.stop)
             remove_url_file(settings.url_file, url)
-        plan.report(state="stopped")
 
 
 async def _follow(
@@ -330,27 +358,37 @@ async def _follow(
     reported = False
     with Progress(tty=False if plan.detached else None) as progress:
         while True:
-            doc = await axon_status(bus, stored)
-            progress.update(doc)
-            # after a restart the records say "deployed" before recovery serves it again
-            if goal is not None and not reported and roles_ready(roles):
-                check = check_goal(goal, doc, await bus_idle(bus))
-                if check.reached or check.failed:
-                    reported = True
-                    state = "reached" if check.reached else "failed"
-                    plan.report(state=state, reason=check.failed or f"--until {goal} reached")
-                    progress.note(
-                        f"failed: {check.failed}" if check.failed else plan.status["reason"]
-                    )
-                    if not plan.detached:
-                        return 0 if check.reached else 1
+            checkpoint()
+            try:
+                doc = await axon_status(bus, stored)
+                progress.update(doc)
+                # after a restart the records say "deployed" before recovery serves it again
+                check = (
+                    check_goal(goal, doc, await bus_idle(bus))
+                    if goal is not None and not reported and roles_ready(roles)
+                    else GoalCheck(False)
+                )
+            except OUTAGE_ERRORS as exc:
+                # the server is restarting (or slow): the roles carry on, so do we
+                log.warning("up.status_unreadable", error=str(exc) or repr(exc))
+                check = GoalCheck(False)
+            if not reported and (check.reached or check.failed):
+                reported = True
+                state = "reached" if check.reached else "failed"
+                plan.report(state=state, reason=check.failed or f"--until {goal} reached")
+                progress.note(f"failed: {check.failed}" if check.failed else plan.status["reason"])
+                if not plan.detached:
+                    plan.status["stopped"] = plan.status["reason"]
+                    return 0 if check.reached else 1
             if runner.done():
                 runner.result()  # a role failed: its error is the command's error
                 return 0
             if stop.is_set():
+                plan.status["stopped"] = "asked to stop (SIGTERM or Ctrl-C)"
                 return 0
             if deadline is not None and loop.time() >= deadline:
-                progress.note(f"timed out after {plan.limit:g}s before {goal or 'stop'}")
+                plan.status["stopped"] = f"timed out after {plan.limit:g}s before {goal or 'stop'}"
+                progress.note(plan.status["stopped"])
                 return 3
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL):
