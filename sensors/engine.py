@@ -996,14 +996,23 @@ def _fire(
     event_id: str,
     run_id: str,
     why: str,
+    decided_by: str | None = None,
 ) -> None:
-    """Try to start a run of `sensor`; record one decision either way."""
+    """Try to start a run of `sensor`; record one decision either way (under `decided_by`,
+    the event being stepped, when that is not the cause `event_id`)."""
     st = ax.sensor_state(sensor.name)
     fired_key = (ax.spec.key, sensor.name, event_id)
+    decision_id = decided_by or event_id
 
     def skip(reason: str) -> None:
         out.decide(
-            ax, event_id, sensor.name, trigger, matched=True, fired=False, reason=f"{why}; {reason}"
+            ax,
+            decision_id,
+            sensor.name,
+            trigger,
+            matched=True,
+            fired=False,
+            reason=f"{why}; {reason}",
         )
 
     if fired_key in out.fired:
@@ -1049,7 +1058,7 @@ def _fire(
     planned = _start_step(out, ax, sensor, run)
     out.decide(
         ax,
-        event_id,
+        decision_id,
         sensor.name,
         trigger,
         matched=True,
@@ -1439,8 +1448,10 @@ def _alert(
     event_id: str,
     shown: str,
     timed: bool,
+    decided_by: str | None = None,
 ) -> None:
-    """Run one Alert trigger's state machine at `out.now`; on ticks, record only transitions."""
+    """Run one Alert trigger's state machine at `out.now`; on ticks, record only transitions
+    (under `decided_by`, the tick event, when there is one)."""
     st = ax.alert_state(sensor.name, alert.name)
     now = out.now
     cond = alert.condition.evaluate(st.values)
@@ -1448,7 +1459,7 @@ def _alert(
     def note(reason: str) -> None:
         out.decide(
             ax,
-            event_id,
+            decided_by or event_id,
             sensor.name,
             alert.name,
             matched=True,
@@ -1535,6 +1546,7 @@ def _alert(
         event_id=cause,
         run_id=run_id,
         why=f"{shown}: {edge}" if shown else edge,
+        decided_by=decided_by,
     )
     return None
 
@@ -1583,7 +1595,7 @@ def _tick_event(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:
     """A recorded tick: the Axon's alerts whose deadline is at or before the tick's `due`,
     at that time (whenever the tick is stepped)."""
     out.now = _seconds(cast(TickData, payload).due)
-    _tick_axon(out, ax, out.now)
+    _tick_axon(out, ax, out.now, event_id)
 
 
 _Handler = Callable[[_Out, _AxonState, str, Any], None]
@@ -1667,7 +1679,10 @@ def tick(state: EngineState, now: datetime) -> StepResult:
     return out.result()
 
 
-def _tick_axon(out: _Out, ax: _AxonState, until: float) -> None:
+def _tick_axon(out: _Out, ax: _AxonState, until: float, tick_id: str | None = None) -> None:
+    """Run the alerts of one Axon due by `until`. Their decisions name the tick event when
+    there is one (`explain` of a tick says what it did), else the event that started the
+    pending episode; a firing's run id always derives from the latter."""
     for _, sensor, alert, due in list(_armed_axon(ax)):
         if due > until:
             continue
@@ -1681,6 +1696,7 @@ def _tick_axon(out: _Out, ax: _AxonState, until: float) -> None:
             event_id=cause or "tick",
             shown=f"tick at {_when(out.now)}",
             timed=True,
+            decided_by=tick_id,
         )
 
 

@@ -34,9 +34,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from events import subjects
 from events.bus import Bus, ConnectOptions
 from ranvier.app import axon_status
 from sensors.axons import AxonStore
+from sensors.runtime import caught_up as engine_caught_up
 from tests.doc_blocks import header_blocks
 from tests.e2e import kit
 from tests.e2e.kit import REPO
@@ -164,6 +166,7 @@ async def retrain_loop(tmp_path: Path, source: str, prom: PrometheusServer | Non
         options = ConnectOptions(servers=[nats_url], connect_timeout=5.0, request_timeout=5.0)
         async with Bus.connect(options) as bus, httpx.AsyncClient(timeout=30.0) as http:
             await run_checks(Pipeline(bus, http, prom), url)
+            await replayed_as_live(bus, axon, tmp_path, state=state, env=env)
     finally:
         down = ranvier("down", state=state, env=env)
         assert down.returncode == 0, down.stdout + down.stderr
@@ -219,6 +222,56 @@ async def run_checks(pipe: Pipeline, url: str) -> None:
     runs = await pipe.runs("PostDeployment")
     assert [r["trigger"] for r in runs] == ["accuracy-low"]
     assert len(await pipe.train_runs()) == 2  # the first training and one retrain
+
+
+async def replayed_as_live(
+    bus: Bus, axon: Path, tmp_path: Path, *, state: Path, env: dict[str, str]
+) -> None:
+    """`ranvier events export`, then `ranvier sensors test` over it: the same sensor runs, with
+    the same ids, as the live run, and every decision the same (timed Alerts included: the
+    PostDeployment retrain fired on a tick between two metric samples)."""
+    recording = tmp_path / "recording.jsonl"
+    exported = ranvier("events", "export", "-f", str(recording), state=state, env=env)
+    assert exported.returncode == 0, exported.stderr
+    await until("the engine to handle every recorded event", lambda: engine_caught_up(bus))
+    recorded = {json.loads(line)["id"] for line in recording.read_text().splitlines()}
+    tested = ranvier("sensors", "test", str(axon), "--events", str(recording), state=state, env=env)
+    assert tested.returncode == 0, tested.stderr
+    replayed = [json.loads(line) for line in tested.stdout.splitlines() if line.strip()]
+    shown = ranvier("get", "axon", NAME, "-o", "json", state=state, env=env)
+    live_runs = sorted(
+        (sensor["name"], run["id"])
+        for sensor in json.loads(shown.stdout)["sensors"]
+        for run in sensor["runs"]
+    )
+    replay_runs = sorted(
+        {(d["sensor"], d["sensor_run_id"]) for d in replayed if d["fired"] and d["sensor_run_id"]}
+    )
+    print(f"\nlive runs:     {live_runs}\nreplayed runs: {replay_runs}")
+    assert replay_runs == live_runs
+    assert ("PostDeployment", next(r for s, r in live_runs if s == "PostDeployment")) in replay_runs
+    live = [  # what the engine decided for the recorded events (more keep coming meanwhile)
+        _decision_line(item.event.data)
+        async for item in bus.replay(stream=subjects.DECISIONS_STREAM)
+        if item.event.data.get("axon") == NAME and item.event.data["event_id"] in recorded
+    ]
+    assert replayed == live
+
+
+def _decision_line(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored decision record in `sensors test`'s line shape."""
+    return {
+        "event_id": record["event_id"],
+        "sensor": record["sensor"],
+        "trigger": record.get("trigger"),
+        "fired": record["fired"],
+        "reason": record["reason"],
+        "sensor_run_id": record.get("sensor_run_id"),
+        "actions": [
+            {"kind": a["kind"], "task": a["task"], "step": a["step"]}
+            for a in record.get("actions", [])
+        ],
+    }
 
 
 def _scraped(prom: PrometheusServer, url: str) -> Callable[[], Awaitable[bool]]:
