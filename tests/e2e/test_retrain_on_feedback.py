@@ -23,6 +23,7 @@ import asyncio
 import json
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -235,7 +236,15 @@ async def replayed_as_live(
     assert exported.returncode == 0, exported.stderr
     await until("the engine to handle every recorded event", lambda: engine_caught_up(bus))
     recorded = {json.loads(line)["id"] for line in recording.read_text().splitlines()}
-    tested = ranvier("sensors", "test", str(axon), "--events", str(recording), state=state, env=env)
+    tested = await asyncio.to_thread(  # a dry run needs no server, hence no --state-dir
+        subprocess.run,
+        [sys.executable, "-m", "ranvier", "sensors", "test", str(axon), "--events", str(recording)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
     assert tested.returncode == 0, tested.stderr
     replayed = [json.loads(line) for line in tested.stdout.splitlines() if line.strip()]
     shown = ranvier("get", "axon", NAME, "-o", "json", state=state, env=env)
