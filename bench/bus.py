@@ -8,6 +8,12 @@ What is compared:
 - consume: `Bus.consume(...)` batches (each event parsed, each message acked) vs nats-py
   `pull_subscribe(...).fetch(batch)` with `msg.ack()` per message.
 
+- partitioning: how the events stream partitions events. The server's subject transform
+  (`{{partition(P,1)}}`, publishers unaware of P) vs a partition token that publishers would put
+  in the subject themselves: raw nats-py publishes of the same events to a stream with the
+  transform (`transform_publish_per_s`) and to one without, the token already in the subject
+  (`token_publish_per_s`).
+
 Each side gets its own fresh stream with the same configuration (file storage, 2 min duplicate
 window). Rounds alternate raw/bus and the best round of each is kept, which damps the noise of
 a shared machine. The last line of output is one JSON object (see DESIGN.md, Benchmarks).
@@ -38,6 +44,8 @@ from events.server import EmbeddedServer
 
 RAW_STREAM = "RAW_BENCH"
 RAW_SUBJECTS = "rawbench.>"
+TOKEN_STREAM = "RAW_TOKEN"
+TRANSFORM_STREAM = "RAW_TRANSFORM"
 
 
 def make_events(n: int) -> list[Event]:
@@ -67,8 +75,34 @@ async def fresh_streams(bus: Bus) -> None:
             duplicate_window=events_config.duplicate_window,
         )
     )
+    for name, prefix, transform in (
+        (TOKEN_STREAM, "rawtok", None),
+        (TRANSFORM_STREAM, "rawtr", _transform("rawtr", bus.partitions)),
+    ):
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await bus.js.delete_stream(name)
+        await bus.js.add_stream(
+            api.StreamConfig(
+                name=name,
+                subjects=[f"{prefix}.>"],
+                retention=events_config.retention,
+                storage=events_config.storage,
+                max_age=events_config.max_age,
+                duplicate_window=events_config.duplicate_window,
+                subject_transform=transform,
+            )
+        )
     with contextlib.suppress(nats.js.errors.NotFoundError):
         await bus.js.delete_consumer(subjects.EVENTS_STREAM, "bench-bus")
+
+
+def _transform(prefix: str, partitions: int) -> api.SubjectTransform:
+    """The events stream's partition transform, under another prefix."""
+    source, dest = subjects.partition_transform(partitions)
+    return api.SubjectTransform(
+        src=source.replace(subjects.PREFIX, prefix, 1),
+        dest=dest.replace(subjects.PREFIX, prefix, 1),
+    )
 
 
 async def raw_publish(url: str, items: list[tuple[str, bytes, str]], window: int) -> float:
@@ -131,22 +165,40 @@ async def run(n: int, rounds: int, window: int, batch: int) -> dict[str, object]
     with tempfile.TemporaryDirectory(prefix="ranvier-bench-") as tmp:
         async with EmbeddedServer(store_dir=tmp) as srv:
             options = ConnectOptions(servers=[srv.url], name="bench")
-            best = {"publish": 0.0, "raw_publish": 0.0, "consume": 0.0, "raw_consume": 0.0}
+            best = {
+                "publish": 0.0,
+                "raw_publish": 0.0,
+                "consume": 0.0,
+                "raw_consume": 0.0,
+                "token_publish": 0.0,
+                "transform_publish": 0.0,
+            }
             async with Bus.connect(options) as admin:
                 for r in range(rounds):
                     events = make_events(n)
                     raw_items = [
                         (f"rawbench.{ev.nats_subject}", ev.to_json(), ev.id) for ev in events
                     ]
+                    p = admin.partitions
+                    token_items = [
+                        (f"rawtok.{subjects.stored_subject(s[9:], p)}", d, i)
+                        for s, d, i in raw_items
+                    ]
+                    transform_items = [(f"rawtr.{s[9:]}", d, i) for s, d, i in raw_items]
                     await fresh_streams(admin)
                     steps: list[tuple[str, Callable[[], Awaitable[float]]]] = [
                         ("raw_publish", partial(raw_publish, srv.url, raw_items, window)),
                         ("publish", partial(bus_publish, options, events, window)),
                         ("raw_consume", partial(raw_consume, srv.url, n, batch)),
                         ("consume", partial(bus_consume, options, n, batch)),
+                        ("token_publish", partial(raw_publish, srv.url, token_items, window)),
+                        (
+                            "transform_publish",
+                            partial(raw_publish, srv.url, transform_items, window),
+                        ),
                     ]
                     if r % 2:  # alternate who goes first, so neither always meets a busier server
-                        steps = [steps[1], steps[0], steps[3], steps[2]]
+                        steps = [steps[1], steps[0], steps[3], steps[2], steps[5], steps[4]]
                     for name, step in steps:
                         rate = await step()
                         best[name] = max(best[name], rate)
@@ -163,6 +215,9 @@ async def run(n: int, rounds: int, window: int, batch: int) -> dict[str, object]
         "consume_per_s": round(best["consume"]),
         "raw_consume_per_s": round(best["raw_consume"]),
         "consume_ratio": round(best["consume"] / best["raw_consume"], 3),
+        "token_publish_per_s": round(best["token_publish"]),
+        "transform_publish_per_s": round(best["transform_publish"]),
+        "transform_ratio": round(best["transform_publish"] / best["token_publish"], 3),
     }
 
 

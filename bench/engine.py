@@ -42,7 +42,7 @@ AXON = "bench"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def build_axon(sensors: int) -> Axon:
+def build_axon(sensors: int, name: str = AXON) -> Axon:
     """An Axon with `sensors` sensors, each watching its own task and metric."""
     tasks = [{"name": f"t{i}", "container": {"image": "busybox"}} for i in range(sensors)]
     specs: list[dict[str, Any]] = [
@@ -62,7 +62,7 @@ def build_axon(sensors: int) -> Axon:
         {
             "apiVersion": "ranvier.dev/v1alpha1",
             "kind": "Axon",
-            "metadata": {"name": AXON},
+            "metadata": {"name": name},
             "spec": {"tasks": tasks, "sensors": specs},
         }
     )
@@ -131,7 +131,7 @@ def measure_pure(sensors: int, count: int, repeats: int = 3) -> float:
     return best
 
 
-def build_runtime_events(sensors: int, count: int) -> list[Event]:
+def build_runtime_events(sensors: int, count: int, name: str = AXON) -> list[Event]:
     """`count` events where, as in a live system, every requested action is reported back.
 
     A quarter are tasks succeeding (fire a sensor), a quarter metric samples (fire an alert
@@ -141,10 +141,10 @@ def build_runtime_events(sensors: int, count: int) -> list[Event]:
     per batch, stays bounded.
     """
     state = engine.EngineState()
-    submit = AxonData(axon=AXON, generation=1, action="submitted").to_event(
+    submit = AxonData(axon=name, generation=1, action="submitted").to_event(
         source="bench", id="submit", time=T0
     )
-    engine.submit(state, build_axon(sensors), 1, submit, T0)
+    engine.submit(state, build_axon(sensors, name), 1, submit, T0)
     requested: list[Any] = []  # ActionRequest, oldest first
     events: list[Event] = []
     for n in range(count):
@@ -152,11 +152,11 @@ def build_runtime_events(sensors: int, count: int) -> list[Event]:
         time_ = T0 + timedelta(milliseconds=n)
         data: LifecycleData | MetricData
         if n % 4 == 1:
-            data = MetricData(axon=AXON, name=f"m{i}", value=0.3 if (n // 4) % 2 else 0.7)
+            data = MetricData(axon=name, name=f"m{i}", value=0.3 if (n // 4) % 2 else 0.7)
         elif n % 4 in (2, 3) and requested:
             act = requested.pop(0)
             data = LifecycleData(  # Failed: ends the run without firing the task's sensor
-                axon=AXON,
+                axon=name,
                 task=act.task,
                 run_id=f"act{n}",
                 phase="Failed",
@@ -165,8 +165,8 @@ def build_runtime_events(sensors: int, count: int) -> list[Event]:
                 step=act.step,
             )
         else:
-            data = LifecycleData(axon=AXON, task=f"t{i}", run_id=f"run{n}", phase="Succeeded")
-        event = data.to_event(source="bench", id=f"ev{n:08d}", time=time_)
+            data = LifecycleData(axon=name, task=f"t{i}", run_id=f"run{n}", phase="Succeeded")
+        event = data.to_event(source="bench", id=f"{name}-ev{n:08d}", time=time_)
         requested += engine.step(state, event, time_).actions
         events.append(event)
     return events
@@ -215,7 +215,7 @@ async def _raw_consume(url: str, total: int, batch: int) -> float:
     try:
         js = nc.jetstream()
         sub = await js.pull_subscribe(
-            subjects.EVENTS_SUBJECTS, durable="bench-raw", stream=subjects.EVENTS_STREAM
+            subjects.STORED_EVENTS, durable="bench-raw", stream=subjects.EVENTS_STREAM
         )
         got = 0
         started = time.perf_counter()

@@ -69,7 +69,7 @@ async def _raw_read(url: str, total: int) -> float:
         js = nc.jetstream()
         started = time.perf_counter()
         sub = await js.subscribe(
-            subjects.EVENTS_SUBJECTS, stream=subjects.EVENTS_STREAM, ordered_consumer=True
+            subjects.STORED_EVENTS, stream=subjects.EVENTS_STREAM, ordered_consumer=True
         )
         size = 0
         for _ in range(total):

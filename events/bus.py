@@ -110,6 +110,11 @@ class AuthError(ConnectError, PermissionError):
     """The NATS server refused the credentials."""
 
 
+OUTAGE_ERRORS: Final = (BusError, nats.errors.Error, OSError)
+"""What a call can raise while the server restarts or is briefly away (a request timed out,
+no responders, the connection reset): loops that run until cancelled log these and go on."""
+
+
 class RevisionMismatch(BusError):
     """A compare-and-set KV update lost: the key changed since the revision read."""
 
@@ -157,6 +162,13 @@ class StreamLimits(BaseModel):
     events_max_age: timedelta = Field(timedelta(days=7), description="Events kept this long.")
     decisions_max_age: timedelta = Field(timedelta(days=7), description="Decisions kept so long.")
     duplicate_window: timedelta = Field(timedelta(minutes=2), description="Msg-Id dedupe window.")
+    partitions: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Partitions of the events stream (None: the stream's own, or "
+        f"{subjects.DEFAULT_PARTITIONS} when creating it). Fixed once the stream exists.",
+    )
     replicas: int | None = Field(
         None,
         ge=1,
@@ -451,6 +463,8 @@ class Bus:
         self.options = options
         self.limits = limits
         self._kv: dict[str, KeyValue] = {}
+        self.partitions = limits.partitions or subjects.DEFAULT_PARTITIONS
+        """The events stream's partition count (read from the stream by `ensure_topology`)."""
         self._acks = _AckRouter(nc)
         # Iterator-style subscriptions still open; drain() would wait for their unread
         # messages until its timeout, so close() unsubscribes them first.
@@ -522,7 +536,10 @@ class Bus:
             log.warning("bus.drain_failed", error=repr(exc))
         finally:
             if not self.nc.is_closed:
-                await self.nc.close()
+                try:
+                    await self.nc.close()
+                except OSError as exc:  # the server died under us: nothing is left to flush
+                    log.warning("bus.close_failed", error=repr(exc))
 
     @property
     def max_payload(self) -> int:
@@ -541,6 +558,7 @@ class Bus:
         """The three ranvier streams as DESIGN.md describes them."""
         dup = self.limits.duplicate_window.total_seconds()
         replicas = self.limits.num_replicas
+        source, dest = subjects.partition_transform(self.partitions)
         return [
             api.StreamConfig(
                 name=subjects.EVENTS_STREAM,
@@ -550,6 +568,8 @@ class Bus:
                 max_age=self.limits.events_max_age.total_seconds(),
                 duplicate_window=dup,
                 num_replicas=replicas,
+                subject_transform=api.SubjectTransform(src=source, dest=dest),
+                metadata={subjects.PARTITIONS_KEY: str(self.partitions)},
             ),
             api.StreamConfig(
                 name=subjects.ACTIONS_STREAM,
@@ -571,8 +591,14 @@ class Bus:
         ]
 
     async def ensure_topology(self) -> None:
-        """Create or update the streams and KV buckets; idempotent, safe to race."""
+        """Create or update the streams and KV buckets; idempotent, safe to race.
+
+        The events stream's partition count is fixed when it is created: a stream created
+        with another count than `limits.partitions` asks for is an error (never silent
+        re-partitioning); with no count asked for, the stream's own is adopted.
+        """
         try:
+            await self._adopt_partitions()
             for config in self.stream_configs():
                 await self._ensure_stream(config)
             for bucket in (
@@ -584,6 +610,10 @@ class Bus:
                 await self._bucket(bucket)
                 if self.limits.replicas is not None:
                     await self._ensure_replicas(f"KV_{bucket}", self.limits.replicas)
+            if self.limits.replicas is not None:  # the engines' lease bucket, once they made it
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    leases = f"KV_{subjects.LEASES_BUCKET}"
+                    await self._ensure_replicas(leases, self.limits.replicas)
         except nats.js.errors.APIError as exc:
             raise self._placement_error(exc) or BusError(
                 f"cannot set up ranvier's streams on {self.url}: {exc.description}",
@@ -594,6 +624,32 @@ class Bus:
                 f"JetStream does not answer on {self.url}",
                 hint="enable it (nats-server --jetstream) or use `ranvier server`",
             ) from None
+
+    async def _adopt_partitions(self) -> None:
+        try:
+            info = await self.js.stream_info(subjects.EVENTS_STREAM)
+        except nats.js.errors.NotFoundError:
+            return  # created with ours
+        recorded = (info.config.metadata or {}).get(subjects.PARTITIONS_KEY)
+        if recorded is None:
+            if info.state.messages:
+                raise BusError(
+                    f"the events stream on {self.url} holds {info.state.messages} events stored "
+                    "without partitions (by an older ranvier); they cannot be partitioned in place",
+                    hint="`ranvier events export` them, delete the stream "
+                    f"{subjects.EVENTS_STREAM} (or the state dir), then `ranvier events import`",
+                )
+            return  # empty: updated to ours
+        count = int(recorded)
+        wanted = self.limits.partitions
+        if wanted is not None and wanted != count:
+            raise BusError(
+                f"the events stream on {self.url} has {count} partitions, but {wanted} are "
+                "configured; the partition count is fixed when the stream is created",
+                hint=f"use --partitions {count} (or RANVIER_PARTITIONS={count}), or export the "
+                "events, delete the stream and import them into a new one",
+            )
+        self.partitions = count
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         try:
@@ -616,6 +672,7 @@ class Bus:
             or (current.max_age or 0) != (config.max_age or 0)
             or (current.duplicate_window or 0) != (config.duplicate_window or 0)
             or (current.num_replicas or 1) != (config.num_replicas or 1)
+            or current.subject_transform != config.subject_transform
         ):
             await self.js.update_stream(config)
             log.info(
@@ -665,15 +722,26 @@ class Bus:
             try:
                 kv = await self.js.key_value(bucket)
             except nats.js.errors.BucketNotFoundError:
-                replicas = self.limits.num_replicas
-                try:
-                    kv = await self.js.create_key_value(
-                        bucket=bucket, history=5, storage=api.StorageType.FILE, replicas=replicas
-                    )
-                except nats.js.errors.APIError as exc:
-                    raise self._placement_error(exc) or exc from None
-                log.info("bus.bucket_created", bucket=bucket, replicas=replicas)
+                kv = await self.create_bucket(bucket)
             self._kv[bucket] = kv
+        return kv
+
+    async def create_bucket(self, bucket: str, *, ttl: float = 0.0, history: int = 5) -> KeyValue:
+        """Create a KV bucket (every key expiring `ttl` seconds after its last write, if set),
+        with the streams' replica count; a bucket that exists already is returned as it is."""
+        replicas = self.limits.num_replicas
+        try:
+            kv = await self.js.create_key_value(
+                bucket=bucket,
+                history=history,
+                ttl=ttl or None,
+                storage=api.StorageType.FILE,
+                replicas=replicas,
+            )
+        except nats.js.errors.APIError as exc:
+            raise self._placement_error(exc) or exc from None
+        log.info("bus.bucket_created", bucket=bucket, ttl=ttl, replicas=replicas)
+        self._kv[bucket] = kv
         return kv
 
     async def stream_info(self, stream: str = subjects.EVENTS_STREAM) -> api.StreamInfo:
@@ -991,20 +1059,16 @@ class Bus:
         return bytes(entry.value or b""), int(entry.revision or 0)
 
     async def _retrying(self, call: Callable[[], Awaitable[_T]], *, bucket: str, key: str) -> _T:
-        """`call()` (a KV read) made again through outages, for up to `publish_retry_for` s."""
-        deadline = time.monotonic() + self.options.publish_retry_for
+        """`call()` (a KV read) made again through outages (see `_Patience`)."""
+        patience = _Patience(self)
         attempt = 0
         while True:
             attempt += 1
             try:
                 return await call()
             except _RETRYABLE as exc:
-                if time.monotonic() >= deadline:
-                    raise BusError(
-                        f"could not read {bucket}/{key} from {self.url} within "
-                        f"{self.options.publish_retry_for:g}s: {exc!r}",
-                        hint="is the server running and JetStream enabled?",
-                    ) from None
+                if patience.over():
+                    raise  # as without retrying: the caller knows this error
                 log.info("bus.kv_retry", bucket=bucket, key=key, attempt=attempt, error=repr(exc))
                 await asyncio.sleep(min(0.05 * attempt, 1.0))
 
@@ -1068,7 +1132,7 @@ class Bus:
         headers = {MSG_ID: msg_id}
         if expected is not None:
             headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected)
-        deadline = time.monotonic() + self.options.publish_retry_for
+        patience = _Patience(self)
         attempt = 0
         while True:
             attempt += 1
@@ -1078,8 +1142,8 @@ class Bus:
                 )
                 return int(ack.seq), None
             except _RETRYABLE as exc:
-                if time.monotonic() >= deadline:
-                    raise self._publish_failed(1, exc) from None
+                if patience.over():
+                    raise  # as without retrying: the caller knows this error
                 log.info("bus.kv_retry", bucket=bucket, key=key, attempt=attempt, error=repr(exc))
                 await asyncio.sleep(min(0.05 * attempt, 1.0))
             except nats.js.errors.APIError as exc:
@@ -1110,10 +1174,17 @@ class Bus:
                     return None
             await asyncio.sleep(0.01)
 
-    async def kv_delete(self, bucket: str, key: str) -> None:
-        """Delete `key` (a no-op if it does not exist)."""
+    async def kv_delete(self, bucket: str, key: str, *, last_revision: int | None = None) -> None:
+        """Delete `key` (a no-op if it does not exist); with `last_revision`, only if the key
+        is still at that revision (else `RevisionMismatch`)."""
         kv = await self._bucket(bucket)
-        await kv.delete(key)
+        if last_revision is None:
+            await kv.delete(key)
+            return
+        try:
+            await kv.delete(key, last=last_revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise RevisionMismatch(bucket, key, last_revision) from None
 
     async def kv_keys(self, bucket: str, pattern: str = ">") -> list[str]:
         """Keys currently set in `bucket` that match `pattern` (NATS wildcards).
@@ -1345,6 +1416,28 @@ class _PublishRound:
         return None
 
 
+class _Patience:
+    """How long a KV operation keeps trying: through a leader election on a live connection
+    (up to `publish_retry_for`), but only briefly while no server can be reached at all, so that
+    a caller whose server is gone (a shutdown after a crash) hears of it as it did before."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._nc = bus.nc
+        now = time.monotonic()
+        self._end = now + bus.options.publish_retry_for
+        self._grace = 2 * bus.options.reconnect_wait + 0.5  # long enough to reach another server
+        self._offline_end: float | None = None
+
+    def over(self) -> bool:
+        """Whether to give up now (called after each failed attempt)."""
+        now = time.monotonic()
+        if self._nc.is_connected:
+            self._offline_end = None
+        elif self._offline_end is None:
+            self._offline_end = now + self._grace
+        return now >= self._end or (self._offline_end is not None and now >= self._offline_end)
+
+
 class KVChange(NamedTuple):
     """One change seen by `Bus.kv_watch`."""
 
@@ -1362,7 +1455,7 @@ def _kv_deleted(msg: api.RawStreamMsg) -> bool:
 def _stream_subjects(stream: str) -> str:
     """The subject filter that covers a whole ranvier stream."""
     return {
-        subjects.EVENTS_STREAM: subjects.EVENTS_SUBJECTS,
+        subjects.EVENTS_STREAM: subjects.STORED_EVENTS,
         subjects.ACTIONS_STREAM: subjects.ACTIONS_SUBJECTS,
         subjects.DECISIONS_STREAM: subjects.DECISIONS_SUBJECTS,
     }.get(stream, ">")
@@ -1516,6 +1609,7 @@ def _tls_context(ca_file: Path) -> ssl.SSLContext:
 
 
 __all__ = [
+    "OUTAGE_ERRORS",
     "AuthError",
     "Bus",
     "BusError",

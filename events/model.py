@@ -34,6 +34,7 @@ METRIC: Final = "ranvier.metric"
 REST: Final = "ranvier.rest"
 CALENDAR: Final = "ranvier.calendar"
 AXON: Final = "ranvier.axon"
+TICK: Final = "ranvier.tick"
 ACTION: Final = "ranvier.action"
 DECISION: Final = "ranvier.decision"
 
@@ -360,12 +361,32 @@ class DecisionData(Payload):
         return self.sensor
 
 
+class TickData(Payload):
+    """Time passed an Axon's deadline: an Alert's `for`, `keepFiringFor` or cooldown ran out.
+
+    The engine publishes one when the wall clock passes a deadline and acts on it only when it
+    comes back from the stream, in order with every other event, so a dry run over a recording
+    takes the same decisions at the same points as the live engine did.
+    """
+
+    event_type: ClassVar[str] = TICK
+
+    due: UtcDatetime = Field(description="The deadline this tick stands for (the event's time).")
+
+    def nats_subject(self) -> str:
+        return subjects.event_subject(self.axon, "tick")
+
+    def event_subject_attr(self) -> str | None:
+        return self.axon
+
+
 PAYLOAD_TYPES: Final[dict[str, type[Payload]]] = {
     LIFECYCLE: LifecycleData,
     METRIC: MetricData,
     REST: RestData,
     CALENDAR: CalendarData,
     AXON: AxonData,
+    TICK: TickData,
     ACTION: ActionRequest,
     DECISION: DecisionData,
 }

@@ -11,6 +11,12 @@ passed as nats-server's `-1`, "pick a random port"). The log is drained by a thr
 server's whole life, so a chatty server never blocks on a full pipe, and its tail is kept for
 error messages.
 
+`Supervisor` keeps one running: `ranvier up` owns its server, so when the child dies (a crash,
+the OOM killer, a stray SIGKILL) it is started again on the same port and store, after a
+backoff, and every client's reconnect finds it where it was. A server that keeps dying is not
+restarted forever: after `max_crashes` within `window` seconds the supervisor gives up with a
+one-line reason.
+
 `NatsCluster` runs several of them as one NATS cluster on loopback (routes between them,
 JetStream on each, a store directory each), which is what streams with replicas need: the
 scale-out tests run on it, and it is the smallest way to try `--replicas 3` on one machine.
@@ -32,13 +38,14 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Self
 
 import structlog
 
+from events.aio import checkpoint
 from events.errors import RanvierError
 
 log = structlog.get_logger(__name__)
@@ -46,10 +53,16 @@ log = structlog.get_logger(__name__)
 BINARY: Final = "nats-server"
 START_TIMEOUT: Final = 20.0
 STOP_TIMEOUT: Final = 10.0
+MAX_CRASHES: Final = 5
+CRASH_WINDOW: Final = 60.0
+BACKOFF: Final = 0.2
+BACKOFF_CAP: Final = 5.0
+WATCH_EVERY: Final = 0.1
 
 _LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _MONITOR = re.compile(r"Starting http monitor on (\S+):(\d+)")
 _READY = "Server is ready"
+_LOG_PREFIX = re.compile(r"^\[\d+\] \d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d+ ")
 _PORT_TAKEN = re.compile(r"address already in use|Error listening on port", re.IGNORECASE)
 
 
@@ -59,6 +72,10 @@ class ServerError(RanvierError, RuntimeError):
 
 class PortTakenError(ServerError):
     """A port the nats-server was told to listen on is taken."""
+
+
+class ServerGaveUp(ServerError):
+    """The supervised nats-server crashed too often to be started again."""
 
 
 def find_nats_server() -> Path:
@@ -248,8 +265,8 @@ class EmbeddedServer:
                 f"cannot start nats-server: port {self.requested_port} on {self.host} is taken",
                 hint="choose another --port, or 0 for any free port",
             )
-        last = next((ln for ln in reversed(tail) if ln.strip()), "no output")
-        what = f"exited with code {code}" if code is not None else f"not ready after {timeout}s"
+        last = self.last_line()
+        what = _exit_text(code) if code is not None else f"not ready after {timeout}s"
         raise ServerError(f"nats-server {what}: {last}")
 
     def pin_ports(self) -> None:
@@ -302,6 +319,21 @@ class EmbeddedServer:
     def poll(self) -> int | None:
         """The exit code once the child has exited on its own, else None."""
         return self._proc.poll() if self._proc is not None else None
+
+    def exited(self) -> str | None:
+        """Why the child ended on its own ("killed by SIGKILL", "exited with code 1"); reaps it
+        and keeps its log tail. None while it runs, or when it was never started."""
+        proc = self._proc
+        if proc is None or proc.poll() is None:
+            return None
+        code = proc.returncode
+        self._reap()
+        return _exit_text(code)
+
+    def last_line(self) -> str:
+        """The last non-blank line the server logged, without its pid and time ("no output")."""
+        last = next((ln for ln in reversed(self._tail) if ln.strip()), "no output")
+        return _LOG_PREFIX.sub("", last).strip()
 
     def wait(self) -> int:
         """Block until the server exits on its own; returns its exit code."""
@@ -537,3 +569,99 @@ class NatsCluster:
         tb: TracebackType | None,
     ) -> None:
         await asyncio.to_thread(self.stop)
+
+
+def _exit_text(code: int) -> str:
+    """How a child ended, from its return code ("killed by SIGKILL", "exited with code 1")."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+class Supervisor:
+    """Keeps a started `EmbeddedServer` running: after a crash, starts it again on the same port
+    and store, waiting `backoff` seconds doubled for each earlier crash in the window (at most
+    `backoff_cap`); the `max_crashes`-th crash within `window` seconds raises `ServerGaveUp`."""
+
+    def __init__(
+        self,
+        server: EmbeddedServer,
+        *,
+        max_crashes: int = MAX_CRASHES,
+        window: float = CRASH_WINDOW,
+        backoff: float = BACKOFF,
+        backoff_cap: float = BACKOFF_CAP,
+        every: float = WATCH_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_crashes < 1:
+            raise ValueError("max_crashes must be at least 1")
+        self.server = server
+        self.max_crashes = max_crashes
+        self.window = window
+        self.backoff = backoff
+        self.backoff_cap = backoff_cap
+        self.every = every
+        self.clock = clock
+        self.crashes: list[float] = []  # clock times of the crashes still in the window
+        self.restarts = 0
+
+    def delay(self) -> float:
+        """Seconds to wait before the next start, from the crashes in the window."""
+        return min(self.backoff * 2.0 ** max(len(self.crashes) - 1, 0), self.backoff_cap)
+
+    def crashed(self, why: str) -> None:
+        """Count a crash now; raises `ServerGaveUp` when there were too many in the window."""
+        now = self.clock()
+        self.crashes = [t for t in self.crashes if now - t < self.window] + [now]
+        if len(self.crashes) >= self.max_crashes:
+            raise ServerGaveUp(
+                f"nats-server crashed {len(self.crashes)} times in {self.window:g} s: {why}"
+            )
+
+    async def run(self) -> None:
+        """Watch the server until cancelled, restarting it after each crash (see the class)."""
+        server = self.server
+        if server.port is None:
+            raise ServerError("start the embedded nats-server before supervising it")
+        server.requested_port = server.port  # clients reconnect to the URL they know
+        while True:
+            checkpoint()
+            await asyncio.sleep(self.every)
+            exited = server.exited()
+            if exited is None:
+                continue
+            why = f"{exited}, last logged: {server.last_line()}"
+            self.crashed(why)
+            log.warning(
+                "nats.crashed", why=why, restart_in_s=self.delay(), crashes=len(self.crashes)
+            )
+            await self._restart()
+
+    async def _restart(self) -> None:
+        """Start the server again after the backoff; a start that fails counts as a crash."""
+        while True:
+            checkpoint()
+            await asyncio.sleep(self.delay())
+            try:
+                await _finish_even_if_cancelled(asyncio.to_thread(self.server.start))
+            except ServerError as exc:
+                self.crashed(str(exc))
+                log.warning("nats.restart_failed", error=str(exc), retry_in_s=self.delay())
+                continue
+            self.restarts += 1
+            log.info("nats.restarted", url=self.server.url, restarts=self.restarts)
+            return
+
+
+async def _finish_even_if_cancelled(work: Awaitable[str]) -> str:
+    """Await `work`; a cancellation waits for it to end first, so that a server being started
+    in a thread is never stopped by someone else half-way through."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise

@@ -36,7 +36,7 @@ import structlog
 
 from events import subjects
 from events.aio import checkpoint
-from events.bus import Bus, Received, kv_key
+from events.bus import OUTAGE_ERRORS, Bus, Received, Replayed, kv_key
 from events.errors import RanvierError
 from events.model import (
     AXON,
@@ -63,6 +63,8 @@ DEFAULT_DURABLE: Final = "ranvier-executor"
 DEFAULT_CONCURRENCY: Final = 16
 DEFAULT_ACK_WAIT: Final = 10.0
 FINAL: Final = ("Succeeded", "Failed")
+SAVE_RETRY_FOR: Final = 30.0
+RETRY_DELAY: Final = 0.5
 NO_DEPLOYER: Final = (
     "no deployer in this executor: deployer actions run where the serving role is "
     "(`ranvier up`, or `ranvier run --role executor` with the deployer available)"
@@ -547,7 +549,19 @@ class ExecutorRunner:
         await self._publish(data)
 
     async def _save(self, record: TaskRun) -> None:
-        await self.bus.kv_put(subjects.RUNS_BUCKET, record.key, record.to_json())
+        """Write the run's record, again after an outage (a put is idempotent): a run that
+        finished while the server restarted must not be reported lost on redelivery."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SAVE_RETRY_FOR
+        while True:
+            try:
+                await self.bus.kv_put(subjects.RUNS_BUCKET, record.key, record.to_json())
+                return
+            except OUTAGE_ERRORS as exc:
+                if loop.time() >= deadline:
+                    raise
+                log.warning("executor.save_retried", run_id=record.id, error=str(exc) or repr(exc))
+                await asyncio.sleep(RETRY_DELAY)
 
     async def _publish(self, data: LifecycleData) -> None:
         event = data.to_event(source=SOURCE, id=lifecycle_event_id(data.run_id, data.phase))
@@ -564,28 +578,65 @@ class ExecutorRunner:
     # -- deleted Axons --------------------------------------------------------------------------
 
     async def _watch_axons(self) -> None:
-        """Stop the live runs of an Axon when it is deleted (new events only)."""
-        follow = self.bus.follow(filter_subject=subjects.events_filter(None, "axon"))
-        async with contextlib.aclosing(follow) as items:
-            async for item in items:
-                if item.event.type != AXON:
-                    continue
-                try:
-                    data = item.event.payload()
-                except EventError:
-                    continue
-                assert isinstance(data, AxonData)
-                where = (data.namespace, data.axon)
-                if data.action == "submitted":
-                    self._deleted.discard(where)
-                    continue
-                self._deleted.add(where)
-                stopped = await self.backend.cancel_axon(
-                    data.axon, data.namespace, "cancelled: axon deleted"
-                )
-                if self.deployer is not None:
-                    await self.deployer.undeploy_axon(data.namespace, data.axon)
-                log.info("executor.axon_deleted", axon=data.axon, stopped=stopped)
+        """Stop the live runs of an Axon when it is deleted (events after the start only).
+
+        A server restart forgets the ordered consumer under `follow`, so the follow is made
+        again after every reconnect, from the event after the last one seen.
+        """
+        since: int | None = None
+        while True:
+            checkpoint()
+            try:
+                if since is None:
+                    info = await self.bus.stream_info(subjects.EVENTS_STREAM)
+                    since = int(info.state.last_seq or 0) + 1
+                since = await self._follow_axons(since)
+            except OUTAGE_ERRORS as exc:
+                log.warning("executor.axon_watch_failed", error=str(exc) or repr(exc))
+                await asyncio.sleep(RETRY_DELAY)
+
+    async def _follow_axons(self, since: int) -> int:
+        """Handle Axon events from stream sequence `since` until the bus reconnects; returns
+        the sequence to follow from next."""
+        reconnected = asyncio.ensure_future(self.bus.next_reconnect())
+        follow = self.bus.follow(since=since, filter_subject=subjects.events_filter(None, "axon"))
+        item: asyncio.Future[Replayed] | None = None
+        try:
+            while True:
+                checkpoint()
+                item = asyncio.ensure_future(anext(follow))
+                await asyncio.wait({item, reconnected}, return_when=asyncio.FIRST_COMPLETED)
+                if not item.done():
+                    return since
+                since = item.result().seq + 1
+                await self._on_axon_event(item.result())
+        finally:
+            reconnected.cancel()
+            if item is not None and not item.done():
+                item.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await item
+            await follow.aclose()
+
+    async def _on_axon_event(self, item: Replayed) -> None:
+        if item.event.type != AXON:
+            return
+        try:
+            data = item.event.payload()
+        except EventError:
+            return
+        assert isinstance(data, AxonData)
+        where = (data.namespace, data.axon)
+        if data.action == "submitted":
+            self._deleted.discard(where)
+            return
+        self._deleted.add(where)
+        stopped = await self.backend.cancel_axon(
+            data.axon, data.namespace, "cancelled: axon deleted"
+        )
+        if self.deployer is not None:
+            await self.deployer.undeploy_axon(data.namespace, data.axon)
+        log.info("executor.axon_deleted", axon=data.axon, stopped=stopped)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,9 @@ from executors.registry import ModelRegistry
 from executors.runner import Deployer, ExecutorRunner
 from executors.serving.kv_table import ROUTER_URL_KEY, RouterRole
 from sensors.axons import AxonStore, StoredAxon
+from sensors.leases import DEFAULT_TTL
 from sensors.runtime import EngineRuntime
+from sensors.runtime import caught_up as engine_caught_up
 from sensors.spec import CalendarTrigger, RestTrigger
 from sensors.watcher import MetricsWatcher
 
@@ -126,6 +128,9 @@ class RoleOptions:
     registry: str | None = None
     registry_insecure: bool = False
     kube_poll_interval: float = 2.0
+    replica_id: str | None = None
+    """The engine's name in the partition leases (None: unique to the process)."""
+    lease_ttl: float = DEFAULT_TTL
 
 
 @dataclass(slots=True)
@@ -209,7 +214,9 @@ def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[st
     roles: dict[str, Any] = {}
     for name in names:
         if name == "engine":
-            roles[name] = engine = EngineRuntime(bus, durable=ENGINE_DURABLE)
+            roles[name] = engine = EngineRuntime(
+                bus, durable=ENGINE_DURABLE, replica=options.replica_id, lease_ttl=options.lease_ttl
+            )
             if options.telemetry is not None:
                 options.telemetry.add_stats("engine", _attribute(engine, "stats"))
         elif name == "executor":
@@ -270,6 +277,7 @@ async def run_roles(roles: dict[str, Any], stop: asyncio.Event) -> None:
         results = await asyncio.gather(*tasks, return_exceptions=True)
     for task, result in zip(tasks, results, strict=True):
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            log.error("role.failed", role=tasks[task], error=str(result) or repr(result))
             if isinstance(result, RanvierError):
                 raise result
             raise AppError(f"the {tasks[task]} role failed: {result!r}") from result
@@ -432,11 +440,7 @@ async def bus_idle(bus: Bus) -> bool:
     actions = await bus.stream_info(subjects.ACTIONS_STREAM)
     if actions.state.messages:
         return False
-    try:
-        info = await bus.js.consumer_info(subjects.EVENTS_STREAM, ENGINE_DURABLE)
-    except Exception:  # no engine consumer yet: it has not started, so it is not idle
-        return False
-    return not info.num_pending and not info.num_ack_pending
+    return await engine_caught_up(bus, ENGINE_DURABLE)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ from events.model import (
     LIFECYCLE,
     METRIC,
     REST,
+    TICK,
     ActionRequest,
     AxonData,
     CalendarData,
@@ -62,6 +63,7 @@ from events.model import (
     MetricData,
     PlannedAction,
     RestData,
+    TickData,
     canonical_json,
     format_time,
 )
@@ -994,14 +996,23 @@ def _fire(
     event_id: str,
     run_id: str,
     why: str,
+    decided_by: str | None = None,
 ) -> None:
-    """Try to start a run of `sensor`; record one decision either way."""
+    """Try to start a run of `sensor`; record one decision either way (under `decided_by`,
+    the event being stepped, when that is not the cause `event_id`)."""
     st = ax.sensor_state(sensor.name)
     fired_key = (ax.spec.key, sensor.name, event_id)
+    decision_id = decided_by or event_id
 
     def skip(reason: str) -> None:
         out.decide(
-            ax, event_id, sensor.name, trigger, matched=True, fired=False, reason=f"{why}; {reason}"
+            ax,
+            decision_id,
+            sensor.name,
+            trigger,
+            matched=True,
+            fired=False,
+            reason=f"{why}; {reason}",
         )
 
     if fired_key in out.fired:
@@ -1047,7 +1058,7 @@ def _fire(
     planned = _start_step(out, ax, sensor, run)
     out.decide(
         ax,
-        event_id,
+        decision_id,
         sensor.name,
         trigger,
         matched=True,
@@ -1437,8 +1448,10 @@ def _alert(
     event_id: str,
     shown: str,
     timed: bool,
+    decided_by: str | None = None,
 ) -> None:
-    """Run one Alert trigger's state machine at `out.now`; on ticks, record only transitions."""
+    """Run one Alert trigger's state machine at `out.now`; on ticks, record only transitions
+    (under `decided_by`, the tick event, when there is one)."""
     st = ax.alert_state(sensor.name, alert.name)
     now = out.now
     cond = alert.condition.evaluate(st.values)
@@ -1446,7 +1459,7 @@ def _alert(
     def note(reason: str) -> None:
         out.decide(
             ax,
-            event_id,
+            decided_by or event_id,
             sensor.name,
             alert.name,
             matched=True,
@@ -1533,6 +1546,7 @@ def _alert(
         event_id=cause,
         run_id=run_id,
         why=f"{shown}: {edge}" if shown else edge,
+        decided_by=decided_by,
     )
     return None
 
@@ -1577,12 +1591,20 @@ def _named(
     return None
 
 
+def _tick_event(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:
+    """A recorded tick: the Axon's alerts whose deadline is at or before the tick's `due`,
+    at that time (whenever the tick is stepped)."""
+    out.now = _seconds(cast(TickData, payload).due)
+    _tick_axon(out, ax, out.now, event_id)
+
+
 _Handler = Callable[[_Out, _AxonState, str, Any], None]
 _HANDLERS: Final[dict[str, _Handler]] = {
     LIFECYCLE: _lifecycle,
     METRIC: _metric,
     REST: _rest,
     CALENDAR: _calendar,
+    TICK: _tick_event,
     AXON: _lifecycle,  # never called: step() routes ranvier.axon events to _step_axon first
 }
 _PAYLOADS: Final[dict[str, Any]] = {
@@ -1590,6 +1612,7 @@ _PAYLOADS: Final[dict[str, Any]] = {
     METRIC: MetricData,
     REST: RestData,
     CALENDAR: CalendarData,
+    TICK: TickData,
 }
 
 
@@ -1608,32 +1631,36 @@ def _deadline(alert: _Alert, st: _AlertState) -> float | None:
 
 
 def _armed(state: EngineState) -> Iterable[tuple[_AxonState, _Sensor, _Alert, float]]:
-    """Alerts waiting on time, with their deadlines: Axons in key order, sensors in spec order.
+    """Alerts waiting on time, with their deadlines: Axons in key order, sensors in spec order."""
+    for key in sorted(state._axons):
+        yield from _armed_axon(state._axons[key])
+
+
+def _armed_axon(ax: _AxonState) -> Iterable[tuple[_AxonState, _Sensor, _Alert, float]]:
+    """One Axon's alerts waiting on time, with their deadlines, sensors in spec order.
 
     Only the sensors in `_AxonState.timed` are looked at (the runtime asks after every batch,
     and an Axon may have thousands of sensors); those found waiting on nothing are dropped.
     """
-    for key in sorted(state._axons):
-        ax = state._axons[key]
-        if ax.timed is None:
-            ax.timed = {s.name for s in ax.spec.order if s.alerts}
-        if not ax.timed:
-            continue
-        sensors = ax.spec.sensors
-        idle: list[str] = []
-        for sensor in sorted((sensors[n] for n in ax.timed if n in sensors), key=_position):
-            st = ax.sensors.get(sensor.name)
-            waiting = False
-            for name, alert in sensor.alerts.items():
-                ast = st.alerts.get(name) if st is not None else None
-                due = _deadline(alert, ast) if ast is not None else None
-                if due is not None:
-                    waiting = True
-                    yield ax, sensor, alert, due
-            if not waiting:
-                idle.append(sensor.name)
-        ax.timed.difference_update(idle)
-        ax.timed.intersection_update(sensors)
+    if ax.timed is None:
+        ax.timed = {s.name for s in ax.spec.order if s.alerts}
+    if not ax.timed:
+        return
+    sensors = ax.spec.sensors
+    idle: list[str] = []
+    for sensor in sorted((sensors[n] for n in ax.timed if n in sensors), key=_position):
+        st = ax.sensors.get(sensor.name)
+        waiting = False
+        for name, alert in sensor.alerts.items():
+            ast = st.alerts.get(name) if st is not None else None
+            due = _deadline(alert, ast) if ast is not None else None
+            if due is not None:
+                waiting = True
+                yield ax, sensor, alert, due
+        if not waiting:
+            idle.append(sensor.name)
+    ax.timed.difference_update(idle)
+    ax.timed.intersection_update(sensors)
 
 
 def _position(sensor: _Sensor) -> int:
@@ -1642,10 +1669,22 @@ def _position(sensor: _Sensor) -> int:
 
 def tick(state: EngineState, now: datetime) -> StepResult:
     """Apply the passing of time: fire alerts whose `for` or cooldown elapsed, resolve those
-    whose `keepFiringFor` ran out. Records only what changed."""
+    whose `keepFiringFor` ran out. Records only what changed.
+
+    A "what if" for dry runs (`sensors test --tick`); the live runtime records each tick as a
+    `ranvier.tick` event instead (`due_ticks`), which `step` applies to its Axon."""
     out = _Out(_seconds(now))
-    for ax, sensor, alert, due in list(_armed(state)):
-        if due > out.now:
+    for key in sorted(state._axons):
+        _tick_axon(out, state._axons[key], out.now)
+    return out.result()
+
+
+def _tick_axon(out: _Out, ax: _AxonState, until: float, tick_id: str | None = None) -> None:
+    """Run the alerts of one Axon due by `until`. Their decisions name the tick event when
+    there is one (`explain` of a tick says what it did), else the event that started the
+    pending episode; a firing's run id always derives from the latter."""
+    for _, sensor, alert, due in list(_armed_axon(ax)):
+        if due > until:
             continue
         ast = ax.sensors[sensor.name].alerts[alert.name]
         cause = ast.since_event if ast.phase == "pending" else ast.clear_event
@@ -1657,8 +1696,28 @@ def tick(state: EngineState, now: datetime) -> StepResult:
             event_id=cause or "tick",
             shown=f"tick at {_when(out.now)}",
             timed=True,
+            decided_by=tick_id,
         )
-    return out.result()
+
+
+def due_ticks(state: EngineState, now: datetime, after: datetime | None = None) -> list[TickData]:
+    """The tick each Axon needs now: its earliest deadline, if at or before `now` (and after
+    `after`, for deadlines already ticked that wait for a value). The runtime publishes them
+    as `ranvier.tick` events; `step` acts on them when they come back from the stream."""
+    limit, floor = _seconds(now), _seconds(after) if after is not None else -math.inf
+    out: list[TickData] = []
+    for key in sorted(state._axons):
+        ax = state._axons[key]
+        dues = [due for *_, due in _armed_axon(ax) if floor < due <= limit]
+        if dues:
+            out.append(
+                TickData(
+                    axon=ax.spec.name,
+                    namespace=ax.spec.namespace,
+                    due=datetime.fromtimestamp(min(dues), UTC),
+                )
+            )
+    return out
 
 
 def next_deadline(state: EngineState, after: datetime | None = None) -> datetime | None:

@@ -2,14 +2,17 @@
 
 `ranvier sensors test` answers "what would this Axon have done with these events?" before it is
 submitted, and replays a recording of a live run to explain it. It must agree with the live
-runtime, so it drives the very same `sensors.engine` functions; the clock is the events' own
-`time` (never the wall clock), and the output is canonical JSON, so the same input always gives
-byte-identical output.
+runtime, so it drives the very same `sensors.engine` functions at the same times: each event
+is stepped at its own `time` (as the live runtime steps it, never at the wall clock), and the
+ticks the live engine acted on are in the recording as `ranvier.tick` events, stepped like any
+other. So a recording of a live run replays exactly, timed Alerts included. The output is
+canonical JSON, so the same input always gives byte-identical output.
 
 The Axon counts as submitted (generation 1) just before the first event, unless the recording
 holds a `ranvier.axon` event for it (a live recording does); the synthetic submit event has a
-deterministic id derived from the Axon's namespace and name. With a tick interval, `tick()` is
-called at each tick boundary (the first event's time plus whole ticks) that falls between two
+deterministic id derived from the Axon's namespace and name. With a tick interval (a "what
+if" for recordings without ticks, such as hand-written ones), `tick()` is also called at each
+tick boundary (the first event's time plus whole ticks) that falls between two
 events and at which something waits on time; boundaries where nothing can happen are skipped,
 which gives the same output as calling `tick()` at every one of them.
 """
@@ -64,10 +67,8 @@ def replay(
             state, axon, 1, synthetic_submit(axon, recorded[0].time), recorded[0].time
         ).decisions
     last_boundary = start
-    now = recorded[0].time
     for event in recorded:
-        if event.time > now:  # the virtual clock never goes back
-            now, clock = event.time, _seconds(event.time)
+        clock = max(clock, _seconds(event.time))  # tick boundaries only move forward
         if tick is not None:
             for boundary in _boundaries(state, start, last_boundary, clock, tick):
                 last_boundary = boundary
@@ -76,9 +77,9 @@ def replay(
             payload = event.data
             generation = payload.get("generation")
             if isinstance(generation, int) and generation >= 1:
-                yield from engine.submit(state, axon, generation, event, now).decisions
+                yield from engine.submit(state, axon, generation, event, event.time).decisions
             continue
-        yield from engine.step(state, event, now).decisions
+        yield from engine.step(state, event, event.time).decisions
 
 
 def _boundaries(

@@ -43,6 +43,7 @@ import functools
 import gc
 import itertools
 import json
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -68,6 +69,7 @@ from events.model import (
     AxonData,
     DecisionData,
     Event,
+    TickData,
     canonical_json,
     format_time,
     new_id,
@@ -75,9 +77,19 @@ from events.model import (
 )
 from sensors import engine
 from sensors.axons import AxonStore, AxonStoreError
+from sensors.leases import DEFAULT_TTL, Lease, LeaseTable, assign, default_replica_id
 from sensors.spec import Axon
 
-__all__ = ["EngineRuntime", "RuntimeStats", "decision_event", "encode_action", "state_key"]
+__all__ = [
+    "EngineRuntime",
+    "PartitionEngine",
+    "RuntimeStats",
+    "caught_up",
+    "decision_event",
+    "encode_action",
+    "partition_durable",
+    "state_key",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -115,9 +127,36 @@ class RuntimeStats:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
+def partition_durable(durable: str, partition: int) -> str:
+    """The durable consumer name of one partition."""
+    return f"{durable}-p{partition}"
+
+
+async def caught_up(bus: Bus, durable: str = DURABLE) -> bool:
+    """Whether the engine has handled every stored event: for each partition holding events,
+    its consumer exists and has nothing undelivered or unacked."""
+    info = await bus.js.stream_info(subjects.EVENTS_STREAM, subjects_filter=subjects.STORED_EVENTS)
+    partitions = {int(subject.split(".")[2]) for subject in (info.state.subjects or {})}
+    for partition in sorted(partitions):
+        try:
+            consumer = await bus.js.consumer_info(
+                subjects.EVENTS_STREAM, partition_durable(durable, partition)
+            )
+        except nats.js.errors.NotFoundError:
+            return False
+        if consumer.num_pending or consumer.num_ack_pending:
+            return False
+    return True
+
+
 def state_key(namespace: str, name: str) -> str:
     """The `ranvier_state` key of one Axon's state."""
     return kv_key(namespace, name)
+
+
+def tick_id(tick: TickData) -> str:
+    """The event id of a tick: the same Axon and deadline give the same id."""
+    return _event_id("tick", f"{tick.namespace}.{tick.axon}.{format_time(tick.due)}", 0)
 
 
 def _event_id(prefix: str, base: str, index: int) -> str:
@@ -222,13 +261,56 @@ class _Pending:
         return not self.dirty and self.ack is None and not self.term
 
 
-class EngineRuntime:
-    """Runs the pure engine against the bus with exactly-once effects; `await run()`."""
+class _Fenced(Exception):
+    """The partition's lease is no longer valid: stop acting for it at once."""
+
+
+class _Records:
+    """Publishes the records of every partition a process holds.
+
+    Action requests and decision records go to streams that only engines write; while this
+    process holds every partition (`sole`), it is their only writer, and one ack per batch
+    will do (`Bus.publish_tail_acked`); the lock keeps its partitions' batches from
+    interleaving on a stream, which would break that check. Otherwise each record gets its
+    own ack.
+    """
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self.sole = True
+        self._last: dict[str, int | None] = {subjects.ACTIONS_STREAM: None, DECISIONS: None}
+        self._locks = {stream: asyncio.Lock() for stream in self._last}
+
+    async def tail(self, stream: str, items: list[Outgoing], window: int) -> None:
+        if not items:
+            return
+        async with self._locks[stream]:
+            last = self._last[stream] if self.sole else None
+            self._last[stream] = None  # unknown until the publish returns
+            self._last[stream] = await self._bus.publish_tail_acked(
+                items, last_seq=last, max_in_flight=window
+            )
+
+
+DECISIONS: Final = subjects.DECISIONS_STREAM
+
+
+class PartitionEngine:
+    """Steps one partition of the events stream with exactly-once effects; `await run()`.
+
+    Runs while its `lease` (if any) is valid: before every publish, state write and ack it
+    checks the lease, and stops with `_Fenced` the moment it is not. `drain()` asks it to
+    finish the batch in hand, write its state, ack and return (a graceful hand-over).
+    """
 
     def __init__(
         self,
         bus: Bus,
         *,
+        partition: int = 0,
+        partitions: int | None = None,
+        lease: Lease | None = None,
+        records: _Records | None = None,
         durable: str = DURABLE,
         batch: int = 1024,
         max_wait: float = 0.5,
@@ -238,7 +320,11 @@ class EngineRuntime:
     ) -> None:
         self._bus = bus
         self._axons = AxonStore(bus)
-        self.durable = durable
+        self.partition = partition
+        self.partitions = partitions or bus.partitions
+        self.lease = lease
+        self._records = records or _Records(bus)
+        self.durable = partition_durable(durable, partition)
         self.batch = batch
         self.max_wait = max_wait
         self.ack_wait = ack_wait
@@ -257,34 +343,41 @@ class EngineRuntime:
         self._pending = _Pending()
         self._flusher: asyncio.Future[None] | None = None
         self._written_at = 0.0  # loop time the last state write started
-        self._actions_seq: int | None = None  # RANVIER_ACTIONS' last sequence, if known
         # Msg-Ids of run records: unique to this process and record (a ULID each cost 2%).
         self._instance = new_id()
         self._record_ids = itertools.count(1)
-        self._decisions_seq: int | None = None  # RANVIER_DECISIONS' last sequence, if known
-        self._frozen_at = 0.0  # loop time of the last _keep_heap_old
-        self._thawed_at = 0.0  # ... and of the last one over every object
-        self._ticked_at: datetime | None = None
+        self._ticked: set[tuple[str, str, datetime]] = set()  # ticks published, still due
         self._due: datetime | None = None
+        self._draining = False
         self.ready = asyncio.Event()
         """Set once state is loaded and the consumer is in place (tests and `up` wait on it)."""
 
     # -- life cycle ----------------------------------------------------------------------------
 
+    def drain(self) -> None:
+        """Finish the batch in hand, write the state, ack, and return from `run()`."""
+        self._draining = True
+
+    def _fence(self) -> None:
+        if self.lease is not None and not self.lease.valid():
+            raise _Fenced(f"the lease of partition {self.partition} is no longer valid")
+
     async def run(self) -> None:
-        """Consume and decide until cancelled."""
+        """Consume and decide until cancelled or drained (raises `_Fenced` on a lost lease)."""
         try:
             await self._restart_until_ok()  # the server may be slow to answer at first
             self.ready.set()
-            while True:
+            while not self._draining:
                 checkpoint()  # a cancellation a library swallowed stops us here
                 try:
                     await self._loop_once()
                 except (_Conflict, BusError, nats.errors.Error, TimeoutError) as exc:
                     self.stats.failures += 1
-                    log.warning("runtime.batch_failed", error=str(exc) or repr(exc))
+                    why = str(exc) or repr(exc)
+                    log.warning("runtime.batch_failed", partition=self.partition, error=why)
                     await asyncio.sleep(_RETRY_DELAY)
                     await self._restart_until_ok()
+            await self._write_all()
         finally:
             # Stopping must not hang on a stuck connection: what is not written is redelivered.
             try:
@@ -297,8 +390,19 @@ class EngineRuntime:
                 log.warning("runtime.stop_timed_out", seconds=_STOP_WITHIN)
             self._consumer = None
 
+    async def _write_all(self) -> None:
+        """Write and ack everything stepped so far (a drained partition hands over clean)."""
+        while True:
+            checkpoint()
+            self._kick(force=True)  # raises what the last write raised
+            flusher = self._flusher
+            if flusher is None:  # nothing in flight, nothing pending
+                return
+            await asyncio.wait([flusher])
+
     async def _restart_until_ok(self) -> None:
         while True:
+            self._fence()
             try:
                 await self._restart()
                 return
@@ -314,9 +418,8 @@ class EngineRuntime:
             self._consumer = None
         await self._load_state()
         _keep_heap_old(everything=True)
-        self._frozen_at = self._thawed_at = asyncio.get_running_loop().time()
         self._consumer = await self._recreate_consumer()
-        self._ticked_at = None
+        self._ticked.clear()
         self._due = engine.next_deadline(self._state)
 
     async def _recreate_consumer(self) -> Consumer:
@@ -340,7 +443,9 @@ class EngineRuntime:
             max_ack_pending=self.max_ack_pending,
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start,
+            filter_subject=subjects.partition_filter(self.partition),
         )
+        self._fence()  # a replica that lost the lease must not reset the new holder's consumer
         await self._bus.js.add_consumer(stream, config)
         consumer = Consumer(self._bus.nc, stream=stream, durable=self.durable)
         log.info("runtime.consuming", durable=self.durable, from_seq=start)
@@ -352,6 +457,8 @@ class EngineRuntime:
         self._runs.clear()
         bucket = subjects.STATE_BUCKET
         for key in await self._bus.kv_keys(bucket):
+            if not self._owns_key(key):
+                continue
             got = await self._bus.kv_get(bucket, key)
             if got is None:
                 continue
@@ -374,7 +481,12 @@ class EngineRuntime:
                 log.error("runtime.state_not_loaded", axon=f"{ns}/{name}", error=str(exc))
                 continue
             slot.loaded = True
-        log.info("runtime.state_loaded", axons=len(self._slots))
+        log.info("runtime.state_loaded", partition=self.partition, axons=len(self._slots))
+
+    def _owns_key(self, key: str) -> bool:
+        """Whether a state key (`<namespace>.<axon>` tokens) is an Axon of this partition."""
+        _, _, name = key.partition(".")
+        return subjects.partition_of(name, self.partitions) == self.partition
 
     async def _spec(self, namespace: str, name: str, generation: int) -> Axon:
         cached = self._specs.get((namespace, name, generation))
@@ -406,34 +518,36 @@ class EngineRuntime:
         if received:
             with _gc_paused():
                 await self._process(received)
-            self._ticked_at = None  # new values may have unblocked an overdue deadline
+            self._due = engine.next_deadline(self._state)  # the batch may have set one
         elif self._flusher is not None:  # idle: let the state write finish, then write the rest
             await asyncio.wait([self._flusher])
         await self._maybe_tick()
-        now = asyncio.get_running_loop().time()
-        if now - self._frozen_at >= _REFREEZE_EVERY:
-            self._frozen_at = now
-            everything = now - self._thawed_at >= _UNFREEZE_EVERY
-            if everything:
-                self._thawed_at = now
-            _keep_heap_old(everything=everything)
 
     async def _maybe_tick(self) -> None:
-        # next_deadline looks at every armed alert: once per loop, not per fetch and tick.
-        due = self._due = engine.next_deadline(self._state, self._ticked_at)
+        """Publish a `ranvier.tick` event for each deadline the wall clock has passed.
+
+        Time is data: the engine acts on a tick only when it comes back from the stream, in
+        order with every other event, so a dry run over a recording decides exactly what this
+        runtime decided (`sensors.replay`). Each tick's id derives from its Axon and deadline:
+        published again (a restart, a new holder of the partition), the stream stores it once.
+        """
         now = utcnow()
+        due = self._due
         if due is None or due > now:
             return
-        result = engine.tick(self._state, now)
-        self._ticked_at = now
+        ticks = engine.due_ticks(self._state, now)
+        current = {(t.namespace, t.axon, t.due) for t in ticks}
+        self._ticked.intersection_update(current)  # what is no longer due needs no memory
+        fresh = [t for t in ticks if (t.namespace, t.axon, t.due) not in self._ticked]
         self._due = engine.next_deadline(self._state, now)
-        self.stats.ticks += 1
-        if not (result.decisions or result.actions or result.touched):
+        if not fresh:
             return
-        batch = _Batch(now=now)
-        stamp = format_time(now)
-        self._collect(batch, result, f"tick@{stamp}", None, 0)
-        await self._commit(batch)
+        self._fence()
+        await self._bus.publish_many(
+            [t.to_event(source=SOURCE, id=tick_id(t), time=t.due) for t in fresh]
+        )
+        self._ticked.update((t.namespace, t.axon, t.due) for t in fresh)
+        self.stats.ticks += len(fresh)
 
     async def _process(self, received: Sequence[Received]) -> None:
         now = utcnow()
@@ -452,14 +566,16 @@ class EngineRuntime:
                 self.stats.redelivered += 1
                 batch.ack.append(rec)
                 continue
+            # The event's own time, never the wall clock: a dry run over a recording steps
+            # each event at the same time, so it decides the same (`sensors.replay`).
             if event.type == AXON:
-                result = await self._axon_event(event, now)
+                result = await self._axon_event(event, event.time)
                 if result is None:
                     self._reject(batch, rec, "invalid", f"event {event.id}: invalid axon event")
                     continue
                 new_spec = True
             else:
-                result = engine.step(self._state, event, now)
+                result = engine.step(self._state, event, event.time)
             if result.ignored is not None:
                 if event.type != AXON:  # unknown type, invalid payload, no Axon named
                     self._reject(batch, rec, "ignored", result.ignored)
@@ -528,19 +644,18 @@ class EngineRuntime:
         Re-publishing the records of such events stores nothing new (their Msg-Ids).
         """
         stamp = format_time(batch.now)
-        actions_seq, decisions_seq = self._actions_seq, self._decisions_seq
         actions = [encode_action(a, stamp) for a in batch.actions]
         decisions = [decision_event(d, ev_id, stamp) for ev_id, d in batch.decisions]
         runs = await self._run_records(batch, stamp)
-        # Actions and decisions go to streams only the engine writes: one ack per stream and
-        # batch will do (`publish_tail_acked`). Run records share their bucket with the
-        # executors' records, so each has its own ack.
-        self._actions_seq = self._decisions_seq = None  # unknown until the publishes return
+        # Actions and decisions go to streams only engines write: one ack per stream and
+        # batch will do while this process holds every partition (`_Records`). Run records
+        # share their bucket with the executors' records, so each has its own ack.
         window = self.max_in_flight
-        _, self._actions_seq, self._decisions_seq = await asyncio.gather(
+        self._fence()
+        await asyncio.gather(
             self._bus.publish_many_encoded(runs, max_in_flight=window),
-            self._bus.publish_tail_acked(actions, last_seq=actions_seq, max_in_flight=window),
-            self._bus.publish_tail_acked(decisions, last_seq=decisions_seq, max_in_flight=window),
+            self._records.tail(subjects.ACTIONS_STREAM, actions, window),
+            self._records.tail(DECISIONS, decisions, window),
         )
         pending = self._pending
         for key, seq in batch.dirty.items():
@@ -558,7 +673,7 @@ class EngineRuntime:
             log.debug("runtime.batch", actions=len(batch.actions), acked=len(batch.ack))
         self._kick()
 
-    def _kick(self) -> None:
+    def _kick(self, *, force: bool = False) -> None:
         """Start writing what is pending unless a write is in flight (raises if one failed).
 
         Only called between batches (never between a step and its publish), so the state
@@ -576,7 +691,7 @@ class EngineRuntime:
             return
         now = asyncio.get_running_loop().time()
         unacked = pending.acked + len(pending.term)
-        if now < self._write_due() and unacked < self.max_ack_pending // 2:
+        if not force and now < self._write_due() and unacked < self.max_ack_pending // 2:
             return  # written soon; sooner only if unacked messages could stall the consumer
         self._written_at = now
         self._pending = _Pending()
@@ -606,6 +721,7 @@ class EngineRuntime:
                 values[key] = "".join(pieces).encode()
         if big:  # joined and compressed in a thread (zlib releases the GIL): stepping goes on
             values.update(await asyncio.to_thread(_compress, big))
+        self._fence()
         writes = [
             self._write(key, seq, values[key], loaded=records[key][1]) for key, seq in dirty.items()
         ]
@@ -613,6 +729,7 @@ class EngineRuntime:
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         if failed:
             raise _Conflict(f"state write failed: {failed[0]!r}")
+        self._fence()  # the new holder owns the consumer's acks
         if pending.ack is not None:  # ack-all: acking the last acks the earlier messages
             await pending.ack.ack()
         for rec in pending.term:
@@ -639,6 +756,8 @@ class EngineRuntime:
         """
         slot = self._slots[key]
         header: dict[str, Any] = {"namespace": slot.namespace, "axon": slot.name, "seq": seq}
+        if self.lease is not None:  # which holder wrote it (diagnostics; the CAS protects it)
+            header["epoch"] = self.lease.epoch
         try:
             pieces = self._state.dump_axon_parts(key)
         except engine.EngineError:  # its state is gone (deleted)
@@ -776,6 +895,225 @@ class EngineRuntime:
         self._runs.move_to_end(key)
         while len(self._runs) > RUN_RECORDS_KEPT:
             self._runs.popitem(last=False)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A partition this replica holds, and the task stepping it."""
+
+    lease: Lease
+    engine: PartitionEngine
+    task: asyncio.Task[None]
+    releasing: bool = False
+
+
+class EngineRuntime:
+    """The engine role: holds partitions by lease and steps each held one; `await run()`.
+
+    Any number of replicas may run against one bus; each steps only the partitions it holds
+    (`sensors.leases`), so no partition is ever stepped by two replicas at once, and one
+    replica alone holds them all. Cancelling `run()` hands over gracefully: every partition
+    finishes its batch, writes its state and acks, then its lease is released (within
+    `_STOP_WITHIN` seconds; what is not written by then is redelivered to the next holder).
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        replica: str | None = None,
+        lease_ttl: float = DEFAULT_TTL,
+        durable: str = DURABLE,
+        **options: Any,
+    ) -> None:
+        """`options` go to each `PartitionEngine` (batch, max_wait, write_interval, ...)."""
+        self._bus = bus
+        self.replica = replica or default_replica_id()
+        self.lease_ttl = lease_ttl
+        self.durable = durable
+        self._options = options
+        self._records = _Records(bus)
+        self._held: dict[int, _Held] = {}
+        self._free_since: dict[int, float] = {}
+        self._retired = RuntimeStats()
+        self._wake = asyncio.Event()
+        self.ready = asyncio.Event()
+        """Set once this replica has taken part in one assignment and its partitions are
+        loaded and consuming."""
+
+    @property
+    def partitions(self) -> list[int]:
+        """The partitions this replica holds now."""
+        return sorted(self._held)
+
+    @property
+    def stats(self) -> RuntimeStats:
+        """Counters over every partition this replica held since it started."""
+        total = RuntimeStats()
+        for stats in (self._retired, *(h.engine.stats for h in self._held.values())):
+            _add_stats(total, stats)
+        return total
+
+    async def run(self) -> None:
+        """Hold and step partitions until cancelled."""
+        table = LeaseTable(
+            self._bus, replica=self.replica, partitions=self._bus.partitions, ttl=self.lease_ttl
+        )
+        loop = asyncio.get_running_loop()
+        frozen = thawed = loop.time()
+        try:
+            await self._open(table)
+            while True:
+                checkpoint()
+                try:
+                    await self._beat(table)
+                except (BusError, nats.errors.Error, TimeoutError) as exc:
+                    log.warning("runtime.beat_failed", error=str(exc) or repr(exc))
+                if not self.ready.is_set():
+                    await self._await_ready(table.beat)
+                now = loop.time()
+                if now - frozen >= _REFREEZE_EVERY:  # see _keep_heap_old
+                    everything = now - thawed >= _UNFREEZE_EVERY
+                    thawed = now if everything else thawed
+                    frozen = now
+                    _keep_heap_old(everything=everything)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(table.beat, _REFREEZE_EVERY)):
+                        await self._wake.wait()
+        finally:
+            await self._hand_over(table)
+
+    async def _await_ready(self, within: float) -> None:
+        """Set `ready` once every held partition consumes (waiting at most `within`)."""
+        waiting = [asyncio.ensure_future(h.engine.ready.wait()) for h in self._held.values()]
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=within)
+            for task in pending:
+                task.cancel()
+            if pending:
+                return
+        self.ready.set()
+
+    async def _open(self, table: LeaseTable) -> None:
+        while True:
+            checkpoint()
+            try:
+                await table.open()
+                return
+            except BusError as exc:
+                if "partitions" in str(exc):  # a configuration error: nothing to retry
+                    raise
+                log.warning("runtime.leases_unavailable", error=str(exc))
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("runtime.leases_unavailable", error=str(exc) or repr(exc))
+            await asyncio.sleep(_RETRY_DELAY)
+
+    async def _beat(self, table: LeaseTable) -> None:
+        """Renew, then release what moved to another replica and take what is free and ours."""
+        for partition, held in list(self._held.items()):
+            if held.task.done():
+                self._reap(partition, held)
+        held_now = list(self._held.values())
+        _, *renewed = await asyncio.gather(
+            table.heartbeat(), *(table.renew(held.lease) for held in held_now)
+        )
+        for held, ok in zip(held_now, renewed, strict=True):
+            if not ok:
+                log.warning("runtime.lease_lost", partition=held.lease.partition)
+                held.task.cancel()  # fenced already; nothing of it may be written now
+        members = await table.members()
+        if self.replica not in members:
+            members.append(self.replica)  # our heartbeat is in; a lagging read may miss it
+        owners = await table.owners()
+        target = assign(members, table.partitions)
+        now = time.monotonic()
+        for partition, held in self._held.items():
+            if target[partition] != self.replica and not held.releasing:
+                held.releasing = True
+                held.engine.drain()
+                log.info("runtime.partition_moving", partition=partition, to=target[partition])
+        for partition, owner in enumerate(owners):
+            if partition in self._held or (owner is not None and not table.mine(owner)):
+                self._free_since.pop(partition, None)
+                continue
+            since = self._free_since.setdefault(partition, now)
+            if target[partition] == self.replica or now - since > table.ttl:
+                await self._take(table, partition, free_for=now - since)
+
+    async def _take(self, table: LeaseTable, partition: int, *, free_for: float) -> None:
+        lease = await table.acquire(partition)
+        if lease is None:
+            return
+        self._free_since.pop(partition, None)
+        engine_ = PartitionEngine(
+            self._bus,
+            partition=partition,
+            partitions=table.partitions,
+            lease=lease,
+            records=self._records,
+            durable=self.durable,
+            **self._options,
+        )
+        task = asyncio.create_task(self._step(table, engine_), name=f"partition-{partition}")
+        self._held[partition] = _Held(lease, engine_, task)
+        self._records.sole = len(self._held) == table.partitions
+        log.info(
+            "runtime.partition_taken",
+            partition=partition,
+            replica=self.replica,
+            epoch=lease.epoch,
+            seen_free_for=round(free_for, 3),
+        )
+
+    async def _step(self, table: LeaseTable, engine_: PartitionEngine) -> None:
+        """Run one partition; on a graceful end, release its lease."""
+        try:
+            await engine_.run()
+        except _Fenced as exc:
+            log.warning("runtime.fenced", partition=engine_.partition, reason=str(exc))
+            return
+        finally:
+            self._wake.set()
+        if engine_.lease is not None:
+            await table.release(engine_.lease)
+            log.info("runtime.partition_released", partition=engine_.partition)
+
+    def _reap(self, partition: int, held: _Held) -> None:
+        """Forget a partition whose task ended (released, fenced or failed)."""
+        del self._held[partition]
+        self._records.sole = False
+        _add_stats(self._retired, held.engine.stats)
+        if not held.task.cancelled() and (exc := held.task.exception()) is not None:
+            log.error("runtime.partition_failed", partition=partition, error=repr(exc))
+
+    async def _hand_over(self, table: LeaseTable) -> None:
+        """Drain every partition, release its lease and leave (bounded in time)."""
+        for held in self._held.values():
+            held.engine.drain()
+        tasks = [h.task for h in self._held.values()]
+        try:
+            async with asyncio.timeout(_STOP_WITHIN):
+                if tasks:
+                    await asyncio.wait(tasks)
+                await table.leave()
+        except (TimeoutError, BusError, nats.errors.Error) as exc:
+            log.warning("runtime.hand_over_incomplete", error=str(exc) or repr(exc))
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        for partition, held in list(self._held.items()):
+            self._reap(partition, held)
+
+
+def _add_stats(total: RuntimeStats, more: RuntimeStats) -> None:
+    for name in RuntimeStats.__dataclass_fields__:
+        if name == "reasons":
+            for reason, count in more.reasons.items():
+                total.reasons[reason] = total.reasons.get(reason, 0) + count
+        else:
+            setattr(total, name, getattr(total, name) + getattr(more, name))
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ import structlog
 
 from events import subjects
 from events.aio import checkpoint
-from events.bus import Bus, BusError, kv_key
+from events.bus import OUTAGE_ERRORS, Bus, kv_key
 from events.model import MetricData
 from events.telemetry import Telemetry
 from events.watchers.metrics import DEFAULT_TIMEOUT, PrometheusReader, Scraper, instance_of
@@ -252,7 +252,7 @@ class MetricsWatcher:
     async def _refresh_plans(self, now: float) -> None:
         try:
             stored = await self._store.list()
-        except BusError as exc:
+        except OUTAGE_ERRORS as exc:
             log.warning("watcher.axons_unreadable", error=str(exc))
             return
         self._refreshed = now
@@ -290,7 +290,7 @@ class MetricsWatcher:
     async def _guarded_tick(self, plan: WatchPlan) -> None:
         try:
             await self.tick(plan)
-        except (BusError, OSError) as exc:
+        except OUTAGE_ERRORS as exc:
             self.stats.failures += 1
             log.warning("watcher.tick_failed", axon=plan.name, error=str(exc))
         finally:

@@ -26,7 +26,7 @@ import structlog
 
 from events import subjects
 from events.aio import checkpoint
-from events.bus import Bus, RevisionMismatch, kv_key
+from events.bus import OUTAGE_ERRORS, Bus, RevisionMismatch, kv_key
 from events.model import CalendarData, format_time, utcnow
 from events.watchers.calendar import DEFAULT_MAX_CATCH_UP, Schedule, tick_event_id
 
@@ -34,6 +34,7 @@ log = structlog.get_logger(__name__)
 
 SOURCE: Final = "ranvier/calendar"
 DEFAULT_REFRESH: Final = 5.0
+RETRY_DELAY: Final = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,17 @@ class CalendarWatcher:
         log.info("calendar.started")
         while True:
             checkpoint()
-            triggers = await self.provider()
-            now = self.clock()
             wake = self.refresh
-            for trigger in triggers:
-                await self.publish_due(trigger, now)
-                until = (trigger.schedule.next_after(now) - now).total_seconds()
-                wake = min(wake, max(until, 0.01))
+            try:
+                triggers = await self.provider()
+                now = self.clock()
+                for trigger in triggers:
+                    await self.publish_due(trigger, now)
+                    until = (trigger.schedule.next_after(now) - now).total_seconds()
+                    wake = min(wake, max(until, 0.01))
+            except OUTAGE_ERRORS as exc:  # the mark did not move: the next turn publishes them
+                log.warning("calendar.turn_failed", error=str(exc) or repr(exc))
+                wake = min(wake, RETRY_DELAY)
             await asyncio.sleep(wake)
 
     async def publish_due(self, trigger: ScheduledTrigger, now: datetime) -> list[datetime]:

@@ -131,7 +131,11 @@ class Feedback(_Message):
 
     request: SeldonMessage | None = Field(None, description="The prediction request.")
     response: SeldonMessage | None = Field(
-        None, description="The answer, with its meta.requestPath (the router routes by it)."
+        None,
+        description=(
+            "The answer, with its meta.requestPath: the router sends the feedback to the versions "
+            "it names. Without it, the router sends it to every version serving /predict now."
+        ),
     )
     reward: float | None = Field(None, description="How good the answer was, e.g. 0..1.")
     truth: SeldonMessage | None = Field(None, description="The right answer, if known.")

@@ -5,7 +5,8 @@ behind it. The decisions (who answers, DAG order, what a node receives) are the 
 of `routing.py`; this module only moves bytes: one shared `httpx.AsyncClient` (pooled
 connections, timeouts) for every backend call, shadows mirrored as fire-and-forget tasks whose
 errors are only counted, and feedback sent to the version named in the answer's
-`meta.requestPath`.
+`meta.requestPath`, or, when the feedback carries no answer (Myelin's and Seldon's clients send
+`request` + `reward`), to every version serving `/predict` now.
 
 The table comes from a `TableSource` (a file, memory, or the `ranvier_models` KV bucket). A
 new table is compiled first (a bad one is refused and the old one kept) and then swapped in by
@@ -45,10 +46,12 @@ from events.errors import RanvierError
 from executors.serving import protocol
 from executors.serving.protocol import ErrorResponse, Feedback, ProtocolError, SeldonMessage
 from executors.serving.routing import (
+    DEFAULT_NODE_PATH,
     FEEDBACK_PATH,
     Backend,
     CompiledRoute,
     CompiledTable,
+    FeedbackError,
     Node,
     RoutingError,
     RoutingTable,
@@ -60,6 +63,7 @@ from executors.serving.routing import (
     node_url,
     route_output,
     select_backends,
+    serving_feedback_backends,
     shadows,
 )
 from executors.serving.server import (
@@ -484,18 +488,38 @@ class Router:
         except ProtocolError as exc:
             return error_response(400, str(exc))
         meta = feedback.response.meta if feedback.response is not None else None
-        if meta is None or not meta.request_path:
-            return error_response(
-                400,
-                "feedback has no response.meta.requestPath; send the router's answer as 'response'",
-            )
-        targets = feedback_backends(deployers, meta.request_path)
-        if not targets:
-            return error_response(
-                404,
-                "no version named in response.meta.requestPath is routed any more: "
-                + ", ".join(f"{k}={v}" for k, v in sorted(meta.request_path.items())),
-            )
+        if meta is not None and meta.request_path:
+            targets = feedback_backends(deployers, meta.request_path)
+            if not targets:
+                return self._feedback_error(
+                    axon,
+                    404,
+                    "no version named in response.meta.requestPath is routed any more: "
+                    + ", ".join(f"{k}={v}" for k, v in sorted(meta.request_path.items())),
+                )
+        else:
+            # No answer to follow back (Myelin's and Seldon's clients send request + reward):
+            # the versions serving the /predict route next to this feedback path now.
+            predict = path.removesuffix(FEEDBACK_PATH) + DEFAULT_NODE_PATH
+            route = compiled.routes.get((axon, predict))
+            if route is None:
+                return self._feedback_error(
+                    axon,
+                    400,
+                    f"feedback without response.meta.requestPath goes to the versions serving "
+                    f"{predict}, and axon {axon!r} has no route {predict} on this router; "
+                    "send the router's answer as 'response'",
+                )
+            try:
+                targets = serving_feedback_backends(route, request.headers)
+            except FeedbackError as exc:
+                return self._feedback_error(axon, exc.status, str(exc))
+        log.debug(
+            "router.feedback_forwarded",
+            axon=axon,
+            by="requestPath" if meta is not None and meta.request_path else "weights",
+            backends=[b.key for b in targets],
+        )
         try:
             responses = await asyncio.gather(
                 *(self._post(feedback_url(b), body, ctype) for b in targets)
@@ -505,6 +529,10 @@ class Router:
         worst = max(responses, key=lambda r: r.status)
         self.stats.requests.labels(axon, FEEDBACK_PATH, str(worst.status)).inc()
         return Response(worst.content, status_code=worst.status, media_type=worst.content_type)
+
+    def _feedback_error(self, axon: str, status: int, reason: str) -> Response:
+        self.stats.requests.labels(axon, FEEDBACK_PATH, str(status)).inc()
+        return error_response(status, reason)
 
     async def health(self) -> Response:
         """GET /health: 200 once a table is loaded."""
@@ -619,7 +647,10 @@ def create_router_app(
             **ERROR_RESPONSES,
         },
         openapi_extra=request_body_spec(Feedback),
-        summary="Feedback, forwarded to the version that answered (meta.requestPath)",
+        summary=(
+            "Feedback, forwarded to the version that answered (response.meta.requestPath), "
+            "else to every version serving /predict now"
+        ),
         name="feedback",
     )
     app.add_api_route(

@@ -3,9 +3,9 @@
 Everything that decides where a request goes is here, over plain data, with no I/O: building
 the routing table from a deployer's spec and its deployed versions (rolloutSpec weights across
 versions, routingStrategy weights across backend models, shadows), the weighted choice with an
-injected random source, the DAG's levels and what each node receives. `router.py` only moves
-bytes according to these answers, so the decisions are tested table-driven and fast, and the
-HTTP tests only have to show that the bytes move.
+injected random source, the DAG's levels and what each node receives, and where feedback goes.
+`router.py` only moves bytes according to these answers, so the decisions are tested
+table-driven and fast, and the HTTP tests only have to show that the bytes move.
 
 The table is JSON (it lives in the `ranvier_models` KV bucket once the bus lands): per axon and
 deployer, its routes (DAG nodes) and its models, each with backends `{name, version, url,
@@ -30,6 +30,14 @@ FEEDBACK_PATH = "/send-feedback"
 
 class RoutingError(RanvierError, ValueError):
     """A routing table that cannot route (unknown model, cycle, no weights)."""
+
+
+class FeedbackError(RoutingError):
+    """Feedback the router has nowhere to send; `status` is its HTTP answer."""
+
+    def __init__(self, message: str, *, status: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
 
 
 class _Table(BaseModel):
@@ -429,4 +437,50 @@ def feedback_backends(
             match = next((b for b in candidates if b.key == key and not b.shadow), None)
             if match is not None and all(match.url != f.url for f in found):
                 found.append(match)
+    return found
+
+
+def serving_feedback_backends(route: CompiledRoute, headers: Mapping[str, str]) -> list[Backend]:
+    """Where feedback that names no version goes: every version answering `route` now.
+
+    Myelin's and Seldon's clients send feedback as `request` + `reward`, without the answer and
+    so without `meta.requestPath`. When the route calls one model of the deployer, the reward
+    is about that model, whichever version answered: it goes to every version with a share of
+    the route's traffic now (weight > 0 among the backends the feedback's headers select, as a
+    prediction's headers would). Each version's server counts it, and an Axon's value of a
+    gauge is the mean over its versions, so the Alert that reads it sees the reward. Shadows
+    are left out: their answers never reach a caller, so no reward is about them (feedback
+    that names its versions never reaches a shadow either).
+
+    A route calling several models of the deployer (a DAG) is refused with status 400: the
+    reward could be about any of them and any of their versions, and only the answer's
+    `meta.requestPath` says which. External models (`fullPath`) never get feedback.
+    """
+    where = f"route {route.route.path} of {route.deployer.axon}/{route.deployer.name}"
+    send_response = "send the router's answer as 'response' (it carries meta.requestPath)"
+    served = [n for n in route.route.dag if n.full_path is None]
+    if len(served) > 1:
+        names = ", ".join(n.model for n in served)
+        raise FeedbackError(
+            f"feedback without response.meta.requestPath is ambiguous: {where} is a DAG of "
+            f"{len(served)} models ({names}), and the reward may be about any of them",
+            status=400,
+            hint=send_response,
+        )
+    if not served:
+        raise FeedbackError(
+            f"{where} calls only external models (fullPath); the router sends them no feedback",
+            status=404,
+        )
+    model = route.models[served[0].model]
+    found: list[Backend] = []
+    for backend in select_backends(model, headers):
+        if backend.shadow or backend.weight <= 0 or any(backend.url == f.url for f in found):
+            continue
+        found.append(backend)
+    if not found:
+        raise FeedbackError(
+            f"{where}: no version of model {model.name!r} is serving; deploy a version first",
+            status=503,
+        )
     return found

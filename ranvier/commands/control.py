@@ -4,9 +4,13 @@
 process, the Axon submitted, progress on screen, and (with `--until`) an exit code scripts can
 trust. `-d` runs the same command in the background, in its own session, with its output in
 `<state-dir>/up.log`, and returns when it is up (or its goal reached); `ranvier down` stops it
-through its pid file. The other commands are thin readers of the KV records the roles write
-(`get`, `list`, `watch`, `logs`) or one call into the Axon store (`submit`, `delete`,
-`trigger`), and take the same connection flags as every command that connects.
+through its pid file. Its embedded nats-server is supervised (`events.server.Supervisor`):
+after a crash it is started again on its port and store and the roles reconnect; when it keeps
+crashing, `up` stops with that reason, recorded as `stopped` in `up.json`.
+
+The other commands are thin readers of the KV records the roles write (`get`, `list`, `watch`,
+`logs`) or one call into the Axon store (`submit`, `delete`, `trigger`), and take the same
+connection flags as every command that connects.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from events.bus import Bus
-from events.server import EmbeddedServer
+from events.aio import checkpoint
+from events.bus import OUTAGE_ERRORS, Bus
+from events.errors import RanvierError
+from events.server import EmbeddedServer, Supervisor
 from events.telemetry import Telemetry
 from executors.backends.local import group_members, stop_tree
 from executors.runner import TaskRun, task_run_key
@@ -42,6 +48,7 @@ from ranvier.app import (
     ROLES,
     AppError,
     Goal,
+    GoalCheck,
     RoleOptions,
     available_roles,
     axon_status,
@@ -65,6 +72,7 @@ from ranvier.commands.common import (
 )
 from ranvier.settings import Settings, remove_url_file, write_url_file
 from sensors.axons import AxonStore, StoredAxon
+from sensors.leases import DEFAULT_TTL
 from sensors.loader import load_axon
 from sensors.spec import Axon
 
@@ -75,6 +83,7 @@ STATUS_FILE: Final = "up.json"
 LOG_FILE: Final = "up.log"
 POLL: Final = 0.5
 DOWN_TIMEOUT: Final = 30.0
+SERVER_ROLE: Final = "nats-server"
 
 Namespace = Annotated[str, typer.Option("--namespace", "-n", help="The Axon's namespace.")]
 Backend = Annotated[
@@ -280,6 +289,25 @@ class _UpRun:
 
 
 async def _up(plan: _UpRun) -> int:
+    """Run `up`; whatever stops it is recorded as `stopped` in up.json, and an unexpected error
+    becomes one line (the CLI's), never a traceback in up.log."""
+    stopped = "cancelled"
+    try:
+        code = await _up_roles(plan)
+        stopped = plan.status.get("stopped") or f"exit code {code}"
+        return code
+    except RanvierError as exc:
+        stopped = exc.message
+        raise
+    except Exception as exc:
+        stopped = f"ranvier up failed: {exc!r}"
+        log.error("up.failed", error=repr(exc))
+        raise AppError(stopped) from None
+    finally:
+        plan.report(state="stopped", stopped=stopped)
+
+
+async def _up_roles(plan: _UpRun) -> int:
     settings = plan.settings
     server: EmbeddedServer | None = None
     url, _ = settings.resolve_url()
@@ -293,8 +321,14 @@ async def _up(plan: _UpRun) -> int:
         if server is not None:
             options = options.model_copy(update={"servers": [url]})
         async with Bus.connect(options, limits=settings.stream_limits()) as bus:
-            role_options = RoleOptions(settings.state_dir, backend=plan.backend, nats_url=url)
+            # One engine, under one name: after a crash, the next `up` takes its partitions
+            # back at once instead of waiting for the leases to expire.
+            role_options = RoleOptions(
+                settings.state_dir, backend=plan.backend, nats_url=url, replica_id="up"
+            )
             roles = build_roles(bus, available_roles(), role_options)
+            if server is not None:  # restarted on its port and store after a crash
+                roles[SERVER_ROLE] = Supervisor(server)
             stop = asyncio.Event()
             with stop_on_signals(stop):
                 runner = asyncio.create_task(run_roles(roles, stop))
@@ -310,7 +344,6 @@ async def _up(plan: _UpRun) -> int:
         if server is not None:
             await asyncio.to_thread(server.stop)
             remove_url_file(settings.url_file, url)
-        plan.report(state="stopped")
 
 
 async def _follow(
@@ -328,27 +361,37 @@ async def _follow(
     reported = False
     with Progress(tty=False if plan.detached else None) as progress:
         while True:
-            doc = await axon_status(bus, stored)
-            progress.update(doc)
-            # after a restart the records say "deployed" before recovery serves it again
-            if goal is not None and not reported and roles_ready(roles):
-                check = check_goal(goal, doc, await bus_idle(bus))
-                if check.reached or check.failed:
-                    reported = True
-                    state = "reached" if check.reached else "failed"
-                    plan.report(state=state, reason=check.failed or f"--until {goal} reached")
-                    progress.note(
-                        f"failed: {check.failed}" if check.failed else plan.status["reason"]
-                    )
-                    if not plan.detached:
-                        return 0 if check.reached else 1
+            checkpoint()
+            try:
+                doc = await axon_status(bus, stored)
+                progress.update(doc)
+                # after a restart the records say "deployed" before recovery serves it again
+                check = (
+                    check_goal(goal, doc, await bus_idle(bus))
+                    if goal is not None and not reported and roles_ready(roles)
+                    else GoalCheck(False)
+                )
+            except OUTAGE_ERRORS as exc:
+                # the server is restarting (or slow): the roles carry on, so do we
+                log.warning("up.status_unreadable", error=str(exc) or repr(exc))
+                check = GoalCheck(False)
+            if not reported and (check.reached or check.failed):
+                reported = True
+                state = "reached" if check.reached else "failed"
+                plan.report(state=state, reason=check.failed or f"--until {goal} reached")
+                progress.note(f"failed: {check.failed}" if check.failed else plan.status["reason"])
+                if not plan.detached:
+                    plan.status["stopped"] = plan.status["reason"]
+                    return 0 if check.reached else 1
             if runner.done():
                 runner.result()  # a role failed: its error is the command's error
                 return 0
             if stop.is_set():
+                plan.status["stopped"] = "asked to stop (SIGTERM or Ctrl-C)"
                 return 0
             if deadline is not None and loop.time() >= deadline:
-                progress.note(f"timed out after {plan.limit:g}s before {goal or 'stop'}")
+                plan.status["stopped"] = f"timed out after {plan.limit:g}s before {goal or 'stop'}"
+                progress.note(plan.status["stopped"])
                 return 3
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL):
@@ -552,8 +595,41 @@ def run(
             help="Look images up in the registry over plain HTTP.",
         ),
     ] = False,
+    replica_id: Annotated[
+        str | None,
+        typer.Option(
+            "--replica-id",
+            envvar="RANVIER_REPLICA_ID",
+            help="Engine: this replica's name in the partition leases (default: host, pid "
+            "and a random suffix). One process at a time per name; a restart under the same "
+            "name takes its partitions back at once.",
+        ),
+    ] = None,
+    lease_ttl: Annotated[
+        float,
+        typer.Option(
+            "--lease-ttl",
+            envvar="RANVIER_LEASE_TTL",
+            min=1.0,
+            help="Engine: seconds a dead replica's partitions stay held before others take them.",
+        ),
+    ] = DEFAULT_TTL,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            "--partitions",
+            envvar="RANVIER_PARTITIONS",
+            min=1,
+            max=1024,
+            help="Partitions of the events stream when it is created (default 16); an "
+            "existing stream with another count is an error.",
+        ),
+    ] = None,
 ) -> None:
     """Run control-plane roles against a NATS server until SIGTERM or Ctrl-C.
+
+    Any number of processes may run each role: engines share the events stream's partitions
+    by lease, executors claim each action once, routers read one table.
 
     With `--backend kubernetes`, the executor runs tasks as Jobs and deploys as Deployments,
     and the watcher role also watches those objects and reports their lifecycle.
@@ -584,9 +660,12 @@ def run(
             kube_namespace=kube_namespace,
             registry=registry,
             registry_insecure=registry_insecure,
+            replica_id=replica_id,
+            lease_ttl=lease_ttl,
         )
         connect = settings.connect_options(name=f"ranvier-{'-'.join(names)}")
-        async with Bus.connect(connect, limits=settings.stream_limits()) as bus:
+        limits = settings.stream_limits().model_copy(update={"partitions": partitions})
+        async with Bus.connect(connect, limits=limits) as bus:
             roles = build_roles(bus, names, options)
             served = (
                 telemetry.serve(metrics_port, metrics_host)

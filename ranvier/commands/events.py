@@ -41,7 +41,7 @@ from ranvier.commands.common import (
 from ranvier.settings import Settings, remove_url_file, write_url_file
 
 SOURCE: Final = "ranvier/cli"
-EVENT_KINDS: Final = ("lifecycle", "metric", "rest", "calendar", "axon")
+EVENT_KINDS: Final = ("lifecycle", "metric", "rest", "calendar", "axon", "tick")
 
 events_app = typer.Typer(
     name="events",

@@ -5,11 +5,11 @@ itself (the Axon's `local` artifact: the scripts run where they are, with the ex
 interpreter for `python`), in the tiny configuration (`RANVIER_DEMO_TINY=1`) with the committed
 sample corpus (`SHAKESPEARE_SOURCE`, which preprocess.py reads; the Axon is not edited). Then,
 as a user would: the fixed URL from `ranvier endpoint ml-gpt2 -o json`, a `/predict` that
-continues Hamlet's line, 20 rewards of 0 through `/send-feedback`, the accuracy gauge below
-0.90, exactly one retrain fine-tuned from version 1, version 2 deployed next to version 1
-(Myelin's rolloutSpec: 50/50 across the two newest versions) and answering, the Alert's
-condition reading both versions' gauges (their mean), and no further retrain over several
-metric intervals.
+continues Hamlet's line, 20 rewards of 0 through `/send-feedback` (request + reward, as the
+README sends them), the accuracy gauge below 0.90, exactly one retrain fine-tuned from version
+1, version 2 deployed next to version 1 (Myelin's rolloutSpec: 50/50 across the two newest
+versions) and answering, the Alert's condition reading both versions' gauges (their mean), and
+no further retrain over several metric intervals.
 """
 
 from __future__ import annotations
@@ -156,11 +156,10 @@ def check_showcase(user: User) -> None:
     assert answer["meta"]["modelVersion"] == "1"
     assert user.runs("sensors", "PostDeploymentDecisionMaker") == []
 
-    # 20 rewards of 0: the gauge (mean of the last 20) falls below 0.90.
+    # 20 rewards of 0, sent as the README sends them (request + reward, no response): the
+    # gauge (mean of the last 20) falls below 0.90.
     for _ in range(20):
-        sent = user.http.post(
-            f"{url}send-feedback", json={"request": PAYLOAD, "response": answer, "reward": 0}
-        )
+        sent = user.http.post(f"{url}send-feedback", json={"request": PAYLOAD, "reward": 0})
         assert sent.status_code == 200, sent.text
     accuracy = gauge(user.http.get(f"{first['url']}/metrics").text)
     assert accuracy is not None
@@ -193,16 +192,15 @@ def check_showcase(user: User) -> None:
 
     until("versions 1 and 2 answering", both_answer, limit=30.0)
 
-    # Good feedback now reaches both versions, each with its own gauge; Myelin's condition still
-    # reads a value (a bare {{name}} is the Axon's: the mean of its series), not an unknown one.
+    # Good feedback without an answer now reaches both serving versions, each with its own
+    # gauge; Myelin's condition still reads a value (a bare {{name}} is the Axon's: the mean
+    # of its series), not an unknown one.
     for _ in range(40):
-        sent = user.http.post(
-            f"{url}send-feedback", json={"request": PAYLOAD, "response": answer, "reward": 1}
-        )
+        sent = user.http.post(f"{url}send-feedback", json={"request": PAYLOAD, "reward": 1})
         assert sent.status_code == 200, sent.text
     stopped = time.time()
     gauges = [gauge(user.http.get(f"{b['url']}/metrics").text) for b in backends.values()]
-    assert None not in gauges, gauges  # 40 feedbacks split 50/50 reached both versions
+    assert gauges == [1.0, 1.0], gauges  # every feedback reached both versions
     read = until("the watcher reading both gauges", lambda: user.condition_value(stopped))
     assert read == pytest.approx(sum(g for g in gauges if g is not None) / len(gauges))
 

@@ -1,9 +1,10 @@
 """examples/02-retrain-on-feedback end to end: bad feedback retrains, the new version serves.
 
 `ranvier up ... -d --until deployed` runs every real role (engine, executor with the deployer,
-router, the calendar and metric watchers) on an embedded NATS. The test then sends feedback
-with reward 0 through the router; the model class turns it into the `quickstart_accuracy`
-gauge, and:
+router, the calendar and metric watchers) on an embedded NATS. The test then sends the feedback
+the example's header tells users to send (`request` + `reward: 0`, no `response`: the router
+forwards it to every version serving /predict) through the router; the model class turns it
+into the `quickstart_accuracy` gauge, and:
 
 - the PostDeployment sensor's Alert (`{{quickstart_accuracy}} < 0.90`, `for`) starts a retrain
   within two metric intervals plus `for` of the feedback;
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -32,9 +35,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from events import subjects
 from events.bus import Bus, ConnectOptions
 from ranvier.app import axon_status
 from sensors.axons import AxonStore
+from sensors.runtime import caught_up as engine_caught_up
+from tests.doc_blocks import header_blocks
 from tests.e2e import kit
 from tests.e2e.kit import REPO
 from tests.integration.prometheus_kit import PrometheusServer, prometheus
@@ -51,6 +57,19 @@ SLACK = 15.0
 """Process start-up and scheduling on a loaded 2-core machine, on top of the contract."""
 PAYLOAD = {"data": {"ndarray": [[1, 2]]}}
 WAIT = 120.0
+
+
+def documented_feedback() -> dict[str, Any]:
+    """The body of the `curl ... send-feedback` command in the example's header."""
+    path = EXAMPLE / "axon.yaml"
+    [block] = header_blocks(path.read_text(encoding="utf-8"), path.name)
+    [line] = [c for c in block.commands.splitlines() if "send-feedback" in c]
+    argv = shlex.split(line)
+    body: dict[str, Any] = json.loads(argv[argv.index("-d") + 1])
+    return body
+
+
+FEEDBACK = documented_feedback()
 
 
 def prepare(tmp_path: Path, source: str) -> Path:
@@ -121,17 +140,16 @@ class Pipeline:
         status = await self.status()
         return next(t["runs"] for t in status["tasks"] if t["name"] == "TrainModel")
 
-    async def feedback(self, url: str, reward: float) -> None:
-        answer = await self.http.post(f"{url}predict", json=PAYLOAD)
-        assert answer.status_code == 200, answer.text
-        sent = await self.http.post(
-            f"{url}send-feedback",
-            json={"request": PAYLOAD, "response": answer.json(), "reward": reward},
-        )
+    async def feedback(self, url: str) -> None:
+        """Send the example's feedback (a reward of 0) as its header does."""
+        sent = await self.http.post(f"{url}send-feedback", json=FEEDBACK)
         assert sent.status_code == 200, sent.text
 
 
 async def retrain_loop(tmp_path: Path, source: str, prom: PrometheusServer | None) -> None:
+    # what Myelin's and Seldon's clients send: no answer to follow back, a bad reward
+    assert "response" not in FEEDBACK
+    assert FEEDBACK["reward"] == 0
     axon = prepare(tmp_path, source)
     state = tmp_path / "state"
     env = kit.clean_env()
@@ -149,6 +167,7 @@ async def retrain_loop(tmp_path: Path, source: str, prom: PrometheusServer | Non
         options = ConnectOptions(servers=[nats_url], connect_timeout=5.0, request_timeout=5.0)
         async with Bus.connect(options) as bus, httpx.AsyncClient(timeout=30.0) as http:
             await run_checks(Pipeline(bus, http, prom), url)
+            await replayed_as_live(bus, axon, tmp_path, state=state, env=env)
     finally:
         down = ranvier("down", state=state, env=env)
         assert down.returncode == 0, down.stdout + down.stderr
@@ -164,7 +183,7 @@ async def run_checks(pipe: Pipeline, url: str) -> None:
     # Bad feedback drives the gauge below 0.90; a retrain starts within 2 intervals + `for`.
     sent = time.time()
     for _ in range(3):
-        await pipe.feedback(url, 0.0)
+        await pipe.feedback(url)
     scraped = (await pipe.http.get(f"{first['url']}/metrics")).text
     accuracy = gauge(scraped, "quickstart_accuracy")
     assert accuracy is not None
@@ -190,7 +209,7 @@ async def run_checks(pipe: Pipeline, url: str) -> None:
     # A continued stream of bad feedback, now to the new version: no second retrain.
     async def low_on_new() -> bool:
         await pipe.backends()  # keeps Prometheus' targets in step with the deployment
-        await pipe.feedback(url, 0.0)
+        await pipe.feedback(url)
         text = (await pipe.http.get(f"{new['url']}/metrics")).text
         value = gauge(text, "quickstart_accuracy")
         return value is not None and value < 0.90
@@ -198,12 +217,70 @@ async def run_checks(pipe: Pipeline, url: str) -> None:
     await until("the new version's accuracy below 0.90", low_on_new)
     end = time.monotonic() + FOR + 4 * INTERVAL
     while time.monotonic() < end:  # the alert sees it for longer than `for`
-        await pipe.feedback(url, 0.0)
+        await pipe.feedback(url)
         await asyncio.sleep(INTERVAL / 2)
     await until("the retrain's TrainModel run to finish", _all_done(pipe))
     runs = await pipe.runs("PostDeployment")
     assert [r["trigger"] for r in runs] == ["accuracy-low"]
     assert len(await pipe.train_runs()) == 2  # the first training and one retrain
+
+
+async def replayed_as_live(
+    bus: Bus, axon: Path, tmp_path: Path, *, state: Path, env: dict[str, str]
+) -> None:
+    """`ranvier events export`, then `ranvier sensors test` over it: the same sensor runs, with
+    the same ids, as the live run, and every decision the same (timed Alerts included: the
+    PostDeployment retrain fired on a tick between two metric samples)."""
+    recording = tmp_path / "recording.jsonl"
+    exported = ranvier("events", "export", "-f", str(recording), state=state, env=env)
+    assert exported.returncode == 0, exported.stderr
+    await until("the engine to handle every recorded event", lambda: engine_caught_up(bus))
+    recorded = {json.loads(line)["id"] for line in recording.read_text().splitlines()}
+    tested = await asyncio.to_thread(  # a dry run needs no server, hence no --state-dir
+        subprocess.run,
+        [sys.executable, "-m", "ranvier", "sensors", "test", str(axon), "--events", str(recording)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert tested.returncode == 0, tested.stderr
+    replayed = [json.loads(line) for line in tested.stdout.splitlines() if line.strip()]
+    shown = ranvier("get", "axon", NAME, "-o", "json", state=state, env=env)
+    live_runs = sorted(
+        (sensor["name"], run["id"])
+        for sensor in json.loads(shown.stdout)["sensors"]
+        for run in sensor["runs"]
+    )
+    replay_runs = sorted(
+        {(d["sensor"], d["sensor_run_id"]) for d in replayed if d["fired"] and d["sensor_run_id"]}
+    )
+    print(f"\nlive runs:     {live_runs}\nreplayed runs: {replay_runs}")
+    assert replay_runs == live_runs
+    assert ("PostDeployment", next(r for s, r in live_runs if s == "PostDeployment")) in replay_runs
+    live = [  # what the engine decided for the recorded events (more keep coming meanwhile)
+        _decision_line(item.event.data)
+        async for item in bus.replay(stream=subjects.DECISIONS_STREAM)
+        if item.event.data.get("axon") == NAME and item.event.data["event_id"] in recorded
+    ]
+    assert replayed == live
+
+
+def _decision_line(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored decision record in `sensors test`'s line shape."""
+    return {
+        "event_id": record["event_id"],
+        "sensor": record["sensor"],
+        "trigger": record.get("trigger"),
+        "fired": record["fired"],
+        "reason": record["reason"],
+        "sensor_run_id": record.get("sensor_run_id"),
+        "actions": [
+            {"kind": a["kind"], "task": a["task"], "step": a["step"]}
+            for a in record.get("actions", [])
+        ],
+    }
 
 
 def _scraped(prom: PrometheusServer, url: str) -> Callable[[], Awaitable[bool]]:

@@ -1,11 +1,15 @@
-"""The engine runtime as its own OS process, for the crash test: `python -m
-tests.integration.engine_process NATS_URL[,URL...]`. Prints `ready` once consuming; runs until
-killed."""
+"""An engine replica as its own OS process, for the crash and replica tests:
+`python -m tests.integration.engine_process NATS_URL[,URL...] [REPLICA] [LEASE_TTL]`.
+
+Prints `ready` once it has taken part in a partition assignment; runs until killed. SIGTERM
+hands its partitions over gracefully (as a Kubernetes pod's shutdown does), then exits 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 import structlog
@@ -14,16 +18,24 @@ from events.bus import Bus, ConnectOptions
 from sensors.runtime import EngineRuntime
 
 
-async def main(url: str) -> None:
+async def main(url: str, replica: str | None, lease_ttl: float) -> None:
     options = ConnectOptions(
         servers=url.split(","), request_timeout=2.0, reconnect_wait=0.1, name="engine-process"
     )
     async with Bus.connect(options) as bus:
-        runtime = EngineRuntime(bus, batch=64)
+        runtime = EngineRuntime(bus, replica=replica, lease_ttl=lease_ttl, batch=64)
         task = asyncio.create_task(runtime.run())
-        await runtime.ready.wait()
-        print("ready", flush=True)
-        await task
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        ready = asyncio.create_task(runtime.ready.wait())
+        await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            print("ready", flush=True)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if task.cancelled():  # SIGTERM: handed over
+                return
+            raise
 
 
 if __name__ == "__main__":
@@ -31,4 +43,7 @@ if __name__ == "__main__":
         logger_factory=lambda *_: structlog.PrintLogger(file=sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     )
-    asyncio.run(main(sys.argv[1]))
+    args = sys.argv[1:]
+    asyncio.run(
+        main(args[0], args[1] if len(args) > 1 else None, float(args[2]) if len(args) > 2 else 8.0)
+    )

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import nats.js.errors
@@ -20,7 +22,8 @@ from events.bus import Bus
 from events.model import AXON, ActionRequest, Event, LifecycleData, utcnow
 from sensors import engine
 from sensors.loader import load_axon_text
-from sensors.runtime import DURABLE, EngineRuntime
+from sensors.runtime import DURABLE, EngineRuntime, partition_durable
+from sensors.runtime import caught_up as engine_caught_up
 from sensors.spec import Axon
 
 NAME = "pipe"
@@ -56,15 +59,32 @@ CHANGED_SENSOR = """\
 """
 
 
-def two_step_axon(extra_sensor: str = "") -> Axon:
+def two_step_axon(extra_sensor: str = "", name: str = NAME) -> Axon:
     """The test Axon: Prep succeeding runs Train then Eval (plus `extra_sensor` YAML lines)."""
-    return load_axon_text(AXON_YAML + extra_sensor, "axon.yaml")
+    text = AXON_YAML.replace(f"name: {NAME}}}", f"name: {name}}}")
+    return load_axon_text(text + extra_sensor, "axon.yaml")
 
 
-def prep_done(n: int) -> Event:
+def spread_names(count: int, partitions: int) -> list[str]:
+    """`count` Axon names whose partitions lie evenly over `partitions` (so replicas that
+    split the partitions evenly each get some of them)."""
+    wanted = [k * partitions // count for k in range(count)]
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < count:
+        name = f"{NAME}-{i}"
+        p = subjects.partition_of(name, partitions)
+        if p in wanted and p not in found:
+            found[p] = name
+        i += 1
+    return [found[p] for p in wanted]
+
+
+def prep_done(n: int, name: str = NAME) -> Event:
     """Task Prep's run `n` succeeded: fires `retrain`."""
-    data = LifecycleData(axon=NAME, task="Prep", run_id=f"prep-{n}", phase="Succeeded")
-    return data.to_event(source="test", id=f"prep-{n}")
+    ev_id = f"prep-{n}" if name == NAME else f"{name}-prep-{n}"
+    data = LifecycleData(axon=name, task="Prep", run_id=ev_id, phase="Succeeded")
+    return data.to_event(source="test", id=ev_id)
 
 
 def report(action: ActionRequest, phase: str = "Succeeded", n: int = 0) -> Event:
@@ -90,7 +110,7 @@ def as_action(event: Event) -> ActionRequest:
     return ActionRequest.model_validate(event.data)
 
 
-def workload(count: int) -> list[Event]:
+def workload(count: int, name: str = NAME) -> list[Event]:
     """`count` lifecycle events: Prep runs succeeding and the reports of the Train actions
     they cause (so runs advance to Eval), interleaved deterministically."""
     events: list[Event] = []
@@ -98,13 +118,13 @@ def workload(count: int) -> list[Event]:
     n = 0
     while len(events) < count:
         if n % 3 != 2 or not started:
-            ev = prep_done(n)
+            ev = prep_done(n, name)
             started.append(engine.sensor_run_id(ev.id, "retrain"))
             events.append(ev)
         else:
             rid = started.pop(0)
             train = ActionRequest(
-                axon=NAME, sensor="retrain", sensor_run_id=rid, step=0, kind="trainer", task="Train"
+                axon=name, sensor="retrain", sensor_run_id=rid, step=0, kind="trainer", task="Train"
             )
             events.append(report(train, n=n))
         n += 1
@@ -116,15 +136,16 @@ async def stream_events(bus: Bus) -> list[Event]:
     return [item.event async for item in bus.replay()]
 
 
-def expected_keys(axon: Axon, events: Iterable[Event]) -> list[str]:
+def expected_keys(axon: Axon | Mapping[str, Axon], events: Iterable[Event]) -> list[str]:
     """Idempotency keys the pure engine requests for these events, in order (submits use
-    `axon` at the generation the event names)."""
+    `axon`, or the Axon of the event's name, at the generation the event names)."""
     state = engine.EngineState()
     now = utcnow()
     keys: list[str] = []
     for event in events:
         if event.type == AXON and event.data.get("action") == "submitted":
-            result = engine.submit(state, axon, int(event.data["generation"]), event, now)
+            spec = axon if isinstance(axon, Axon) else axon[str(event.data["axon"])]
+            result = engine.submit(state, spec, int(event.data["generation"]), event, now)
         else:
             result = engine.step(state, event, now)
         keys += [a.idempotency_key for a in result.actions]
@@ -160,18 +181,21 @@ def duplicates(keys: Iterable[str]) -> dict[str, int]:
     return {k: c for k, c in Counter(keys).items() if c > 1}
 
 
+def durable_of(bus: Bus, axon: str = NAME) -> str:
+    """The engine's durable consumer for an Axon's partition."""
+    return partition_durable(DURABLE, subjects.partition_of(axon, bus.partitions))
+
+
 async def caught_up(bus: Bus, *, durable: str = DURABLE, limit: float = 60.0) -> None:
-    """Wait until the engine's consumer has every event of the stream acked."""
+    """Wait until, for every partition holding events, the engine's consumer of that
+    partition has delivered and had acked every one of them."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while True:
-        last = (await bus.stream_info()).state.last_seq
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            info = await bus.js.consumer_info(subjects.EVENTS_STREAM, durable)
-            floor = info.ack_floor.stream_seq if info.ack_floor else 0
-            if floor >= last and not info.num_ack_pending:
-                return
+        if await engine_caught_up(bus, durable):
+            return
         if loop.time() > deadline:
+            last = (await bus.stream_info()).state.last_seq
             raise TimeoutError(f"the engine did not catch up with seq {last} in {limit}s")
         await asyncio.sleep(0.05)
 
@@ -213,3 +237,46 @@ def record_of(raw: bytes) -> dict[str, Any]:
     """A KV JSON value."""
     value: dict[str, Any] = json.loads(raw)
     return value
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def start_engine(
+    url: str, replica: str = "engine", lease_ttl: float = 8.0
+) -> asyncio.subprocess.Process:
+    """An engine replica process (`engine_process`), returned once it is ready. A restart
+    under the same `replica` name takes its partitions back at once."""
+    args = [url, replica, str(lease_ttl)]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.integration.engine_process",
+        *args,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        line = await proc.stdout.readline()
+    assert line.strip() == b"ready", f"engine process did not start: {line!r}"
+    return proc
+
+
+async def kill(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL, and reap."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await proc.wait()
+
+
+async def terminate(proc: asyncio.subprocess.Process, within: float = 15.0) -> int:
+    """SIGTERM (a graceful hand-over) and reap; SIGKILL if it takes longer than `within`."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        async with asyncio.timeout(within):
+            return await proc.wait()
+    except TimeoutError:
+        await kill(proc)
+        raise

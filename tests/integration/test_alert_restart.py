@@ -22,14 +22,19 @@ from events.bus import Bus
 from events.server import EmbeddedServer
 from sensors.axons import AxonStore
 from sensors.loader import load_axon_text
-from tests.integration.runtime_kit import caught_up, stored_actions, stored_decisions
+from tests.integration.runtime_kit import (
+    caught_up,
+    kill,
+    start_engine,
+    stored_actions,
+    stored_decisions,
+)
 from tests.integration.test_metric_watcher import (
     deploy_record,
     feedback,
     model_server,
     watching,
 )
-from tests.integration.test_runtime_crash import kill, start_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(170)]
 

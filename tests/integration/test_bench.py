@@ -10,6 +10,7 @@ import structlog
 
 from bench import engine as engine_bench
 from bench import replay as replay_bench
+from bench import scale as scale_bench
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +52,16 @@ def test_replay_bench_reads_every_event_and_reports_the_design_shape() -> None:
     assert {"bench", "events", "events_per_s", "raw_read_per_s", "ratio"} <= set(report)
     assert (report["bench"], report["events"]) == ("replay", 600)
     assert report["decisions"] >= 300
+
+
+@pytest.mark.slow
+def test_scale_bench_runs_every_replica_count_against_the_raw_reference(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert scale_bench.main(["--replicas", "1,2", "--events", "640", "--sensors", "5"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["bench"] == "scale"
+    assert [r["replicas"] for r in report["results"]] == [1, 2]
+    for row in report["results"]:
+        assert row["events_per_s"] > 0
+        assert row["raw_consume_per_s"] > 0

@@ -7,6 +7,8 @@ published again after a lost mark are duplicates the stream drops.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sys
 from datetime import UTC, datetime, timedelta
@@ -15,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from events import subjects
-from events.bus import Bus
+from events.bus import OUTAGE_ERRORS, Bus
+from events.server import EmbeddedServer
 from events.watchers.calendar import Schedule
 from events.watchers.calendar_watcher import CalendarWatcher, ScheduledTrigger
 from ranvier.app import AppError, calendar_provider, trigger_rest
@@ -74,6 +77,42 @@ async def test_a_new_trigger_is_armed_without_publishing(bus: Bus) -> None:
     stored = await bus.kv_get(subjects.RUNS_BUCKET, trigger.key)
     assert stored is not None
     assert datetime.fromisoformat(json.loads(stored[0])["last"]) == trigger.armed
+
+
+async def test_the_watcher_rides_out_a_server_restart(
+    bus: Bus, nats_server: EmbeddedServer
+) -> None:
+    trigger = every_second()
+    now = [T0 + timedelta(seconds=1.5)]
+
+    async def provide() -> list[ScheduledTrigger]:
+        return [trigger]
+
+    watcher = CalendarWatcher(bus, provide, refresh=0.1, clock=lambda: now[0])
+    running = asyncio.create_task(watcher.run())
+    try:
+        await _until_ticks(bus, 1)
+        nats_server.requested_port = nats_server.port or 0
+        nats_server.kill()  # its KV reads and publishes fail while the server is away
+        now[0] = T0 + timedelta(seconds=3.5)
+        await asyncio.sleep(3.0)
+        assert not running.done()
+        nats_server.start()  # same port and store: the bus reconnects
+        await _until_ticks(bus, 3)
+        assert not running.done()
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def _until_ticks(bus: Bus, count: int) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            with contextlib.suppress(*OUTAGE_ERRORS):
+                if len(await stored_ticks(bus)) >= count:
+                    return
+            await asyncio.sleep(0.1)
 
 
 AXON = """

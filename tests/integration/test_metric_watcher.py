@@ -117,7 +117,7 @@ class Values:
         for data in self.seen:
             if check(data):
                 return data
-        subject = subjects.event_subject(NAME, "metric") + ".>"
+        subject = subjects.events_filter(NAME, "metric")
         try:
             async with asyncio.timeout(WAIT):
                 async for item in self.bus.follow(filter_subject=subject, since=self._last + 1):

@@ -238,11 +238,95 @@ async def test_feedback_goes_to_the_version_that_answered(
             response = await client.post("/quickstart/send-feedback", json=feedback)
             assert response.status_code == 200, response.text
             assert (feedbacks(server), feedbacks(other)) == (before[0] + 1, before[1])
-        missing = await client.post("/quickstart/send-feedback", json={"reward": 1})
-        assert missing.status_code == 400
-        assert "requestPath" in missing.json()["status"]["reason"]
         gone = {"response": {"jsonData": 1, "meta": {"requestPath": {"m": "m:9"}}}, "reward": 1}
         assert (await client.post("/quickstart/send-feedback", json=gone)).status_code == 404
+
+
+async def test_feedback_without_the_answer_goes_to_every_serving_version(
+    router: ServerProcess, table_file: Path, model_a: ServerProcess, model_b: ServerProcess
+) -> None:
+    """Clients that send request + reward only: each version serving /predict counts it."""
+    feedback = {"request": {"data": {"ndarray": [[1]]}}, "reward": 0}
+    half = one_model(
+        next(_revision),
+        Backend(name="m", version="1", url=model_a.url, weight=50),
+        Backend(name="m", version="2", url=model_b.url, weight=50),
+    )
+    shadowed = one_model(
+        next(_revision),
+        Backend(name="m", version="1", url=model_a.url, weight=100),
+        Backend(name="m", version="2", url=model_b.url, shadow=True),
+    )
+    async with httpx.AsyncClient(base_url=router.url) as client:
+        for table, path, counted in (
+            (half, "/quickstart/send-feedback", (1, 1)),
+            (half, "/quickstart/deploy/send-feedback", (1, 1)),  # the deployer's own URL
+            (shadowed, "/quickstart/send-feedback", (1, 0)),  # a shadow never answers a caller
+        ):
+            await install(router, table_file, table)
+            before = feedbacks(model_a), feedbacks(model_b)
+            response = await client.post(path, json=feedback)
+            assert response.status_code == 200, response.text
+            after = feedbacks(model_a), feedbacks(model_b)
+            assert (after[0] - before[0], after[1] - before[1]) == counted, path
+
+
+async def test_feedback_without_the_answer_to_a_dag_of_models_says_why_not(
+    router: ServerProcess, table_file: Path, model_a: ServerProcess, model_b: ServerProcess
+) -> None:
+    dag = RouteTable(path="/predict", dag=[Node(model="m"), Node(model="n", dependencies=["m"])])
+    table = RoutingTable(
+        revision=next(_revision),
+        deployers=[
+            DeployerTable(
+                axon="quickstart",
+                name="deploy",
+                routes=[dag, RouteTable(path="/other", dag=[Node(model="m")])],
+                models=[
+                    ModelRoute(
+                        name="m",
+                        backends=[Backend(name="m", version="1", url=model_a.url, weight=100)],
+                    ),
+                    ModelRoute(
+                        name="n",
+                        backends=[Backend(name="n", version="1", url=model_b.url, weight=100)],
+                    ),
+                ],
+            )
+        ],
+    )
+    await install(router, table_file, table)
+    feedback = {"request": {"data": {"ndarray": [[1]]}}, "reward": 1}
+    before = feedbacks(model_a), feedbacks(model_b)
+    async with httpx.AsyncClient(base_url=router.url) as client:
+        ambiguous = await client.post("/quickstart/send-feedback", json=feedback)
+        assert ambiguous.status_code == 400
+        reason = ambiguous.json()["status"]["reason"]
+        assert "DAG of 2 models (m, n)" in reason
+        assert "send the router's answer as 'response'" in reason
+        answer = (await client.post("/quickstart/predict", json=feedback["request"])).json()
+        path = answer["meta"]["requestPath"]
+        assert (path["m"], path["n"]) == ("m:1", "n:1")
+        named = await client.post(
+            "/quickstart/send-feedback", json={**feedback, "response": answer}
+        )
+        assert named.status_code == 200, named.text
+    assert (feedbacks(model_a), feedbacks(model_b)) == (before[0] + 1, before[1] + 1)
+
+
+async def test_feedback_without_the_answer_needs_a_predict_route(
+    router: ServerProcess, table_file: Path, model_a: ServerProcess
+) -> None:
+    only_other = one_model(
+        next(_revision),
+        Backend(name="m", version="1", url=model_a.url, weight=100),
+        routes=[RouteTable(path="/generate", dag=[Node(model="m")])],
+    )
+    await install(router, table_file, only_other)
+    async with httpx.AsyncClient(base_url=router.url) as client:
+        response = await client.post("/quickstart/send-feedback", json={"reward": 1})
+    assert response.status_code == 400
+    assert "has no route /predict" in response.json()["status"]["reason"]
 
 
 async def test_table_swaps_live_and_in_flight_requests_finish(

@@ -20,6 +20,7 @@ import pytest
 from events import subjects
 from events.bus import Bus, kv_key
 from events.model import ActionRequest, LifecycleData, utcnow
+from events.server import EmbeddedServer
 from executors.backends.local import LocalBackend, group_members
 from executors.kv import BusKeyValue
 from executors.registry import KeyExistsError, ModelRegistry, RevisionMismatchError
@@ -188,6 +189,29 @@ async def test_deleting_the_axon_stops_its_running_task(
         assert group_members(pid)
         await AxonStore(bus).delete("default", "runner")
         [done] = await finals(bus, 1)
+    assert done.phase == "Failed"
+    assert done.message == "cancelled: axon deleted"
+    assert group_members(pid) == []
+    del submitted
+
+
+async def test_deleting_the_axon_after_a_server_restart_stops_its_running_task(
+    bus: Bus, nats_server: EmbeddedServer, tmp_path: Path, submitted: Path
+) -> None:
+    async with running(bus, tmp_path):
+        await bus.publish(request("Long").to_event(source="test"))
+        pid = await _running_pid(bus)
+        # A crash and a restart on the same port and store forget the runner's watch of Axon
+        # events (an ordered consumer); it must watch again, from where it was.
+        nats_server.requested_port = nats_server.port or 0
+        reconnected = asyncio.ensure_future(bus.next_reconnect())
+        nats_server.kill()
+        nats_server.start()
+        async with asyncio.timeout(20):
+            await reconnected
+        await AxonStore(bus).delete("default", "runner")
+        async with asyncio.timeout(8):  # promptly: a watch left to nats-py recovers ~20 s later
+            [done] = await finals(bus, 1)
     assert done.phase == "Failed"
     assert done.message == "cancelled: axon deleted"
     assert group_members(pid) == []

@@ -16,7 +16,7 @@ from events.server import EmbeddedServer
 from ranvier.cli import main
 from sensors import engine
 from sensors.axons import AxonStore
-from sensors.runtime import DURABLE, state_key
+from sensors.runtime import state_key
 from sensors.spec import Axon
 from tests.integration.runtime_kit import (
     CHANGED_SENSOR,
@@ -24,6 +24,7 @@ from tests.integration.runtime_kit import (
     as_action,
     caught_up,
     duplicates,
+    durable_of,
     expected_keys,
     prep_done,
     record_of,
@@ -85,7 +86,7 @@ async def test_a_redelivered_event_changes_nothing(bus: Bus) -> None:
     state_before = await bus.kv_get(subjects.STATE_BUCKET, state_key("default", NAME))
     actions_before = await stored_actions(bus)
     # Forget the consumer: a new one starts at the first event, so every event comes again.
-    await bus.js.delete_consumer(subjects.EVENTS_STREAM, DURABLE)
+    await bus.js.delete_consumer(subjects.EVENTS_STREAM, durable_of(bus))
     async with running(bus) as again:
         await caught_up(bus)
     events = await stream_events(bus)

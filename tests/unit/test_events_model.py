@@ -93,9 +93,9 @@ def test_action_request_id_is_its_idempotency_key() -> None:
 def test_axon_event_subject() -> None:
     data = AxonData(axon="quickstart", generation=3, action="submitted")
     assert data.nats_subject() == "ranvier.ev.quickstart.axon"
-    assert subjects.events_filter("quickstart", "axon") == "ranvier.ev.quickstart.axon"
-    assert subjects.events_filter(kind="lifecycle") == "ranvier.ev.*.lifecycle.*"
-    assert subjects.events_filter() == "ranvier.ev.*.>"
+    assert subjects.events_filter("quickstart", "axon") == "ranvier.evp.*.quickstart.axon"
+    assert subjects.events_filter(kind="lifecycle") == "ranvier.evp.*.*.lifecycle.*"
+    assert subjects.events_filter() == "ranvier.evp.*.*.>"
 
 
 @given(st.text(min_size=1, max_size=80))

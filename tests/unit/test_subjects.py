@@ -52,16 +52,36 @@ def test_events_filter_narrows_by_axon_and_kind(
     axon: str | None, kind: str | None, matches: str, misses: str
 ) -> None:
     pattern = subjects.events_filter(axon, kind)
-    assert _matches(pattern, matches)
-    assert not _matches(pattern, misses)
+    assert _matches(pattern, subjects.stored_subject(matches, 16))
+    assert not _matches(pattern, subjects.stored_subject(misses, 16))
 
 
 def test_an_axon_name_with_dots_cannot_widen_the_filter() -> None:
     pattern = subjects.events_filter("a.b")
-    own = f"ranvier.ev.{subjects.token('a.b')}.metric.m"
+    own = subjects.stored_subject(f"ranvier.ev.{subjects.token('a.b')}.metric.m", 16)
     assert _matches(pattern, own)
-    assert not _matches(pattern, "ranvier.ev.a.b.metric.m")
-    assert not _matches(subjects.events_filter("a.*"), "ranvier.ev.a.x.metric.m")
+    assert not _matches(pattern, subjects.stored_subject("ranvier.ev.a.b.metric.m", 16))
+    wild = subjects.events_filter("a.*")
+    assert not _matches(wild, subjects.stored_subject("ranvier.ev.a.x.metric.m", 16))
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 16, 97])
+def test_partition_of_spreads_axons_over_every_partition_and_is_stable(partitions: int) -> None:
+    names = [f"axon-{i}" for i in range(64 * partitions)]
+    seen = {subjects.partition_of(n, partitions) for n in names}
+    assert seen == set(range(partitions))
+    assert subjects.partition_of("ml-gpt2", 16) == 6  # FNV-1a, as nats-server computes it
+    assert subjects.partition_of("quickstart", 16) == 0
+
+
+def test_stored_subject_puts_the_partition_first_and_keeps_the_rest() -> None:
+    p = subjects.partition_of("ml", 16)
+    assert (
+        subjects.stored_subject("ranvier.ev.ml.metric.acc", 16) == f"ranvier.evp.{p}.ml.metric.acc"
+    )
+    assert subjects.stored_subject("ranvier.ev.ml.axon", 16) == f"ranvier.evp.{p}.ml.axon"
+    assert subjects.stored_subject("ranvier.act.ml.trainer", 16) == "ranvier.act.ml.trainer"
+    assert subjects.partition_filter(p) == f"ranvier.evp.{p}.>"
 
 
 def _matches(pattern: str, subject: str) -> bool:
