@@ -26,7 +26,14 @@ from events import subjects
 from events.bus import OUTAGE_ERRORS, Bus, ConnectOptions, kv_key
 from tests.e2e import kit
 from tests.e2e.kit import REPO, alive
-from tests.e2e.test_retrain_on_feedback import NAME, PAYLOAD, Pipeline, prepare, until
+from tests.e2e.test_retrain_on_feedback import (
+    FEEDBACK,
+    NAME,
+    PAYLOAD,
+    Pipeline,
+    prepare,
+    until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -95,11 +102,10 @@ async def bus_answers(bus: Bus) -> bool:
 
 
 async def bad_feedback(http: httpx.AsyncClient, url: str) -> None:
-    """A prediction, then a reward of 0 for it (with the answer, which every router takes)."""
+    """A prediction, then the example header's feedback: request and a reward of 0."""
     answer = await http.post(f"{url}predict", json=PAYLOAD)
     assert answer.status_code == 200, answer.text
-    feedback = {"request": PAYLOAD, "response": answer.json(), "reward": 0}
-    sent = await http.post(f"{url}send-feedback", json=feedback)
+    sent = await http.post(f"{url}send-feedback", json=FEEDBACK)
     assert sent.status_code == 200, sent.text
 
 

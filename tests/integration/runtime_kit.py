@@ -243,11 +243,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 async def start_engine(
-    url: str, replica: str = "engine", lease_ttl: float = 8.0
+    url: str, replica: str = "engine", lease_ttl: float = 8.0, replicas: int | None = None
 ) -> asyncio.subprocess.Process:
     """An engine replica process (`engine_process`), returned once it is ready. A restart
-    under the same `replica` name takes its partitions back at once."""
-    args = [url, replica, str(lease_ttl)]
+    under the same `replica` name takes its partitions back at once. `replicas`: the
+    streams' and buckets' replica count it asks for (on a NATS cluster)."""
+    args = [url, replica, str(lease_ttl), *([str(replicas)] if replicas else [])]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
