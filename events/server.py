@@ -92,7 +92,42 @@ def find_nats_server() -> Path:
     )
 
 
-class EmbeddedServer:
+class _Started:
+    """Context managers (sync and async) over `start()` and `stop()`: `with`/`async with` a
+    server or a cluster starts it and stops it, whatever happens inside."""
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+class EmbeddedServer(_Started):
     """A nats-server child process with JetStream on `host:port` storing under `store_dir`."""
 
     def __init__(
@@ -345,30 +380,6 @@ class EmbeddedServer:
         """The last lines the server logged (for diagnostics)."""
         return list(self._tail)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        await asyncio.to_thread(self.start)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self.stop)
-
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """`count` ports free on `host` right now (the system's pick, never a fixed number).
@@ -384,7 +395,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         return [int(sock.getsockname()[1]) for sock in socks]
 
 
-class NatsCluster:
+class NatsCluster(_Started):
     """`size` nats-servers with JetStream, one NATS cluster over loopback routes.
 
     Node `i` is named `n<i>` and stores under `store_dir/n<i>`. Each node's client port is
@@ -545,30 +556,6 @@ class NatsCluster:
                 if code is not None:
                     return node.name or "", code
             time.sleep(0.2)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        await asyncio.to_thread(self.start)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self.stop)
 
 
 def _exit_text(code: int) -> str:

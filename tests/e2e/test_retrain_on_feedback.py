@@ -37,8 +37,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from events import subjects
 from events.bus import Bus, ConnectOptions
+from events.model import DecisionData
 from ranvier.app import axon_status
 from sensors.axons import AxonStore
+from sensors.replay import decision_line
 from sensors.runtime import caught_up as engine_caught_up
 from tests.doc_blocks import header_blocks
 from tests.e2e import kit
@@ -260,27 +262,11 @@ async def replayed_as_live(
     assert replay_runs == live_runs
     assert ("PostDeployment", next(r for s, r in live_runs if s == "PostDeployment")) in replay_runs
     live = [  # what the engine decided for the recorded events (more keep coming meanwhile)
-        _decision_line(item.event.data)
+        decision_line(DecisionData.model_validate(item.event.data))
         async for item in bus.replay(stream=subjects.DECISIONS_STREAM)
         if item.event.data.get("axon") == NAME and item.event.data["event_id"] in recorded
     ]
     assert replayed == live
-
-
-def _decision_line(record: dict[str, Any]) -> dict[str, Any]:
-    """A stored decision record in `sensors test`'s line shape."""
-    return {
-        "event_id": record["event_id"],
-        "sensor": record["sensor"],
-        "trigger": record.get("trigger"),
-        "fired": record["fired"],
-        "reason": record["reason"],
-        "sensor_run_id": record.get("sensor_run_id"),
-        "actions": [
-            {"kind": a["kind"], "task": a["task"], "step": a["step"]}
-            for a in record.get("actions", [])
-        ],
-    }
 
 
 def _scraped(prom: PrometheusServer, url: str) -> Callable[[], Awaitable[bool]]:

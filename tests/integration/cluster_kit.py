@@ -8,12 +8,16 @@ restarts its nodes. JetStream names a stream's leader by server name (`n0`, `n1`
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 import nats.errors
 
+from events import subjects
 from events.bus import Bus, ConnectOptions
 from events.server import NatsCluster
+from executors.runner import TaskRun
 
 LEADER_TIMEOUT = 20.0
 
@@ -67,3 +71,21 @@ async def wait_current(bus: Bus, stream: str, replicas: int) -> None:
         if time.monotonic() >= deadline:
             raise AssertionError(f"{stream}: replicas not current after {LEADER_TIMEOUT}s: {peers}")
         await asyncio.sleep(0.1)
+
+
+def executor(state: Path, url: str, *options: str) -> list[str]:
+    """The argv of an executor process on every node's URL, with three-replica streams."""
+    return [
+        *(sys.executable, "-m", "ranvier", "run", "--role", "executor"),
+        *("--state-dir", str(state), "--nats-url", url, "--replicas", "3", *options),
+    ]
+
+
+async def task_runs(bus: Bus) -> list[TaskRun]:
+    """Every task-run record in `ranvier_runs`."""
+    runs = []
+    for key in await bus.kv_keys(subjects.RUNS_BUCKET, "task.>"):
+        got = await bus.kv_get(subjects.RUNS_BUCKET, key)
+        if got is not None:
+            runs.append(TaskRun.from_json(got[0]))
+    return runs

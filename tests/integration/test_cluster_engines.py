@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +29,13 @@ from executors.runner import TaskRun
 from sensors.axons import AxonStore
 from sensors.engine import sensor_run_id
 from sensors.loader import load_axon_text
-from tests.integration.cluster_kit import cluster_options, stream_leader, wait_current
+from tests.integration.cluster_kit import (
+    cluster_options,
+    executor,
+    stream_leader,
+    task_runs,
+    wait_current,
+)
 from tests.integration.runtime_kit import (
     caught_up,
     expected_keys,
@@ -63,22 +68,6 @@ spec:
         - resourceExecutor: {{task: Work}}
         - resourceExecutor: {{task: Work}}
 """
-
-
-def executor(state: Path, url: str) -> list[str]:
-    return [
-        *(sys.executable, "-m", "ranvier", "run", "--role", "executor"),
-        *("--state-dir", str(state), "--nats-url", url, "--replicas", "3"),
-    ]
-
-
-async def task_runs(bus: Bus) -> list[TaskRun]:
-    runs = []
-    for key in await bus.kv_keys(subjects.RUNS_BUCKET, "task.>"):
-        got = await bus.kv_get(subjects.RUNS_BUCKET, key)
-        if got is not None:
-            runs.append(TaskRun.from_json(got[0]))
-    return runs
 
 
 def _epoch(stamp: str | None) -> float:

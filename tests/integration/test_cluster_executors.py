@@ -13,7 +13,6 @@ import asyncio
 import collections
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -25,10 +24,16 @@ from events import subjects
 from events.bus import Bus, StreamLimits, kv_key
 from events.model import ActionRequest
 from events.server import NatsCluster
-from executors.runner import TaskRun, claim_key
+from executors.runner import claim_key
 from sensors.axons import AxonStore
 from sensors.loader import load_axon
-from tests.integration.cluster_kit import cluster_options, stream_leader, wait_current
+from tests.integration.cluster_kit import (
+    cluster_options,
+    executor,
+    stream_leader,
+    task_runs,
+    wait_current,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,23 +63,6 @@ def request(i: int) -> ActionRequest:
             "params": {"env": {"ACTION": f"a{i:04d}"}},
         }
     )
-
-
-def executor(state: Path, url: str) -> list[str]:
-    return [
-        *(sys.executable, "-m", "ranvier", "run", "--role", "executor"),
-        *("--state-dir", str(state), "--nats-url", url, "--replicas", "3"),
-        *("--concurrency", "8"),
-    ]
-
-
-async def task_runs(bus: Bus) -> list[TaskRun]:
-    runs = []
-    for key in await bus.kv_keys(subjects.RUNS_BUCKET, "task.>"):
-        got = await bus.kv_get(subjects.RUNS_BUCKET, key)
-        if got is not None:
-            runs.append(TaskRun.from_json(got[0]))
-    return runs
 
 
 def ran(marks: Path) -> int:
@@ -115,7 +103,7 @@ async def test_each_action_runs_once_when_the_actions_leader_is_killed(
             with path.open("wb") as out:
                 procs.append(
                     await asyncio.create_subprocess_exec(
-                        *executor(tmp_path / "state", nats_cluster.url),
+                        *executor(tmp_path / "state", nats_cluster.url, "--concurrency", "8"),
                         env=env,
                         stdout=asyncio.subprocess.DEVNULL,
                         stderr=out,

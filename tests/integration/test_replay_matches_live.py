@@ -26,7 +26,15 @@ import pytest
 
 from events import subjects
 from events.bus import Bus
-from events.model import TICK, CalendarData, Event, LifecycleData, MetricData, utcnow
+from events.model import (
+    TICK,
+    CalendarData,
+    DecisionData,
+    Event,
+    LifecycleData,
+    MetricData,
+    utcnow,
+)
 from sensors.axons import AxonStore
 from sensors.loader import load_axon_text
 from sensors.replay import decision_line, replay
@@ -137,7 +145,7 @@ async def test_every_live_decision_replays_identically(bus: Bus) -> None:
     for axon, _ in scenarios:
         name = axon.metadata.name
         events = by_axon[name]
-        want = [_line(r) for r in live[name]]
+        want = [decision_line(DecisionData.model_validate(r)) for r in live[name]]
         got = lines(replay(axon, events))
         assert got == want, f"seed {seed}: {name} replayed differently"
         timed_fires += sum(1 for r in want if r["fired"] and r["reason"].startswith("tick at"))
@@ -165,19 +173,3 @@ async def settled(bus: Bus) -> None:
 
 async def _all(bus: Bus) -> list[Any]:
     return [item async for item in bus.replay(filter_subject=subjects.events_filter())]
-
-
-def _line(record: dict[str, Any]) -> dict[str, Any]:
-    """A live decision record in `sensors test`'s line shape."""
-    return {
-        "event_id": record["event_id"],
-        "sensor": record["sensor"],
-        "trigger": record.get("trigger"),
-        "fired": record["fired"],
-        "reason": record["reason"],
-        "sensor_run_id": record.get("sensor_run_id"),
-        "actions": [
-            {"kind": a["kind"], "task": a["task"], "step": a["step"]}
-            for a in record.get("actions", [])
-        ],
-    }
