@@ -1,7 +1,7 @@
 """The engine on the bus: consume events, step the pure engine, publish, persist, then ack.
 
 `sensors.engine` decides; this module makes its decisions happen exactly once although the
-process may die at any instruction. The rules (DESIGN.md, Delivery):
+process may die at any instruction. The rules:
 
 - Events are consumed in batches from a durable pull consumer and stepped in memory.
 - A batch commits in this order: publish its action requests, decision records and sensor-run
@@ -27,8 +27,14 @@ process may die at any instruction. The rules (DESIGN.md, Delivery):
   half-applied change survives in memory.
 - A malformed event, an event of an unknown type or with an invalid payload is logged, counted
   and terminated; it never stops the stream.
-- Time passes here, not in the engine: the loop reads the wall clock and calls `tick()` when
-  `next_deadline()` passes.
+- Time is data. Each event is stepped at its own `time`. When the wall clock passes a
+  deadline (`engine.due_ticks`), the runtime publishes a `ranvier.tick` event and acts on it
+  only when it comes back from the stream, so a dry run over a recording takes the same
+  decisions (`sensors.replay`, docs/replay.md).
+- Partitions: the events stream is partitioned by Axon; a `PartitionEngine` steps one
+  partition (its own durable consumer, state and sequence guard, everything above), and the
+  `EngineRuntime` of each replica holds partitions by lease (`sensors.leases`), checking the
+  lease before every publish, state write and ack (docs/scale-out.md).
 
 A `ranvier.axon` submitted event is applied with `engine.submit` and the spec of that very
 generation, read from `ranvier_axons` (`AxonStore`). After a restart, each Axon's state is
