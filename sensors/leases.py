@@ -36,7 +36,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import nats.errors
@@ -87,6 +87,11 @@ class Lease:
     """The revision at which it was taken (logged, and stored with the partition's state)."""
     valid_until: float
     """`time.monotonic()` after which the holder must not act for the partition."""
+    released: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
+    """Renewal and release of one lease never overlap: a renewal landing after the release
+    began would move the revision, the delete would miss it, and the lease would outlive its
+    holder until the TTL."""
 
     def valid(self) -> bool:
         """Whether the holder may still publish, write state and ack for the partition."""
@@ -193,27 +198,33 @@ class LeaseTable:
         return owner == self.replica
 
     async def renew(self, lease: Lease) -> bool:
-        """Extend a held lease; False (and the lease no longer valid) if it was lost."""
-        sent = time.monotonic()
-        try:
-            lease.revision = await self._bus.kv_update(
-                subjects.LEASES_BUCKET, self.key(lease.partition), self._value(), lease.revision
-            )
-        except BusError:  # another revision, or the key expired: lost
-            lease.valid_until = 0.0
-            return False
-        lease.valid_until = sent + self.ttl * VALID_FRACTION
-        return True
+        """Extend a held lease; False (and the lease no longer valid) if it was lost. A lease
+        being released is left alone (True)."""
+        async with lease.lock:
+            if lease.released:
+                return True
+            sent = time.monotonic()
+            try:
+                lease.revision = await self._bus.kv_update(
+                    subjects.LEASES_BUCKET, self.key(lease.partition), self._value(), lease.revision
+                )
+            except BusError:  # another revision, or the key expired: lost
+                lease.valid_until = 0.0
+                return False
+            lease.valid_until = sent + self.ttl * VALID_FRACTION
+            return True
 
     async def release(self, lease: Lease) -> None:
         """Give a lease up (only if still held at its revision)."""
-        lease.valid_until = 0.0
-        try:
-            await self._bus.kv_delete(
-                subjects.LEASES_BUCKET, self.key(lease.partition), last_revision=lease.revision
-            )
-        except (BusError, nats.errors.Error) as exc:  # lost meanwhile, or the server is gone
-            log.info("leases.release_failed", partition=lease.partition, error=str(exc))
+        async with lease.lock:
+            lease.released = True
+            lease.valid_until = 0.0
+            try:
+                await self._bus.kv_delete(
+                    subjects.LEASES_BUCKET, self.key(lease.partition), last_revision=lease.revision
+                )
+            except (BusError, nats.errors.Error) as exc:  # lost meanwhile, or the server is gone
+                log.info("leases.release_failed", partition=lease.partition, error=str(exc))
 
 
 def _holder(value: bytes) -> tuple[str | None, str | None]:
