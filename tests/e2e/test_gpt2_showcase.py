@@ -195,12 +195,19 @@ def check_showcase(user: User) -> None:
     # Good feedback without an answer now reaches both serving versions, each with its own
     # gauge; Myelin's condition still reads a value (a bare {{name}} is the Axon's: the mean
     # of its series), not an unknown one.
-    for _ in range(40):
-        sent = user.http.post(f"{url}send-feedback", json={"request": PAYLOAD, "reward": 1})
-        assert sent.status_code == 200, sent.text
+    # Right after the redeploy the router's table may still name one version for a moment
+    # (seen once in CI: 23 of 40 feedbacks reached only the new one), so rounds of 20 go until
+    # both gauges are back at 1.0, a bounded number of times.
+    gauges: list[float | None] = []
+    for _ in range(10):
+        for _ in range(20):
+            sent = user.http.post(f"{url}send-feedback", json={"request": PAYLOAD, "reward": 1})
+            assert sent.status_code == 200, sent.text
+        gauges = [gauge(user.http.get(f"{b['url']}/metrics").text) for b in backends.values()]
+        if gauges == [1.0, 1.0]:
+            break
     stopped = time.time()
-    gauges = [gauge(user.http.get(f"{b['url']}/metrics").text) for b in backends.values()]
-    assert gauges == [1.0, 1.0], gauges  # every feedback reached both versions
+    assert gauges == [1.0, 1.0], gauges  # feedback without an answer reached both versions
     read = until("the watcher reading both gauges", lambda: user.condition_value(stopped))
     assert read == pytest.approx(sum(g for g in gauges if g is not None) / len(gauges))
 
