@@ -215,10 +215,13 @@ class Received:
     def _parse(self) -> None:
         if not self._parsed:
             try:
-                self._event = Event.from_json(self.msg.data)
+                self._event = Event.from_json(self.msg.data, stored_at=self._stored_at)
             except EventError as exc:
                 self._error = exc
             self._parsed = True
+
+    def _stored_at(self) -> datetime:
+        return self.timestamp
 
     @property
     def event(self) -> Event | None:
@@ -994,7 +997,7 @@ class Bus:
                     return
                 raw = bytes(msg.data)
                 try:
-                    event = Event.from_json(raw)
+                    event = Event.from_json(raw, stored_at=meta.timestamp)
                 except EventError as exc:
                     log.warning("bus.replay_skipped", seq=seq, error=str(exc))
                 else:
@@ -1034,7 +1037,7 @@ class Bus:
                 meta = msg.metadata
                 raw = bytes(msg.data)
                 try:
-                    event = Event.from_json(raw)
+                    event = Event.from_json(raw, stored_at=meta.timestamp)
                 except EventError as exc:
                     log.warning("bus.follow_skipped", seq=meta.sequence.stream, error=str(exc))
                     continue
