@@ -1,7 +1,7 @@
 """The bus: ranvier's one doorway to NATS JetStream.
 
 Everything else (engine runtime, executors, watchers, the CLI) talks to NATS through `Bus`, so
-the delivery rules of DESIGN.md live in one place:
+the delivery rules (docs/architecture.md) live in one place:
 
 - streams and KV buckets are created or updated idempotently on connect, so any process may
   be the first to start;
@@ -155,7 +155,7 @@ class ConnectOptions(BaseModel):
 
 
 class StreamLimits(BaseModel):
-    """Retention of the ranvier streams (DESIGN.md defaults)."""
+    """Retention, partitions and replicas of the ranvier streams (docs/architecture.md)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -558,7 +558,7 @@ class Bus:
     # -- topology ----------------------------------------------------------------------------
 
     def stream_configs(self) -> list[api.StreamConfig]:
-        """The three ranvier streams as DESIGN.md describes them."""
+        """The three ranvier streams (docs/architecture.md, Events)."""
         dup = self.limits.duplicate_window.total_seconds()
         replicas = self.limits.num_replicas
         source, dest = subjects.partition_transform(self.partitions)

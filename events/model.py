@@ -353,7 +353,7 @@ def action_key(
     """The idempotency key of an action: `axon/sensor/sensor_run_id/step[.index]/attempt`.
 
     The index appears only for the second and later actions of a parallel step, so a plain step
-    has exactly DESIGN.md's key.
+    has the documented key `axon/sensor/sensor_run_id/step/attempt` (docs/architecture.md).
     """
     where = f"{step}" if index == 0 else f"{step}.{index}"
     return f"{axon}/{sensor}/{sensor_run_id}/{where}/{attempt}"

@@ -279,8 +279,8 @@ async def connect_or_start(
     settings: Settings, body: Callable[[Bus], Awaitable[None]], *, read_only: bool
 ) -> None:
     """Connect and run `body`; for read-only work, start the embedded server on the state
-    dir's store if the server recorded there is gone (DESIGN.md: export works on a stopped
-    `ranvier up`)."""
+    dir's store if the server recorded there is gone (so `get`, `logs` and `events export` work
+    after `ranvier up` stopped)."""
     try:
         async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
             await body(bus)

@@ -691,7 +691,7 @@ def run(
 
 
 async def _read_only(settings: Settings, body: Callable[[Bus], Awaitable[None]]) -> None:
-    """Connect for reading; with no server recorded, open the state dir's store (DESIGN.md)."""
+    """Connect for reading; with no server recorded, open the state dir's store."""
     _, origin = settings.resolve_url()
     if origin != "default" or not settings.store_dir.is_dir():
         await connect_or_start(settings, body, read_only=True)
