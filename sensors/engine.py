@@ -21,7 +21,7 @@ Shape (kopf's causes: data in, decisions out):
   of the persisted state and rebuilds from KV when a batch fails. Their result depends only on
   (state, arguments): the same state and event always give the same result.
 
-Indexes (issue 4, item 2), built on submit, so an event's cost does not grow with the sensors it
+Indexes, built on submit, so an event's cost does not grow with the sensors it
 cannot concern: lifecycle triggers by (task, phase); Alert triggers and Metric conditions by query
 key and by (sensor, name); Rest and Calendar by sensor; active runs by sensor_run_id.
 

@@ -62,9 +62,11 @@ from ranvier.app import (
     unknown_backend,
 )
 from ranvier.commands.common import (
+    AllNamespaces,
     Connection,
     Replicas,
     StateDir,
+    axon_namespace,
     connect_or_start,
     on_own_server,
     run_command,
@@ -689,7 +691,7 @@ def run(
 
 
 async def _read_only(settings: Settings, body: Callable[[Bus], Awaitable[None]]) -> None:
-    """Connect for reading; with no server recorded, open the state dir's store (DESIGN.md)."""
+    """Connect for reading; with no server recorded, open the state dir's store."""
     _, origin = settings.resolve_url()
     if origin != "default" or not settings.store_dir.is_dir():
         await connect_or_start(settings, body, read_only=True)
@@ -748,12 +750,20 @@ def submit(
 @with_connection
 def list_axon(
     *,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Only this namespace's Axons.")
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Every namespace's (the default).")
+    ] = False,
     output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
     connection: Connection,
 ) -> None:
-    """List submitted Axons."""
+    """List submitted Axons (of every namespace unless -n names one)."""
     if output not in ("text", "json"):
         raise AppError(f"-o {output}: choose text or json")
+    if namespace is not None and all_namespaces:
+        raise AppError("-n and -A contradict each other", hint="give one of them")
     settings = connection.settings()
 
     async def body(bus: Bus) -> None:
@@ -766,6 +776,7 @@ def list_axon(
                 "source": str(s.source) if s.source else None,
             }
             for s in await AxonStore(bus).list()
+            if namespace is None or s.namespace == namespace
         ]
         if output == "json":
             typer.echo(json.dumps(rows, indent=2))
@@ -789,6 +800,7 @@ def get_axon(
     name: Annotated[str, typer.Argument(help="The Axon's name.")],
     *,
     namespace: Namespace = "default",
+    all_namespaces: AllNamespaces = False,
     output: Annotated[
         GetFormat, typer.Option("--output", "-o", help="text, json, yaml or wide.")
     ] = GetFormat.text,
@@ -798,7 +810,8 @@ def get_axon(
     settings = connection.settings()
 
     async def body(bus: Bus) -> None:
-        doc = await axon_status(bus, await _stored(bus, namespace, name))
+        ns = await axon_namespace(bus, name, namespace, all_namespaces)
+        doc = await axon_status(bus, await _stored(bus, ns, name))
         if output is GetFormat.json:
             typer.echo(json.dumps(doc, indent=2))
         elif output is GetFormat.yaml:
@@ -815,6 +828,7 @@ def watch_axon(
     name: Annotated[str, typer.Argument(help="The Axon's name.")],
     *,
     namespace: Namespace = "default",
+    all_namespaces: AllNamespaces = False,
     connection: Connection,
 ) -> None:
     """Follow an Axon's progress live until Ctrl-C."""
@@ -822,7 +836,8 @@ def watch_axon(
 
     async def go() -> None:
         async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
-            await _watch(bus, await _stored(bus, namespace, name))
+            ns = await axon_namespace(bus, name, namespace, all_namespaces)
+            await _watch(bus, await _stored(bus, ns, name))
 
     run_command(go())
 
@@ -833,6 +848,7 @@ def delete_axon(
     name: Annotated[str, typer.Argument(help="The Axon's name.")],
     *,
     namespace: Namespace = "default",
+    all_namespaces: AllNamespaces = False,
     connection: Connection,
 ) -> None:
     """Delete an Axon: its sensors stop and its running tasks are stopped."""
@@ -840,7 +856,8 @@ def delete_axon(
 
     async def go() -> None:
         async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
-            stored = await AxonStore(bus).delete(namespace, name)
+            ns = await axon_namespace(bus, name, namespace, all_namespaces)
+            stored = await AxonStore(bus).delete(ns, name)
         typer.echo(f"axon {stored.namespace}/{stored.name} deleted")
 
     run_command(go())
@@ -853,6 +870,7 @@ def trigger(
     *,
     data: Annotated[str, typer.Option("--data", help="JSON object passed as the payload.")] = "{}",
     namespace: Namespace = "default",
+    all_namespaces: AllNamespaces = False,
     connection: Connection,
 ) -> None:
     """Fire a sensor's Rest trigger."""
@@ -866,7 +884,8 @@ def trigger(
 
     async def go() -> None:
         async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
-            event_id = await trigger_rest(bus, namespace, axon, sensor, payload)
+            ns = await axon_namespace(bus, axon, namespace, all_namespaces)
+            event_id = await trigger_rest(bus, ns, axon, sensor, payload)
         typer.echo(f"triggered {axon}/{sensor} (event {event_id})")
 
     run_command(go())
@@ -911,13 +930,15 @@ def logs(
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
     namespace: Namespace = "default",
+    all_namespaces: AllNamespaces = False,
     connection: Connection,
 ) -> None:
     """Print a task run's log (stdout and stderr of its process)."""
     settings = connection.settings()
 
     async def body(bus: Bus) -> None:
-        run = _pick_run(await _task_runs(bus, namespace, axon, task), run_id, axon, task)
+        ns = await axon_namespace(bus, axon, namespace, all_namespaces)
+        run = _pick_run(await _task_runs(bus, ns, axon, task), run_id, axon, task)
         if not run.log_path:
             raise AppError(f"run {run.id} of {task} has no log ({run.phase}: {run.message})")
         path = Path(run.log_path)
