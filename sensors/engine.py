@@ -98,6 +98,8 @@ __all__ = [
 ]
 
 STATE_VERSION: Final = 1
+AXON_DELETED: Final = "Axon deleted"
+"""Why an Axon's runs ended and its sensors' state went, when it is deleted."""
 SEEN_EDGES_LIMIT: Final = 1024
 """Lifecycle edges (task, run, phase) remembered per Axon for edge-triggering; oldest go first."""
 FINISHED_RUNS_LIMIT: Final = 512
@@ -1092,19 +1094,7 @@ def submit(
     if deleting:
         if old is None:
             return out.result(ignored=f"Axon {key!r} is not known; nothing to delete")
-        for sensor in old.spec.order:
-            out.decide(
-                old,
-                event.id,
-                sensor.name,
-                None,
-                matched=True,
-                fired=False,
-                reason=f"Axon deleted: state of the sensor dropped "
-                f"({len(old.sensors.get(sensor.name, _SensorState()).active)} active run(s))",
-            )
-        del state._axons[key]
-        return out.result(deleted=(key,))
+        return _delete(state, out, old, event.id)
     if old is not None and generation <= old.generation:
         return out.result(
             ignored=f"generation {generation} of Axon {key!r} is not newer than the "
@@ -1221,17 +1211,27 @@ def _reconcile(
 # Step: one event
 
 
+def event_axon(event: Event) -> str | None:
+    """The key (`axon_key`) of the Axon an event is about, None if it names none: the one
+    place this is read from an event (the runtime keys its redelivery guard by it)."""
+    data = event.data
+    axon = data.get("axon")
+    namespace = data.get("namespace", "default")
+    if isinstance(axon, str) and isinstance(namespace, str):
+        return axon_key(namespace, axon)
+    return None
+
+
 def step(state: EngineState, event: Event, now: datetime) -> StepResult:
     """Apply one event; never raises for a bad event (`StepResult.ignored` says why)."""
     out = _Out(_seconds(now))
     if event.type not in _HANDLERS:
         return out.result(ignored=f"event type {event.type!r} is not one the engine reads")
-    data = event.data
-    axon = data.get("axon")
-    namespace = data.get("namespace", "default")
-    if not isinstance(axon, str) or not isinstance(namespace, str):
+    key = event_axon(event)
+    if key is None:
         return out.result(ignored=f"event {event.id} ({event.type}) names no Axon")
-    ax = state._axons.get(axon_key(namespace, axon))
+    data = event.data
+    ax = state._axons.get(key)
     if event.type == AXON:
         return _step_axon(state, out, ax, event)
     if ax is None:
@@ -1252,21 +1252,32 @@ def _step_axon(state: EngineState, out: _Out, ax: _AxonState | None, event: Even
     except ValidationError:
         return out.result(ignored=f"event {event.id} (ranvier.axon) has an invalid payload")
     if payload.action == "deleted" and ax is not None:
-        for sensor in ax.spec.order:
-            out.decide(
-                ax,
-                event.id,
-                sensor.name,
-                None,
-                matched=True,
-                fired=False,
-                reason="Axon deleted: state of the sensor dropped",
-            )
-        del state._axons[ax.spec.key]
-        return out.result(deleted=(ax.spec.key,))
+        return _delete(state, out, ax, event.id)
     return out.result(
         ignored="ranvier.axon events are applied with submit(), which is given the spec"
     )
+
+
+def _delete(state: EngineState, out: _Out, ax: _AxonState, event_id: str) -> StepResult:
+    """The one way an Axon goes: its active runs end (Failed, reported in `ended`), each sensor
+    gets a decision saying so, and its state is dropped (`deleted`: the caller removes it)."""
+    ended: dict[str, int] = {}
+    for run in list(ax.runs.values()):
+        out.end(ax, run, "Failed", AXON_DELETED)
+        ended[run.sensor] = ended.get(run.sensor, 0) + 1
+    for sensor in ax.spec.order:
+        out.decide(
+            ax,
+            event_id,
+            sensor.name,
+            None,
+            matched=True,
+            fired=False,
+            reason=f"{AXON_DELETED}: state of the sensor dropped "
+            f"({ended.get(sensor.name, 0)} active run(s) ended)",
+        )
+    del state._axons[ax.spec.key]
+    return out.result(deleted=(ax.spec.key,))
 
 
 def _lifecycle(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:

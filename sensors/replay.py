@@ -46,11 +46,8 @@ def synthetic_submit(axon: Axon, time: datetime) -> Event:
 
 
 def _is_own_axon_event(axon: Axon, event: Event) -> bool:
-    return (
-        event.type == AXON
-        and event.data.get("axon") == axon.metadata.name
-        and event.data.get("namespace", "default") == axon.metadata.namespace
-    )
+    own = engine.axon_key(axon.metadata.namespace, axon.metadata.name)
+    return event.type == AXON and engine.event_axon(event) == own
 
 
 def replay(

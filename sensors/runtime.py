@@ -566,7 +566,7 @@ class PartitionEngine:
                 self._reject(batch, rec, "malformed", str(rec.error))
                 continue
             seq = rec.seq
-            akey = _axon_of(event)
+            akey = engine.event_axon(event)
             slot = self._slots.get(akey) if akey is not None else None
             if slot is not None and seq <= max(slot.applied, slot.stepped):
                 self.stats.redelivered += 1
@@ -1183,14 +1183,6 @@ def _seq_of(rec: Received) -> int:
 def key_of(slot: _Slot) -> str:
     """The state key of a slot."""
     return state_key(slot.namespace, slot.name)
-
-
-def _axon_of(event: Event) -> str | None:
-    axon = event.data.get("axon")
-    namespace = event.data.get("namespace", "default")
-    if isinstance(axon, str) and isinstance(namespace, str):
-        return engine.axon_key(namespace, axon)
-    return None
 
 
 def _run_ref(item: ActionRequest | DecisionData | engine.EndedRun) -> tuple[str, str, str, str]:

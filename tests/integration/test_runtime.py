@@ -304,3 +304,24 @@ async def test_a_replaced_run_is_recorded_as_ended_and_an_unknown_run_gets_no_re
     assert (
         await bus.kv_get(subjects.RUNS_BUCKET, f"sensor.default.{NAME}.retrain.no-such-run") is None
     )
+
+
+async def test_deleting_an_axon_ends_its_active_runs_in_their_records(bus: Bus) -> None:
+    store = AxonStore(bus)
+    await store.submit(two_step_axon())
+    async with running(bus):
+        await bus.publish(prep_done(1))
+        await caught_up(bus)
+        [(_, request)] = await stored_actions(bus)
+        run_id = as_action(request).sensor_run_id
+        key = f"sensor.default.{NAME}.retrain.{run_id}"
+        got = await bus.kv_get(subjects.RUNS_BUCKET, key)
+        assert got is not None
+        assert record_of(got[0])["phase"] == "Running"
+        await store.delete("default", NAME)
+        await caught_up(bus)
+    got = await bus.kv_get(subjects.RUNS_BUCKET, key)
+    assert got is not None
+    record = record_of(got[0])
+    assert (record["phase"], record["reason"]) == ("Failed", engine.AXON_DELETED)
+    assert record["finished"] is not None
