@@ -33,7 +33,8 @@ from events.watchers.calendar import Schedule
 from events.watchers.calendar_watcher import CalendarWatcher, ScheduledTrigger
 from executors.backends.base import Backend
 from executors.backends.local import LocalBackend
-from executors.deployer import LocalDeployer, fixed_url
+from executors.deploy_flow import fixed_url
+from executors.deployer import LocalDeployer
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry
 from executors.runner import Deployer, ExecutorRunner

@@ -19,7 +19,7 @@ import yaml
 from events.bus import Bus, kv_key
 from events.errors import RanvierError
 from events.subjects import MODELS_BUCKET
-from executors.deployer import fixed_url
+from executors.deploy_flow import fixed_url
 from executors.serving.kv_table import ROUTER_URL_KEY
 from ranvier.commands.common import (
     AllNamespaces,
