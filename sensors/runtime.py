@@ -75,6 +75,7 @@ from events.model import (
     AxonData,
     DecisionData,
     Event,
+    SensorRunRecord,
     TickData,
     canonical_json,
     format_time,
@@ -84,6 +85,7 @@ from events.model import (
 from sensors import engine
 from sensors.axons import AxonStore, AxonStoreError
 from sensors.leases import DEFAULT_TTL, Lease, LeaseTable, assign, default_replica_id
+from sensors.records import merge_run_record, new_record
 from sensors.spec import Axon
 
 __all__ = [
@@ -344,7 +346,7 @@ class PartitionEngine:
         self._state = engine.EngineState()
         self._slots: dict[str, _Slot] = {}
         self._specs: dict[tuple[str, str, int], Axon] = {}
-        self._runs: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._runs: OrderedDict[str, SensorRunRecord] = OrderedDict()
         self._consumer: Consumer | None = None
         self._pending = _Pending()
         self._flusher: asyncio.Future[None] | None = None
@@ -826,60 +828,23 @@ class PartitionEngine:
         for rid, (ns, axon, sensor, rkey) in touched.items():
             view = self._state.run(engine.axon_key(ns, axon), rid)
             end = ends.get(rid)
-            if view is None and end is None and rkey not in self._runs and rid not in batch.started:
+            previous = self._runs.get(rkey)
+            if view is None and end is None and previous is None and rid not in batch.started:
                 continue  # a report about a run nobody knows (long gone, or never started)
-            record = self._runs.get(rkey) or {
-                "id": rid,
-                "axon": axon,
-                "namespace": ns,
-                "sensor": sensor,
-                "trigger": None,
-                "phase": "Running",
-                "started": stamp,
-                "finished": None,
-                "reason": "",
-                "steps": [],
-            }
-            latest = reasons.get(rid)
-            if latest is not None:
-                record["reason"] = latest.reason
-                if latest.fired and latest.trigger is not None and not record["steps"]:
-                    record["trigger"] = latest.trigger
-            steps = {(s["index"], s.get("action", 0)): s for s in record["steps"]}
-            for action in by_run.get(rid, ()):
-                steps[(action.step, action.index)] = _step_entry(
-                    action.step, action.index, action.kind, action.task, action.attempt
-                )
-                steps[(action.step, action.index)]["key"] = action.idempotency_key
-            for report in reports.get(rid, ()):
-                entry = steps.get((report.get("step", 0), report.get("index", 0)))
-                if entry is not None and entry["attempt"] == report.get("attempt", 1):
-                    entry["phase"] = report["phase"]
-                    entry["run_id"] = report["run_id"]
-            if view is not None and view.phase == "Running":
-                record["phase"] = "Running"
-                record["trigger"] = view.trigger
-                if view.started is not None:
-                    record["started"] = format_time(view.started)
-                for act in view.actions:
-                    entry = steps.get((act.step, act.index))
-                    if entry is None or (
-                        act.attempt is not None and entry["attempt"] != act.attempt
-                    ):
-                        entry = steps[(act.step, act.index)] = _step_entry(
-                            act.step, act.index, act.kind, act.task, act.attempt
-                        )
-                    entry["phase"] = act.phase
-            elif (done := end or view) is not None:  # ended (this batch says how, if it did)
-                record["phase"] = done.phase
-                record["reason"] = done.reason
-                record["finished"] = record["finished"] or stamp
-            record["steps"] = [steps[k] for k in sorted(steps)]
+            record = merge_run_record(
+                previous or new_record(rid, namespace=ns, axon=axon, sensor=sensor, started=stamp),
+                stamp=stamp,
+                decision=reasons.get(rid),
+                actions=by_run.get(rid, ()),
+                reports=reports.get(rid, ()),
+                view=view,
+                end=end,
+            )
             self._remember(rkey, record)
             out.append(
                 Outgoing(
                     f"$KV.{subjects.RUNS_BUCKET}.{rkey}",
-                    json.dumps(record).encode(),
+                    record.to_json(),
                     f"{self._instance}-{next(self._record_ids)}",
                 )
             )
@@ -892,11 +857,11 @@ class PartitionEngine:
             got = await self._bus.kv_get(subjects.RUNS_BUCKET, key)
             if got is not None:
                 with contextlib.suppress(ValueError):
-                    self._remember(key, json.loads(got[0]))
+                    self._remember(key, SensorRunRecord.from_json(got[0]))
 
         await asyncio.gather(*(one(k) for k in keys))
 
-    def _remember(self, key: str, record: dict[str, Any]) -> None:
+    def _remember(self, key: str, record: SensorRunRecord) -> None:
         self._runs[key] = record
         self._runs.move_to_end(key)
         while len(self._runs) > RUN_RECORDS_KEPT:
@@ -1195,17 +1160,3 @@ def _run_ref(item: ActionRequest | DecisionData | engine.EndedRun) -> tuple[str,
 def _runs_prefix(namespace: str, axon: str, sensor: str) -> str:
     """`kv_key("sensor", namespace, axon, sensor)`: the start of its runs' record keys."""
     return kv_key("sensor", namespace, axon, sensor)
-
-
-def _step_entry(step: int, index: int, kind: str, task: str, attempt: int | None) -> dict[str, Any]:
-    """A step's entry in a sensor-run record, before the executor reports on it."""
-    return {
-        "index": step,
-        "action": index,
-        "attempt": attempt,
-        "kind": kind,
-        "task": task,
-        "phase": "Pending",
-        "run_id": None,
-        "key": None,
-    }
