@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final, Literal
 
@@ -469,3 +470,115 @@ PAYLOAD_TYPES: Final[dict[str, type[Payload]]] = {
 def canonical_json(value: Any) -> bytes:
     """Deterministic compact JSON (sorted keys) for hashing and byte-identical output."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sensor-run records (`ranvier_runs`, key `sensor.<ns>.<axon>.<sensor>.<run>`)
+
+
+@dataclass(slots=True)
+class RunStepRecord:
+    """One action of a sensor run's step as its record shows it; `run_id` is the executor's
+    task run, once it reported on the action."""
+
+    index: int
+    """The step (0, 1, ...)."""
+    action: int
+    """The action's place in a parallel step (0 for a plain step)."""
+    attempt: int | None
+    kind: str
+    task: str
+    phase: str = "Pending"
+    run_id: str | None = None
+    key: str | None = None
+    """The action's idempotency key."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored layout."""
+        return {
+            "index": self.index,
+            "action": self.action,
+            "attempt": self.attempt,
+            "kind": self.kind,
+            "task": self.task,
+            "phase": self.phase,
+            "run_id": self.run_id,
+            "key": self.key,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunStepRecord:
+        """From the stored layout (`ValueError`/`KeyError`/`TypeError` when it is not one)."""
+        attempt = data.get("attempt")
+        return cls(
+            index=int(data["index"]),
+            action=int(data.get("action", 0)),
+            attempt=None if attempt is None else int(attempt),
+            kind=str(data["kind"]),
+            task=str(data["task"]),
+            phase=str(data.get("phase", "Pending")),
+            run_id=_opt_str(data.get("run_id")),
+            key=_opt_str(data.get("key")),
+        )
+
+
+@dataclass(slots=True)
+class SensorRunRecord:
+    """A sensor run as `ranvier_runs` holds it: what `get axon`, the console and the API show.
+
+    The engine writes it (`sensors.records.merge_run_record`) as the run starts, advances and
+    ends; its steps carry the task run ids the executors reported.
+    """
+
+    id: str
+    axon: str
+    namespace: str
+    sensor: str
+    started: str
+    """RFC 3339 (`format_time`)."""
+    trigger: str | None = None
+    phase: str = "Running"
+    finished: str | None = None
+    reason: str = ""
+    steps: list[RunStepRecord] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        """The stored bytes."""
+        return json.dumps(
+            {
+                "id": self.id,
+                "axon": self.axon,
+                "namespace": self.namespace,
+                "sensor": self.sensor,
+                "trigger": self.trigger,
+                "phase": self.phase,
+                "started": self.started,
+                "finished": self.finished,
+                "reason": self.reason,
+                "steps": [s.to_dict() for s in self.steps],
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> SensorRunRecord:
+        """Parse a stored record; `ValueError` saying what is wrong when it is not one."""
+        try:
+            data = json.loads(raw)
+            return cls(
+                id=str(data["id"]),
+                axon=str(data["axon"]),
+                namespace=str(data.get("namespace", "default")),
+                sensor=str(data["sensor"]),
+                started=str(data["started"]),
+                trigger=_opt_str(data.get("trigger")),
+                phase=str(data.get("phase", "Running")),
+                finished=_opt_str(data.get("finished")),
+                reason=str(data.get("reason") or ""),
+                steps=[RunStepRecord.from_dict(s) for s in data.get("steps") or []],
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"not a sensor-run record: {exc!r}") from None
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)

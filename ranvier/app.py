@@ -20,14 +20,14 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import structlog
 
 from events import subjects
 from events.bus import Bus
 from events.errors import RanvierError
-from events.model import RestData
+from events.model import RestData, SensorRunRecord
 from events.telemetry import Telemetry
 from events.watchers.calendar import Schedule
 from events.watchers.calendar_watcher import CalendarWatcher, ScheduledTrigger
@@ -37,7 +37,7 @@ from executors.deploy_flow import fixed_url
 from executors.deployer import LocalDeployer
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry
-from executors.runner import Deployer, ExecutorRunner
+from executors.runner import Deployer, ExecutorRunner, RunnerError, TaskRun
 from executors.serving.kv_table import ROUTER_URL_KEY, RouterRole
 from sensors.axons import AxonStore, StoredAxon
 from sensors.leases import DEFAULT_TTL
@@ -321,6 +321,31 @@ async def _records(bus: Bus, bucket: str, prefix: str) -> list[dict[str, Any]]:
     return out
 
 
+_R = TypeVar("_R")
+
+
+async def _typed_records(bus: Bus, prefix: str, parse: Callable[[bytes], _R]) -> list[_R]:
+    """The run records under `prefix` in `ranvier_runs` (unreadable ones logged and skipped)."""
+    out: list[_R] = []
+    for key in await bus.kv_keys(subjects.RUNS_BUCKET, f"{prefix}.>"):
+        got = await bus.kv_get(subjects.RUNS_BUCKET, key)
+        if got is None:
+            continue
+        try:
+            out.append(parse(got[0]))
+        except (ValueError, RunnerError) as exc:
+            log.warning("status.unreadable", bucket=subjects.RUNS_BUCKET, key=key, error=str(exc))
+    return out
+
+
+async def _sensor_runs(bus: Bus, prefix: str) -> list[SensorRunRecord]:
+    return await _typed_records(bus, prefix, SensorRunRecord.from_json)
+
+
+async def _task_runs(bus: Bus, prefix: str) -> list[TaskRun]:
+    return await _typed_records(bus, prefix, TaskRun.from_json)
+
+
 async def _router_url(bus: Bus) -> str | None:
     found = await bus.kv_get(subjects.MODELS_BUCKET, ROUTER_URL_KEY)
     try:
@@ -338,36 +363,39 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
     """Everything `get axon NAME -o json` prints: sensors' runs, task runs, models, deployments."""
     ns, name = stored.namespace, stored.name
     spec = stored.axon.spec
-    sensor_runs = await _records(bus, subjects.RUNS_BUCKET, _prefix("sensor", ns, name))
-    task_runs = await _records(bus, subjects.RUNS_BUCKET, _prefix("task", ns, name))
+    sensor_runs = await _sensor_runs(bus, _prefix("sensor", ns, name))
+    task_runs = await _task_runs(bus, _prefix("task", ns, name))
     deployments = await _records(bus, subjects.MODELS_BUCKET, _prefix("deploy", ns, name))
     router_url = await _router_url(bus)
     versions = await ModelRegistry(BusKeyValue(bus, subjects.MODELS_BUCKET)).versions(
         name, namespace=ns
     )
 
-    def by_start(run: dict[str, Any]) -> str:
-        return str(run.get("started") or "~")
-
     sensors = []
     sensor_names = [s.name for s in spec.sensors]
-    sensor_names += sorted({str(r.get("sensor")) for r in sensor_runs} - set(sensor_names))
+    sensor_names += sorted({r.sensor for r in sensor_runs} - set(sensor_names))
     for sensor in sensor_names:
-        runs = sorted((r for r in sensor_runs if r.get("sensor") == sensor), key=by_start)
+        runs = sorted((r for r in sensor_runs if r.sensor == sensor), key=lambda r: r.started)
         sensors.append(
             {
                 "name": sensor,
                 "runs": [
                     {
-                        "id": r.get("id"),
-                        "phase": r.get("phase"),
-                        "trigger": r.get("trigger"),
-                        "started": r.get("started"),
-                        "finished": r.get("finished"),
-                        "reason": r.get("reason"),
+                        "id": r.id,
+                        "phase": r.phase,
+                        "trigger": r.trigger,
+                        "started": r.started,
+                        "finished": r.finished,
+                        "reason": r.reason,
                         "steps": [
-                            {k: s.get(k) for k in ("index", "kind", "task", "phase", "run_id")}
-                            for s in r.get("steps") or []
+                            {
+                                "index": s.index,
+                                "kind": s.kind,
+                                "task": s.task,
+                                "phase": s.phase,
+                                "run_id": s.run_id,
+                            }
+                            for s in r.steps
                         ],
                     }
                     for r in runs
@@ -377,30 +405,30 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
     tasks = []
     kinds: dict[str, str] = {t.name: t.kind for t in spec.tasks}
     task_names = list(kinds)
-    task_names += sorted({str(r.get("task")) for r in task_runs} - set(task_names))
+    task_names += sorted({r.task for r in task_runs} - set(task_names))
     for task in task_names:
-        runs = sorted((r for r in task_runs if r.get("task") == task), key=by_start)
-        kind = kinds.get(task) or next((str(r.get("kind")) for r in runs), "deployer")
+        of_task = sorted((r for r in task_runs if r.task == task), key=lambda r: r.started or "~")
+        kind = kinds.get(task) or next((r.kind for r in of_task), "deployer")
         tasks.append(
             {
                 "name": task,
                 "kind": kind,
                 "runs": [
                     {
-                        "id": r.get("id"),
-                        "phase": r.get("phase"),
-                        "started": r.get("started"),
-                        "finished": r.get("finished"),
-                        "message": r.get("message") or "",
-                        "version": r.get("version"),
-                        "exit_code": r.get("exit_code"),
-                        "sensor": r.get("sensor"),
-                        "sensor_run_id": r.get("sensor_run_id"),
-                        "step": r.get("step"),
-                        "attempt": r.get("attempt"),
-                        "log_path": r.get("log_path"),
+                        "id": r.id,
+                        "phase": r.phase,
+                        "started": r.started,
+                        "finished": r.finished,
+                        "message": r.message,
+                        "version": r.version,
+                        "exit_code": r.exit_code,
+                        "sensor": r.sensor,
+                        "sensor_run_id": r.sensor_run_id,
+                        "step": r.step,
+                        "attempt": r.attempt,
+                        "log_path": r.log_path,
                     }
-                    for r in runs
+                    for r in of_task
                 ],
             }
         )
