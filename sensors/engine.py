@@ -1005,8 +1005,8 @@ def _fire(
     st = ax.sensor_state(sensor.name)
     fired_key = (ax.spec.key, sensor.name, event_id)
     decision_id = decided_by or event_id
-
-    def skip(reason: str) -> None:
+    refused = _not_fired(out, ax, sensor, st, fired_key=fired_key, run_id=run_id)
+    if refused is not None:
         out.decide(
             ax,
             decision_id,
@@ -1014,28 +1014,9 @@ def _fire(
             trigger,
             matched=True,
             fired=False,
-            reason=f"{why}; {reason}",
+            reason=f"{why}; {refused}",
         )
-
-    if fired_key in out.fired:
-        return skip("not fired: the sensor already fired for this event")
-    if run_id in ax.runs or run_id in ax.finished_index:
-        return skip(f"not fired: run {run_id} was already started for this event")
-    blocked = _conditions_block(sensor, st)
-    if blocked is not None:
-        return skip(f"not fired: {blocked}")
-    if st.active and sensor.concurrency == "Forbid":
-        first = next(iter(st.active))
-        return skip(f"not fired: run {first} is still active (concurrency Forbid)")
-    if sensor.max_runs is not None:
-        count, per = sensor.max_runs
-        st.starts = [t for t in st.starts if t > out.now - per]
-        if len(st.starts) >= count:
-            return skip(
-                f"not fired: maxRuns {count} per {_dur(per)} reached "
-                f"(next allowed at {_when(st.starts[0] + per)})"
-            )
-        st.starts.append(out.now)
+        return
     replaced = ""
     if st.active and sensor.concurrency == "Replace":
         old = list(st.active)
@@ -1069,6 +1050,38 @@ def _fire(
         run_id=run_id,
         planned=planned,
     )
+
+
+def _not_fired(
+    out: _Out,
+    ax: _AxonState,
+    sensor: _Sensor,
+    st: _SensorState,
+    *,
+    fired_key: tuple[str, str, str],
+    run_id: str,
+) -> str | None:
+    """Why the sensor does not fire now (None: it fires; a start is then counted for
+    `maxRuns`)."""
+    if fired_key in out.fired:
+        return "not fired: the sensor already fired for this event"
+    if run_id in ax.runs or run_id in ax.finished_index:
+        return f"not fired: run {run_id} was already started for this event"
+    blocked = _conditions_block(sensor, st)
+    if blocked is not None:
+        return f"not fired: {blocked}"
+    if st.active and sensor.concurrency == "Forbid":
+        first = next(iter(st.active))
+        return f"not fired: run {first} is still active (concurrency Forbid)"
+    if sensor.max_runs is not None:
+        count, per = sensor.max_runs
+        st.starts = [t for t in st.starts if t > out.now - per]
+        if len(st.starts) >= count:
+            return (
+                f"not fired: maxRuns {count} per {_dur(per)} reached "
+                f"(next allowed at {_when(st.starts[0] + per)})"
+            )
+        st.starts.append(out.now)
     return None
 
 
@@ -1529,8 +1542,10 @@ def _alert_firing(step: _AlertStep, cond: bool | None) -> None:
         until = st.clear_since + alert.keep_firing_for
         if now < until:
             return step.quiet(
-                lambda: f"firing; resolves at {_when(until)} unless it holds again "
-                f"(keepFiringFor {_dur(alert.keep_firing_for)})"
+                lambda: (
+                    f"firing; resolves at {_when(until)} unless it holds again "
+                    f"(keepFiringFor {_dur(alert.keep_firing_for)})"
+                )
             )
     st.phase, st.clear_since, st.clear_event = "inactive", None, None
     return step.note(f"{test} {met}: firing -> resolved -> inactive")
@@ -1567,8 +1582,10 @@ def _alert_holds(step: _AlertStep) -> None:
     due = since + alert.for_
     if now < due:
         return step.quiet(
-            lambda: f"condition {alert.condition.text} holds: {became or 'pending'}; fires at "
-            f"{_when(due)} if it still holds (for {_dur(alert.for_)})"
+            lambda: (
+                f"condition {alert.condition.text} holds: {became or 'pending'}; fires at "
+                f"{_when(due)} if it still holds (for {_dur(alert.for_)})"
+            )
         )
     if st.last_fired is not None and now < st.last_fired + alert.cooldown:
         until = st.last_fired + alert.cooldown
