@@ -1129,23 +1129,7 @@ def submit(
             )
         out.decide(ax, event.id, sensor.name, None, matched=True, fired=False, reason=reason)
     if old is not None:
-        for prior in old.spec.order:
-            if prior.name in spec.sensors:
-                continue
-            dropped = old.sensors.get(prior.name, _SensorState()).active
-            for rid in dropped:
-                run = old.runs.get(rid)
-                if run is not None:
-                    out.end(ax, run, "Failed", f"sensor removed in generation {generation}")
-            out.decide(
-                ax,
-                event.id,
-                prior.name,
-                None,
-                matched=True,
-                fired=False,
-                reason=f"generation {generation}: sensor removed, its state dropped",
-            )
+        _drop_removed(out, ax, old, event_id=event.id, generation=generation)
     for sensor in spec.triggerless:
         st = ax.sensor_state(sensor.name)
         if st.fired_generation == generation:
@@ -1162,6 +1146,28 @@ def submit(
         )
     out.touched[key] = None
     return out.result()
+
+
+def _drop_removed(
+    out: _Out, ax: _AxonState, old: _AxonState, *, event_id: str, generation: int
+) -> None:
+    """Sensors of the old generation that the new one lacks: their runs end, their state goes."""
+    for prior in old.spec.order:
+        if prior.name in ax.spec.sensors:
+            continue
+        for rid in old.sensors.get(prior.name, _SensorState()).active:
+            run = old.runs.get(rid)
+            if run is not None:
+                out.end(ax, run, "Failed", f"sensor removed in generation {generation}")
+        out.decide(
+            ax,
+            event_id,
+            prior.name,
+            None,
+            matched=True,
+            fired=False,
+            reason=f"generation {generation}: sensor removed, its state dropped",
+        )
 
 
 def _reconcile(
