@@ -1005,8 +1005,8 @@ def _fire(
     st = ax.sensor_state(sensor.name)
     fired_key = (ax.spec.key, sensor.name, event_id)
     decision_id = decided_by or event_id
-
-    def skip(reason: str) -> None:
+    refused = _not_fired(out, ax, sensor, st, fired_key=fired_key, run_id=run_id)
+    if refused is not None:
         out.decide(
             ax,
             decision_id,
@@ -1014,28 +1014,9 @@ def _fire(
             trigger,
             matched=True,
             fired=False,
-            reason=f"{why}; {reason}",
+            reason=f"{why}; {refused}",
         )
-
-    if fired_key in out.fired:
-        return skip("not fired: the sensor already fired for this event")
-    if run_id in ax.runs or run_id in ax.finished_index:
-        return skip(f"not fired: run {run_id} was already started for this event")
-    blocked = _conditions_block(sensor, st)
-    if blocked is not None:
-        return skip(f"not fired: {blocked}")
-    if st.active and sensor.concurrency == "Forbid":
-        first = next(iter(st.active))
-        return skip(f"not fired: run {first} is still active (concurrency Forbid)")
-    if sensor.max_runs is not None:
-        count, per = sensor.max_runs
-        st.starts = [t for t in st.starts if t > out.now - per]
-        if len(st.starts) >= count:
-            return skip(
-                f"not fired: maxRuns {count} per {_dur(per)} reached "
-                f"(next allowed at {_when(st.starts[0] + per)})"
-            )
-        st.starts.append(out.now)
+        return
     replaced = ""
     if st.active and sensor.concurrency == "Replace":
         old = list(st.active)
@@ -1069,6 +1050,38 @@ def _fire(
         run_id=run_id,
         planned=planned,
     )
+
+
+def _not_fired(
+    out: _Out,
+    ax: _AxonState,
+    sensor: _Sensor,
+    st: _SensorState,
+    *,
+    fired_key: tuple[str, str, str],
+    run_id: str,
+) -> str | None:
+    """Why the sensor does not fire now (None: it fires; a start is then counted for
+    `maxRuns`)."""
+    if fired_key in out.fired:
+        return "not fired: the sensor already fired for this event"
+    if run_id in ax.runs or run_id in ax.finished_index:
+        return f"not fired: run {run_id} was already started for this event"
+    blocked = _conditions_block(sensor, st)
+    if blocked is not None:
+        return f"not fired: {blocked}"
+    if st.active and sensor.concurrency == "Forbid":
+        first = next(iter(st.active))
+        return f"not fired: run {first} is still active (concurrency Forbid)"
+    if sensor.max_runs is not None:
+        count, per = sensor.max_runs
+        st.starts = [t for t in st.starts if t > out.now - per]
+        if len(st.starts) >= count:
+            return (
+                f"not fired: maxRuns {count} per {_dur(per)} reached "
+                f"(next allowed at {_when(st.starts[0] + per)})"
+            )
+        st.starts.append(out.now)
     return None
 
 
@@ -1116,23 +1129,7 @@ def submit(
             )
         out.decide(ax, event.id, sensor.name, None, matched=True, fired=False, reason=reason)
     if old is not None:
-        for prior in old.spec.order:
-            if prior.name in spec.sensors:
-                continue
-            dropped = old.sensors.get(prior.name, _SensorState()).active
-            for rid in dropped:
-                run = old.runs.get(rid)
-                if run is not None:
-                    out.end(ax, run, "Failed", f"sensor removed in generation {generation}")
-            out.decide(
-                ax,
-                event.id,
-                prior.name,
-                None,
-                matched=True,
-                fired=False,
-                reason=f"generation {generation}: sensor removed, its state dropped",
-            )
+        _drop_removed(out, ax, old, event_id=event.id, generation=generation)
     for sensor in spec.triggerless:
         st = ax.sensor_state(sensor.name)
         if st.fired_generation == generation:
@@ -1149,6 +1146,28 @@ def submit(
         )
     out.touched[key] = None
     return out.result()
+
+
+def _drop_removed(
+    out: _Out, ax: _AxonState, old: _AxonState, *, event_id: str, generation: int
+) -> None:
+    """Sensors of the old generation that the new one lacks: their runs end, their state goes."""
+    for prior in old.spec.order:
+        if prior.name in ax.spec.sensors:
+            continue
+        for rid in old.sensors.get(prior.name, _SensorState()).active:
+            run = old.runs.get(rid)
+            if run is not None:
+                out.end(ax, run, "Failed", f"sensor removed in generation {generation}")
+        out.decide(
+            ax,
+            event_id,
+            prior.name,
+            None,
+            matched=True,
+            fired=False,
+            reason=f"generation {generation}: sensor removed, its state dropped",
+        )
 
 
 def _reconcile(
@@ -1464,69 +1483,112 @@ def _alert(
     """Run one Alert trigger's state machine at `out.now`; on ticks, record only transitions
     (under `decided_by`, the tick event, when there is one)."""
     st = ax.alert_state(sensor.name, alert.name)
-    now = out.now
+    step = _AlertStep(out, ax, sensor, alert, st, event_id, shown, timed, decided_by)
     cond = alert.condition.evaluate(st.values)
+    if st.phase == "firing":
+        _alert_firing(step, cond)
+    elif cond is None:
+        _alert_unknown(step)
+    elif not cond:
+        _alert_false(step)
+    else:
+        _alert_holds(step)
 
-    def note(reason: str) -> None:
-        out.decide(
-            ax,
-            decided_by or event_id,
-            sensor.name,
-            alert.name,
+
+@dataclass(slots=True)
+class _AlertStep:
+    """One run of an Alert's state machine (`_alert`): what its phases share."""
+
+    out: _Out
+    ax: _AxonState
+    sensor: _Sensor
+    alert: _Alert
+    st: _AlertState
+    event_id: str
+    shown: str
+    timed: bool
+    decided_by: str | None
+
+    def note(self, reason: str) -> None:
+        """Record a decision about the alert (not fired)."""
+        self.out.decide(
+            self.ax,
+            self.decided_by or self.event_id,
+            self.sensor.name,
+            self.alert.name,
             matched=True,
             fired=False,
-            reason=f"{shown}: {reason}" if shown else reason,
+            reason=f"{self.shown}: {reason}" if self.shown else reason,
         )
 
-    if st.phase == "firing":
-        if alert.resolve is not None:
-            clear = alert.resolve.evaluate(st.values)
-            test, met = f"resolve condition {alert.resolve.text}", "holds"
-        else:
-            clear = None if cond is None else not cond
-            test, met = f"condition {alert.condition.text}", "no longer holds"
-        if clear is None:
-            return None if timed else note(f"firing; {test} is unknown, no transition")
-        if not clear:
-            st.clear_since = st.clear_event = None
-            return None if timed else note("firing; the alert still holds")
-        if alert.keep_firing_for > 0:
-            if st.clear_since is None:
-                st.clear_since, st.clear_event = now, event_id
-            until = st.clear_since + alert.keep_firing_for
-            if now < until:
-                return (
-                    None
-                    if timed
-                    else note(
-                        f"firing; resolves at {_when(until)} unless it holds again "
-                        f"(keepFiringFor {_dur(alert.keep_firing_for)})"
-                    )
+    def quiet(self, reason: Callable[[], str]) -> None:
+        """Record it for an event, not on a tick (ticks record transitions only)."""
+        if not self.timed:
+            self.note(reason())
+
+
+def _alert_firing(step: _AlertStep, cond: bool | None) -> None:
+    """Firing: resolve when the alert stops holding (or its `resolve` condition holds), after
+    `keepFiringFor` if set."""
+    alert, st, now = step.alert, step.st, step.out.now
+    if alert.resolve is not None:
+        clear = alert.resolve.evaluate(st.values)
+        test, met = f"resolve condition {alert.resolve.text}", "holds"
+    else:
+        clear = None if cond is None else not cond
+        test, met = f"condition {alert.condition.text}", "no longer holds"
+    if clear is None:
+        return step.quiet(lambda: f"firing; {test} is unknown, no transition")
+    if not clear:
+        st.clear_since = st.clear_event = None
+        return step.quiet(lambda: "firing; the alert still holds")
+    if alert.keep_firing_for > 0:
+        if st.clear_since is None:
+            st.clear_since, st.clear_event = now, step.event_id
+        until = st.clear_since + alert.keep_firing_for
+        if now < until:
+            return step.quiet(
+                lambda: (
+                    f"firing; resolves at {_when(until)} unless it holds again "
+                    f"(keepFiringFor {_dur(alert.keep_firing_for)})"
                 )
-        st.phase, st.clear_since, st.clear_event = "inactive", None, None
-        return note(f"{test} {met}: firing -> resolved -> inactive")
-    if cond is None:
-        if timed:
-            return None
-        missing = sorted(q.key for q in alert.condition.queries if q.key not in st.values)
-        what = f"no value for {', '.join(missing)}" if missing else "value unknown"
-        return note(f"condition {alert.condition.text} is unknown ({what}); no transition")
-    if not cond:
-        if st.phase == "pending":
-            st.phase, st.since, st.since_event, st.held_until = "inactive", None, None, None
-            return note(f"condition {alert.condition.text} is false: pending -> inactive")
-        return None if timed else note(f"condition {alert.condition.text} is false; inactive")
+            )
+    st.phase, st.clear_since, st.clear_event = "inactive", None, None
+    return step.note(f"{test} {met}: firing -> resolved -> inactive")
+
+
+def _alert_unknown(step: _AlertStep) -> None:
+    """Not firing, no value: no transition (an unknown value never counts as false)."""
+    if step.timed:
+        return
+    alert, st = step.alert, step.st
+    missing = sorted(q.key for q in alert.condition.queries if q.key not in st.values)
+    what = f"no value for {', '.join(missing)}" if missing else "value unknown"
+    step.note(f"condition {alert.condition.text} is unknown ({what}); no transition")
+
+
+def _alert_false(step: _AlertStep) -> None:
+    """Not firing, the condition false: a pending alert goes back to inactive."""
+    st, text = step.st, step.alert.condition.text
+    if st.phase == "pending":
+        st.phase, st.since, st.since_event, st.held_until = "inactive", None, None, None
+        return step.note(f"condition {text} is false: pending -> inactive")
+    return step.quiet(lambda: f"condition {text} is false; inactive")
+
+
+def _alert_holds(step: _AlertStep) -> None:
+    """Not firing, the condition true: pending until `for` has passed, then fire (unless in
+    the cooldown after the last firing)."""
+    alert, st, now = step.alert, step.st, step.out.now
     became = ""
     if st.phase == "inactive":
-        st.phase, st.since, st.since_event = "pending", now, event_id
+        st.phase, st.since, st.since_event = "pending", now, step.event_id
         became = "inactive -> pending"
     since = cast(float, st.since)
     due = since + alert.for_
     if now < due:
-        return (
-            None
-            if timed
-            else note(
+        return step.quiet(
+            lambda: (
                 f"condition {alert.condition.text} holds: {became or 'pending'}; fires at "
                 f"{_when(due)} if it still holds (for {_dur(alert.for_)})"
             )
@@ -1535,31 +1597,37 @@ def _alert(
         until = st.last_fired + alert.cooldown
         first = st.held_until is None
         st.held_until = until
-        if timed and not first:
+        if step.timed and not first:
             return None
-        return note(
+        return step.note(
             f"condition {alert.condition.text} holds, but not fired: cooldown "
             f"{_dur(alert.cooldown)} after the firing at {_when(st.last_fired)} "
             f"(pending until {_when(until)})"
         )
-    cause = event_id  # on a tick, tick() passes the event that started the pending episode
+    return _alert_fire(step, since, became)
+
+
+def _alert_fire(step: _AlertStep, since: float, became: str) -> None:
+    """The alert starts firing: the sensor fires (its run id from the event that started the
+    pending episode, which a tick passes as `event_id`)."""
+    alert, st, now = step.alert, step.st, step.out.now
+    cause = step.event_id
     st.phase, st.last_fired = "firing", now
     st.since = st.since_event = st.held_until = None
     edge = "inactive -> firing" if became else "pending -> firing"
     if alert.for_ > 0 and not became:
         edge += f" (held for {_dur(now - since)})"
-    run_id = sensor_run_id(cause, sensor.name, alert.name if timed else None)
+    run_id = sensor_run_id(cause, step.sensor.name, alert.name if step.timed else None)
     _fire(
-        out,
-        ax,
-        sensor,
+        step.out,
+        step.ax,
+        step.sensor,
         trigger=alert.name,
         event_id=cause,
         run_id=run_id,
-        why=f"{shown}: {edge}" if shown else edge,
-        decided_by=decided_by,
+        why=f"{step.shown}: {edge}" if step.shown else edge,
+        decided_by=step.decided_by,
     )
-    return None
 
 
 def _rest(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:
