@@ -84,6 +84,19 @@ def _token_ok(given: str | None, token: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), token.encode())
 
 
+async def stored_axon(request: Request, namespace: Name, axon: Name) -> StoredAxon:
+    """The Axon named in the path (deleted ones too), or 404."""
+    stored = await AxonStore(request.app.state.bus).get(namespace, axon)
+    if stored is None:
+        raise NotFoundError(
+            f"no Axon {namespace}/{axon} was submitted", hint=f"see GET {API}/axons"
+        )
+    return stored
+
+
+Stored = Annotated[StoredAxon, Depends(stored_axon)]
+
+
 def _open_path(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(f"{STATIC}/")
 
@@ -101,6 +114,7 @@ def create_app(bus: Bus, *, token: str, public: bool) -> FastAPI:  # noqa: PLR09
         redoc_url=None,
         max_body_size=MAX_BODY,
     )
+    app.state.bus = bus
 
     @app.middleware("http")
     async def guard(
@@ -132,16 +146,6 @@ def create_app(bus: Bus, *, token: str, public: bool) -> FastAPI:  # noqa: PLR09
                 else 400
             )
         return _problem(status, exc.message, exc.hint)
-
-    async def stored_axon(namespace: Name, axon: Name) -> StoredAxon:
-        stored = await AxonStore(bus).get(namespace, axon)
-        if stored is None:
-            raise NotFoundError(
-                f"no Axon {namespace}/{axon} was submitted", hint=f"see GET {API}/axons"
-            )
-        return stored
-
-    Stored = Annotated[StoredAxon, Depends(stored_axon)]
 
     # -- health -------------------------------------------------------------------------------
 
