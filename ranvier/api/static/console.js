@@ -18,7 +18,7 @@ function el(tag, attrs, ...children) {
     else if (key === "text") node.textContent = value;
     else node.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -28,7 +28,7 @@ function el(tag, attrs, ...children) {
 function svg(tag, attrs, ...children) {
   const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
   for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -52,6 +52,10 @@ async function getJSON(path) {
   return body;
 }
 
+function show(...nodes) {
+  main.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
+}
+
 function say(text) {
   statusLine.textContent = text;
 }
@@ -64,6 +68,10 @@ function when(stamp) {
   if (!stamp) return "-";
   const date = typeof stamp === "number" ? new Date(stamp * 1000) : new Date(stamp);
   return date.toLocaleString();
+}
+
+function num(value) {
+  return typeof value === "number" && !Number.isInteger(value) ? String(Number(value.toPrecision(4))) : String(value);
 }
 
 function short(id) {
@@ -128,7 +136,7 @@ async function axonsPage() {
       el("td", {}, row.endpoint ? el("a", { href: row.endpoint, text: row.endpoint }) : "-"),
     ))),
   );
-  main.replaceChildren(el("h1", { text: "Axons" }), rows.length ? table : el("p", { text: "No Axon is submitted yet." }));
+  show(el("h1", { text: "Axons" }), rows.length ? table : el("p", { text: "No Axon is submitted yet." }));
   return liveStreamPoll(axonsPage, 3000);
 }
 
@@ -204,7 +212,7 @@ function linePlot(label, points, opts) {
   const xs = points.map((p) => p.x).concat(opts.marks || []);
   if (!points.length) return el("p", { class: "muted", text: "No values yet." });
   let y0 = Math.min(...ys), y1 = Math.max(...ys);
-  if (y0 === y1) { y0 -= 0.5; y1 += 0.5; }
+  if (y0 === y1) { const d = Math.abs(y0) * 0.2 || 1; y0 -= d; y1 += d; }
   const pad = (y1 - y0) * 0.1; y0 -= pad; y1 += pad;
   let x0 = Math.min(...xs), x1 = Math.max(...xs);
   if (x0 === x1) { x0 -= 1; x1 += 1; }
@@ -215,8 +223,8 @@ function linePlot(label, points, opts) {
     svg("title", {}, label),
     svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }),
     svg("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }),
-    svg("text", { x: 4, y: sy(y1 - pad) + 4, class: "tick" }, (y1 - pad).toPrecision(3)),
-    svg("text", { x: 4, y: sy(y0 + pad) + 4, class: "tick" }, (y0 + pad).toPrecision(3)),
+    svg("text", { x: 4, y: sy(y1 - pad) + 4, class: "tick" }, num(y1 - pad)),
+    svg("text", { x: 4, y: sy(y0 + pad) + 4, class: "tick" }, num(y0 + pad)),
     svg("text", { x: L, y: H - 8, class: "tick" }, opts.xLabel || ""),
     svg("path", { d: path, class: "series" }),
     points.map((p) => svg("circle", { cx: sx(p.x), cy: sy(p.y), r: 3, class: "point" }, svg("title", {}, p.label || String(p.y)))),
@@ -237,7 +245,7 @@ function modelsSection(doc, models) {
   return models.map((m) => {
     const names = [...new Set(m.versions.flatMap((v) => Object.keys(v.metrics || {})))].sort();
     const loss = m.lossMetric || names[0];
-    const points = m.versions.filter((v) => v.metrics && loss in v.metrics).map((v) => ({ x: v.version, y: v.metrics[loss], label: `v${v.version}: ${loss} ${v.metrics[loss]}` }));
+    const points = m.versions.filter((v) => v.metrics && loss in v.metrics).map((v) => ({ x: v.version, y: v.metrics[loss], label: `v${v.version}: ${loss} ${num(v.metrics[loss])}` }));
     return el("section", { class: "model", "data-task": m.task, "aria-label": `model ${m.task}` },
       el("h3", { text: `${m.task}` }),
       el("table", {},
@@ -245,7 +253,7 @@ function modelsSection(doc, models) {
         el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "Version" }), el("th", { scope: "col", text: "Phase" }), names.map((n) => el("th", { scope: "col", text: n })), el("th", { scope: "col", text: "Created" }))),
         el("tbody", {}, m.versions.map((v) => el("tr", { class: "version-row", "data-version": v.version },
           el("th", { scope: "row", text: `v${v.version}` }), el("td", {}, badge(v.phase)),
-          names.map((n) => el("td", { text: v.metrics && n in v.metrics ? String(v.metrics[n]) : "-" })),
+          names.map((n) => el("td", { text: v.metrics && n in v.metrics ? num(v.metrics[n]) : "-" })),
           el("td", { text: when(v.created) }))))),
       loss ? linePlot(`${loss} across versions of ${m.task}`, points, { xLabel: `version (${loss})` }) : null);
   });
@@ -306,7 +314,7 @@ async function axonPage(ns, name) {
       main.querySelector("#summary").replaceWith(summary(doc));
       return;
     }
-    main.replaceChildren(
+    show(
       el("h1", {}, `Axon ${doc.namespace}/${doc.name} `, badge(doc.phase)),
       summary(doc),
       el("section", { "aria-labelledby": "sensors-h" }, el("h2", { id: "sensors-h", text: "Sensors" }),
@@ -355,7 +363,7 @@ async function eventsPage(params) {
   const body = el("tbody", {});
   const found = await getJSON(`${API}/events?limit=100&${query}`);
   for (const e of found) body.prepend(eventRow(e));
-  main.replaceChildren(el("h1", { text: "Events" }), form,
+  show(el("h1", { text: "Events" }), form,
     el("table", { class: "events" }, el("caption", { text: "Newest first, live" }),
       el("thead", {}, el("tr", {}, ["Seq", "Time", "Type", "Axon", "Data", ""].map((h) => el("th", { scope: "col", text: h })))), body));
   return liveStream(`${API}/events/stream?${query}`, (name_, e) => body.prepend(eventRow(e)));
@@ -363,7 +371,7 @@ async function eventsPage(params) {
 
 async function explainPage(id) {
   const found = await getJSON(`${API}/events/${enc(id)}/decisions`);
-  main.replaceChildren(el("h1", { text: `Why: event ${id}` }),
+  show(el("h1", { text: `Why: event ${id}` }),
     found.decisions.length ? el("ul", { class: "decisions" }, found.decisions.map((d) => el("li", { class: d.fired ? "fired" : "" },
       el("strong", { text: d.fired ? "FIRED" : d.matched ? "matched" : "not matched" }), ` ${d.axon} ${d.sensor} [${d.trigger || "-"}]: ${d.reason}`,
       d.sensor_run_id ? [" ", el("a", { href: `#/trace/${enc(d.namespace || "default")}/${enc(d.axon)}/${enc(d.sensor_run_id)}`, text: "trace" })] : null)))
@@ -384,7 +392,7 @@ async function tracePage(ns, name, run) {
       if (t.deployment) items.push(el("li", { class: "link-deployment" }, el("strong", { text: "deployment " }), `${t.deployment.deployer} at ${t.deployment.url}`));
     }
   }
-  main.replaceChildren(el("h1", { text: `Trace of run ${short(run)}` }), el("p", {}, el("a", { href: `#/axons/${enc(ns)}/${enc(name)}`, text: `back to ${name}` })),
+  show(el("h1", { text: `Trace of run ${short(run)}` }), el("p", {}, el("a", { href: `#/axons/${enc(ns)}/${enc(name)}`, text: `back to ${name}` })),
     el("ol", { class: "trace", "aria-label": "cause to effect" }, items));
   return () => {};
 }
@@ -404,7 +412,7 @@ async function route() {
     else if (parts[0] === "trace" && parts.length === 4) stopLive = await tracePage(parts[1], parts[2], parts[3]);
     else stopLive = await axonsPage();
   } catch (error) {
-    main.replaceChildren(el("h1", { text: "Error" }), el("p", { class: "error", text: error.message }));
+    show(el("h1", { text: "Error" }), el("p", { class: "error", text: error.message }));
   }
 }
 
