@@ -269,10 +269,11 @@ def trace(
 ) -> list[dict[str, Any]]:
     """The causal chain that starts at sensor run `run_id`, as a list of links.
 
-    Each link is a sensor run: the event that fired it (`event`), the decision
-    (`decision`), the task runs it started (`tasks`, each with the model version it made),
-    then the links of the sensor runs that those task runs' lifecycle events fired in turn
-    (a retrain's training run firing the deploy sensor), up to `MAX_TRACE_DEPTH` links.
+    Each link is a sensor run: the event that fired it (`event`), for an Alert the metric
+    value that made it fire (`metric`), the decision (`decision`), the task runs it started
+    (`tasks`, each with the model version it made), then the links of the sensor runs that
+    those task runs' lifecycle events fired in turn (a retrain's training run firing the
+    deploy sensor), up to `MAX_TRACE_DEPTH` links.
     `decisions` are the Axon's decision records; `events` its events by id.
     """
     sensor_runs = {
@@ -327,6 +328,7 @@ def trace(
         links.append(
             {
                 "sensor": run["sensor"],
+                "metric": _alert_value(events, cause, started) if started else None,
                 "run": {k: run.get(k) for k in ("id", "phase", "trigger", "started", "finished")},
                 "event": _event_view(cause) if cause else None,
                 "decision": dict(started) if started else None,
@@ -334,6 +336,31 @@ def trace(
             }
         )
     return links
+
+
+def _alert_value(
+    events: Mapping[str, Mapping[str, Any]],
+    cause: Mapping[str, Any] | None,
+    decision: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    """For a run an Alert started: the last value of its metric up to the firing event.
+
+    An Alert with `for` fires on a tick (its deadline) rather than on a metric event, so the
+    value that made it fire is the latest the watcher published for that sensor and trigger
+    before the cause (`events` is in stream order).
+    """
+    found: Mapping[str, Any] | None = None
+    for event in events.values():
+        data = event.get("data") or {}
+        if (
+            event.get("type") == "ranvier.metric"
+            and data.get("sensor") == decision.get("sensor")
+            and data.get("trigger") == decision.get("trigger")
+        ):
+            found = event
+        if cause is not None and event.get("id") == cause.get("id"):
+            break
+    return _event_view(found) if found is not None else None
 
 
 def _event_view(event: Mapping[str, Any]) -> dict[str, Any]:

@@ -429,9 +429,9 @@ def _detach(argv: list[str], state_dir: Path, goal: Goal | None, timeout: float 
     deadline = time.monotonic() + timeout if timeout is not None else None
     while True:
         status = _read_json(status_path) or {}
-        if status.get("pid") == proc.pid and status.get("state") in wanted:
-            if status.get("console") or status.get("state") == "failed":
-                break  # the console's URL is printed below
+        reported = status.get("pid") == proc.pid and status.get("state") in wanted
+        if reported and (status.get("console") or status.get("state") == "failed"):
+            break  # the console's URL is printed below
         if proc.poll() is not None:
             tail = logfile.read_text(encoding="utf-8", errors="replace").splitlines()[-3:]
             raise AppError(

@@ -187,19 +187,37 @@ def test_alert_series_keeps_the_alerts_values_and_firings_only() -> None:
 
 
 def test_trace_follows_the_retrain_to_its_deployment() -> None:
-    metric = {"id": "e1", "type": "ranvier.metric", "data": {"name": "acc", "value": 0.5}}
+    metric = {
+        "id": "e1",
+        "type": "ranvier.metric",
+        "data": {"name": "acc", "value": 0.5, "sensor": "Retrain", "trigger": "low"},
+    }
+    tick = {"id": "e0", "type": "ranvier.tick", "data": {}}
     trained = {
         "id": "e2",
         "type": "ranvier.lifecycle",
         "data": {"run_id": "t1", "phase": "Succeeded"},
     }
     decisions = [
-        {"event_id": "e1", "sensor": "Retrain", "fired": True, "sensor_run_id": "r1"},
+        {
+            "event_id": "e0",
+            "sensor": "Retrain",
+            "trigger": "low",
+            "fired": True,
+            "sensor_run_id": "r1",
+        },
         {"event_id": "e2", "sensor": "Deploy", "fired": True, "sensor_run_id": "r2"},
     ]
-    links = views.trace("r1", _status(), decisions, {"e1": metric, "e2": trained})
+    events = {
+        "e1": metric,
+        "e0": tick,
+        "e2": trained,
+    }  # stream order: the value, then the `for` tick
+    links = views.trace("r1", _status(), decisions, events)
     assert [link["sensor"] for link in links] == ["Retrain", "Deploy"]
-    assert links[0]["event"]["type"] == "ranvier.metric"
+    assert links[0]["event"]["type"] == "ranvier.tick"
+    assert links[0]["metric"]["data"]["value"] == 0.5
+    assert links[1]["metric"] is None
     assert links[0]["tasks"][0]["model"]["version"] == 2
     assert links[1]["event"]["id"] == "e2"
     assert links[1]["tasks"][0]["deployment"]["url"] == "http://r/m/"

@@ -384,6 +384,7 @@ async function tracePage(ns, name, run) {
   const items = [];
   for (const link of found.links) {
     if (link.event) items.push(el("li", { class: "link-event", "data-type": link.event.type }, el("strong", { text: "event " }), `${link.event.type} `, el("code", { text: JSON.stringify(link.event.data).slice(0, 200) })));
+    if (link.metric) items.push(el("li", { class: "link-metric" }, el("strong", { text: "metric " }), `${link.metric.data.name} = ${num(link.metric.data.value)} at ${when(link.metric.time)}`));
     if (link.decision) items.push(el("li", { class: "link-decision" }, el("strong", { text: "decision " }), `${link.sensor}: ${link.decision.reason}`));
     items.push(el("li", { class: "link-run" }, el("strong", { text: "sensor run " }), `${link.sensor} ${short(link.run.id)} `, badge(link.run.phase)));
     for (const t of link.tasks) {
