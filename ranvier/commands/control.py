@@ -43,6 +43,7 @@ from events.server import EmbeddedServer, Supervisor
 from events.telemetry import Telemetry
 from executors.backends.local import group_members, stop_tree
 from executors.runner import TaskRun
+from ranvier.api.role import URL_FILE as API_URL_FILE
 from ranvier.api.role import ApiRole
 from ranvier.app import (
     BACKENDS,
@@ -957,8 +958,32 @@ def logs(
     run_command(_read_only(settings, body))
 
 
+def open_console(
+    *,
+    state_dir: StateDir = None,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the console's URL; open no browser.")
+    ] = False,
+) -> None:
+    """Open the console of the `ranvier up` running in the state dir in a browser."""
+    root = Settings.from_flags(state_dir=state_dir).state_dir
+    try:
+        url = (root / API_URL_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        raise AppError(
+            f"no console is running for {root.resolve()}",
+            hint="start one with `ranvier up AXON.yaml -d` or `ranvier run --role api`",
+        ) from None
+    typer.echo(url)
+    if not print_only:
+        import webbrowser
+
+        webbrowser.open(url)
+
+
 def register(app: typer.Typer) -> None:
     """Add the control-plane commands to the root CLI."""
+    app.command("open")(open_console)
     app.command("run")(run)
     app.command("up")(up)
     app.command("down")(down)

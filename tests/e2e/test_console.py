@@ -31,6 +31,9 @@ def test_console_follows_the_quickstart_live(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         url = (state / "api.url").read_text().strip()
         assert f"console: {url}" in up.stdout
+        opened = ranvier("open", "--print", state=state)
+        assert opened.returncode == 0, opened.stderr
+        assert opened.stdout.strip() == url
         with chromium() as browser:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(url)
@@ -86,6 +89,9 @@ def test_console_follows_the_quickstart_live(tmp_path: Path) -> None:
         down = ranvier("down", state=state)
         assert down.returncode == 0, down.stdout + down.stderr
     assert not (state / "api.url").exists()
+    closed = ranvier("open", "--print", state=state)
+    assert closed.returncode == 1
+    assert "no console is running" in closed.stderr
     assert json.loads((state / "up.json").read_text())["console"] == url
 
 
