@@ -7,7 +7,6 @@ with plain dicts and the HTTP layer stays a thin reader.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -17,7 +16,6 @@ from sensors.spec import AlertTrigger, Axon, CalendarTrigger, LifecycleTrigger, 
 
 TERMINAL: Final = ("Succeeded", "Failed")
 MAX_TRACE_DEPTH: Final = 8
-_SECRET_NAME: Final = re.compile(r"(?i)(secret|token|password|passwd|key|credential)")
 
 
 def epoch(stamp: object) -> int | None:
@@ -158,7 +156,15 @@ def myelin_axon(status: Mapping[str, Any], axon: Axon) -> dict[str, Any]:
         "endpoint": endpoint_of(status),
         "sensors": sensors,
         "tasks": [_public_task(t) for t in status["tasks"]],
-        "models": status["models"],
+        "models": [
+            {
+                **m,
+                "versions": [
+                    {k: v for k, v in ver.items() if k != "path"} for ver in m["versions"]
+                ],
+            }
+            for m in status["models"]
+        ],
         "deployments": status["deployments"],
     }
 
@@ -184,11 +190,6 @@ def _public_task(task: Mapping[str, Any]) -> dict[str, Any]:
         **task,
         "runs": [{k: v for k, v in r.items() if k != "log_path"} for r in task["runs"]],
     }
-
-
-def redact(env: Mapping[str, Any]) -> dict[str, Any]:
-    """Environment values whose name says they are secret, hidden."""
-    return {k: ("***" if _SECRET_NAME.search(k) else v) for k, v in env.items()}
 
 
 # ---------------------------------------------------------------------------------------------

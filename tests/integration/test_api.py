@@ -306,6 +306,7 @@ async def test_quickstart_through_every_read_endpoint(
         ]
         assert all(isinstance(c["startedAtTs"], int) for c in train_run["children"])
         assert "log_path" not in json.dumps(doc)
+        assert all("path" not in v for m in doc["models"] for v in m["versions"])
 
         models = (await client.get("api/v1/axons/default/quickstart/models")).json()
         (model,) = models
