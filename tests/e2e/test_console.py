@@ -41,7 +41,7 @@ def test_console_follows_the_quickstart_live(tmp_path: Path) -> None:
             expect(row).to_be_visible(timeout=30_000)
             screenshot(page, tmp_path, "console-axons")
 
-            row.get_by_role("link", name="quickstart").click()
+            row.get_by_role("link", name="quickstart", exact=True).click()
             expect(page.get_by_role("heading", name="Axon default/quickstart")).to_be_visible()
             page.evaluate("window.__sameDocument = true")
             runs = page.locator("li.run")

@@ -124,8 +124,27 @@ function liveStream(path, onEvent) {
 // -- Axons list --------------------------------------------------------------------------------
 
 async function axonsPage() {
-  const rows = await getJSON(API + "/axons");
-  const table = el("table", { class: "axons" },
+  let shown = null;
+  let timer = null;
+  const refresh = async () => {
+    const rows = await getJSON(API + "/axons");
+    const text = JSON.stringify(rows);
+    if (text !== shown) { // re-drawn only when it changed, so keyboard focus stays put
+      shown = text;
+      show(el("h1", { text: "Axons" }), rows.length ? axonsTable(rows) : el("p", { text: "No Axon is submitted yet." }));
+    }
+  };
+  await refresh();
+  let stopped = false;
+  const again = () => {
+    if (!stopped) timer = setTimeout(() => refresh().catch((e) => say(e.message)).finally(again), 2000);
+  };
+  again();
+  return () => { stopped = true; clearTimeout(timer); };
+}
+
+function axonsTable(rows) {
+  return el("table", { class: "axons" },
     el("caption", { text: "Submitted Axons" }),
     el("thead", {}, el("tr", {}, ["Namespace", "Axon", "Phase", "Last run", "Endpoint"].map((h) => el("th", { scope: "col", text: h })))),
     el("tbody", {}, rows.map((row) => el("tr", { "data-axon": row.name },
@@ -136,13 +155,6 @@ async function axonsPage() {
       el("td", {}, row.endpoint ? el("a", { href: row.endpoint, text: row.endpoint }) : "-"),
     ))),
   );
-  show(el("h1", { text: "Axons" }), rows.length ? table : el("p", { text: "No Axon is submitted yet." }));
-  return liveStreamPoll(axonsPage, 3000);
-}
-
-function liveStreamPoll(page, ms) {
-  const timer = setTimeout(() => route(), ms);
-  return () => clearTimeout(timer);
 }
 
 // -- one Axon ----------------------------------------------------------------------------------
@@ -169,12 +181,12 @@ function runsTimeline(doc, ns, name) {
       badge(run.status), " ",
       el("strong", { text: run.sensor }), ` run ${short(run.id)} `,
       el("span", { class: "muted", text: `${run.trigger || ""} ${when(run.startedAtTs)}` }), " ",
-      el("a", { href: `#/trace/${enc(ns)}/${enc(name)}/${enc(run.id)}`, text: "trace" }),
+      el("a", { href: `#/trace/${enc(ns)}/${enc(name)}/${enc(run.id)}`, id: `trace-${run.id}`, text: "trace" }),
       run.status === "Failed" && run.reason ? el("div", { class: "reason", text: run.reason }) : null),
     el("ul", { class: "task-runs" }, run.children.map((task) => el("li", { class: "task-run", "data-task": task.taskName, "data-phase": task.status },
       badge(task.status), ` ${task.taskName} `,
       task.version != null ? el("span", { class: "version", text: `v${task.version}` }) : null, " ",
-      el("button", { type: "button", class: "link", "aria-expanded": "false", onclick: (e) => toggleLog(e.currentTarget, ns, name, task) }, "log"),
+      el("button", { type: "button", class: "link", id: `log-${task.id}`, "aria-expanded": "false", onclick: (e) => toggleLog(e.currentTarget, ns, name, task) }, "log"),
     ))),
   )));
 }
@@ -332,7 +344,24 @@ async function axonPage(ns, name) {
     el("dt", { text: "Generation" }), el("dd", { text: doc.generation }),
     el("dt", { text: "Endpoint" }), el("dd", {}, doc.endpoint ? el("a", { class: "endpoint", href: doc.endpoint, text: doc.endpoint }) : "-"));
   await render(await getJSON(base));
-  return liveStream(base + "/stream", (name_, doc) => { render(doc).catch((e) => say(e.message)); });
+  const stopStream = liveStream(base + "/stream", (name_, doc) => { render(doc).catch((e) => say(e.message)); });
+  // an Alert's values arrive without the Axon changing: its plot is refreshed on its own
+  let shownAlerts = JSON.stringify(extras.alerts);
+  const timer = setInterval(async () => {
+    try {
+      const alerts = await getJSON(base + "/alerts");
+      const text = JSON.stringify(alerts);
+      const section = main.querySelector("#alerts");
+      if (text !== shownAlerts && section) {
+        shownAlerts = text;
+        extras.alerts = alerts;
+        section.replaceChildren(...[el("h2", { id: "alerts-h", text: "Alerts" }), alertsSection(alerts)].flat());
+      }
+    } catch (error) {
+      say(error.message);
+    }
+  }, 2000);
+  return () => { stopStream(); clearInterval(timer); };
 }
 
 // -- events, explain, trace --------------------------------------------------------------------
