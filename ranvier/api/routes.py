@@ -41,7 +41,7 @@ from ranvier.app import (
     trigger_rest,
 )
 from ranvier.commands.events import events_filter, parse_when
-from ranvier.commands.explain import decisions_for
+from ranvier.commands.explain import decision_records, decisions_for
 from sensors.axons import AxonStore, AxonStoreError, StoredAxon
 from sensors.loader import MAX_BYTES, SpecError, load_axon_bytes
 
@@ -460,15 +460,11 @@ async def _events(
 
 async def _decisions(bus: Bus, stored: StoredAxon) -> list[dict[str, Any]]:
     """The Axon's decision records, in the order the engine made them."""
-    filter_subject = f"{subjects.PREFIX}.dec.{subjects.token(stored.name)}.*"
-    found: list[dict[str, Any]] = []
-    async for item in bus.replay(
-        stream=subjects.DECISIONS_STREAM, filter_subject=filter_subject, idle=0.5
-    ):
-        data = item.event.data
-        if data.get("namespace", "default") == stored.namespace:
-            found.append({"time": model.format_time(item.event.time), **data})
-    return found
+    return [
+        d
+        for d in await decision_records(bus, stored.name)
+        if d.get("namespace", "default") == stored.namespace
+    ]
 
 
 def _loss_metric(stored: StoredAxon, task: str) -> str | None:
