@@ -43,8 +43,6 @@ from events.server import EmbeddedServer, Supervisor
 from events.telemetry import Telemetry
 from executors.backends.local import group_members, stop_tree
 from executors.runner import TaskRun
-from ranvier.api.role import URL_FILE as API_URL_FILE
-from ranvier.api.role import ApiRole
 from ranvier.app import (
     BACKENDS,
     ROLES,
@@ -330,6 +328,8 @@ async def _up_roles(plan: _UpRun) -> int:
                 settings.state_dir, backend=plan.backend, nats_url=url, replica_id="up"
             )
             roles = build_roles(bus, available_roles(), role_options)
+            from ranvier.api.role import ApiRole  # only `up` and `run` need the API's imports
+
             if isinstance(api := roles.get("api"), ApiRole):
                 api.on_listening = lambda url: _console_ready(plan, url)
             if server is not None:  # restarted on its port and store after a crash
@@ -966,9 +966,11 @@ def open_console(
     ] = False,
 ) -> None:
     """Open the console of the `ranvier up` running in the state dir in a browser."""
+    from ranvier.api.role import URL_FILE
+
     root = Settings.from_flags(state_dir=state_dir).state_dir
     try:
-        url = (root / API_URL_FILE).read_text(encoding="utf-8").strip()
+        url = (root / URL_FILE).read_text(encoding="utf-8").strip()
     except OSError:
         raise AppError(
             f"no console is running for {root.resolve()}",
