@@ -53,7 +53,7 @@ def api_token(host: str, state_dir: Path, environ: dict[str, str] | None = None)
     if not is_loopback(host):
         raise AppError(
             f"the API would listen on {host} without a token",
-            hint=f"set {TOKEN_ENV} (every request must then carry it), or bind it to 127.0.0.1",
+            hint=f"set {TOKEN_ENV}, which every request must then carry, or bind it to 127.0.0.1",
         )
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / TOKEN_FILE

@@ -14,7 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ import pytest
 from events import subjects
 from events.bus import Bus
 from events.model import REST
+from events.server import EmbeddedServer
 from ranvier.api.role import TOKEN_ENV, TOKEN_FILE, ApiRole
 from ranvier.app import AppError, trigger_rest
 from sensors.axons import AxonStore
@@ -375,3 +380,39 @@ async def test_quickstart_through_every_read_endpoint(
             (axon_doc,) = await _sse_events(client, "api/v1/axons/default/quickstart/stream", 1)
         assert axon_doc["name"] == "quickstart"
         assert axon_doc["phase"] == "Succeeded"
+
+
+def test_run_role_api_serves_until_sigterm_and_refuses_off_loopback_without_token(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RANVIER_")}
+    argv = [sys.executable, "-m", "ranvier", "run", "--role", "api", "--nats-url", nats_server.url]
+    argv += ["--state-dir", str(state)]
+    refused = subprocess.run(
+        [*argv, "--api-host", "0.0.0.0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "error: the API would listen on 0.0.0.0 without a token (set RANVIER_API_TOKEN, which "
+        "every request must then carry, or bind it to 127.0.0.1)"
+    ]
+    with subprocess.Popen([*argv, "--api-port", "0"], env=env) as process:
+        try:
+            deadline = time.monotonic() + 60
+            while not (state / "api.url").exists():
+                assert process.poll() is None, "the API role exited"
+                assert time.monotonic() < deadline, "the API role did not start"
+                time.sleep(0.1)
+            url = (state / "api.url").read_text().strip()
+            assert httpx.get(f"{url}readyz", timeout=10).json() == {"status": "ready"}
+            assert httpx.get(f"{url}api/v1/axons", timeout=10).json() == []
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+    assert not (state / "api.url").exists()
