@@ -1,6 +1,6 @@
 """The composition root: which roles run in a process, and `ranvier up`'s whole-pipeline loop.
 
-Every role (engine, executor, watcher, router) is a class built on a connected `Bus` with an
+Every role (engine, executor, watcher, router, api) is a class built on a connected `Bus` with an
 `async run()` that runs until cancelled and cleans up on cancellation. `ranvier run --role X`
 runs one (or all) of them against a shared NATS, for clusters; `ranvier up` runs all of them in
 one process, on an embedded nats-server unless `--nats-url` is given, submits an Axon and
@@ -37,7 +37,7 @@ from executors.deploy_flow import fixed_url
 from executors.deployer import LocalDeployer
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry
-from executors.runner import Deployer, ExecutorRunner, RunnerError, TaskRun
+from executors.runner import Deployer, ExecutorRunner, RunnerError, TaskRun, task_run_key
 from executors.serving.kv_table import ROUTER_URL_KEY, RouterRole
 from sensors.axons import AxonStore, StoredAxon
 from sensors.leases import DEFAULT_TTL
@@ -48,7 +48,7 @@ from sensors.watcher import MetricsWatcher
 
 log = structlog.get_logger(__name__)
 
-ROLES: Final = ("engine", "executor", "watcher", "router")
+ROLES: Final = ("engine", "executor", "watcher", "router", "api")
 BACKENDS: Final = ("local", "kubernetes")
 Goal = Literal["succeeded", "deployed", "idle"]
 ENGINE_DURABLE: Final = "ranvier-engine"
@@ -57,6 +57,14 @@ SOURCE: Final = "ranvier/cli"
 
 class AppError(RanvierError, RuntimeError):
     """A role cannot run here (missing module, unknown backend, bad combination of flags)."""
+
+
+class NotFoundError(AppError, LookupError):
+    """The Axon, sensor or run asked for does not exist."""
+
+
+class NoRestTriggerError(AppError):
+    """The sensor exists but cannot be fired over REST (it has no Rest trigger)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +140,8 @@ class RoleOptions:
     replica_id: str | None = None
     """The engine's name in the partition leases (None: unique to the process)."""
     lease_ttl: float = DEFAULT_TTL
+    api_host: str = "127.0.0.1"
+    api_port: int = 0
 
 
 @dataclass(slots=True)
@@ -243,6 +253,12 @@ def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[st
             roles[name] = WatcherRole(bus, options.telemetry, options.prometheus_url, cluster)
         elif name == "router":
             roles[name] = RouterRole(bus, options.router_host, options.router_port)
+        elif name == "api":
+            from ranvier.api.role import ApiRole  # it imports this module
+
+            roles[name] = ApiRole(
+                bus, state_dir=options.state_dir, host=options.api_host, port=options.api_port
+            )
         else:
             raise AppError(f"unknown role {name!r}", hint=f"choose {', '.join(ROLES)} or all")
     return roles
@@ -342,10 +358,6 @@ async def _sensor_runs(bus: Bus, prefix: str) -> list[SensorRunRecord]:
     return await _typed_records(bus, prefix, SensorRunRecord.from_json)
 
 
-async def _task_runs(bus: Bus, prefix: str) -> list[TaskRun]:
-    return await _typed_records(bus, prefix, TaskRun.from_json)
-
-
 async def _router_url(bus: Bus) -> str | None:
     found = await bus.kv_get(subjects.MODELS_BUCKET, ROUTER_URL_KEY)
     try:
@@ -364,7 +376,7 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
     ns, name = stored.namespace, stored.name
     spec = stored.axon.spec
     sensor_runs = await _sensor_runs(bus, _prefix("sensor", ns, name))
-    task_runs = await _task_runs(bus, _prefix("task", ns, name))
+    all_task_runs = await task_runs(bus, ns, name)
     deployments = await _records(bus, subjects.MODELS_BUCKET, _prefix("deploy", ns, name))
     router_url = await _router_url(bus)
     versions = await ModelRegistry(BusKeyValue(bus, subjects.MODELS_BUCKET)).versions(
@@ -405,9 +417,9 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
     tasks = []
     kinds: dict[str, str] = {t.name: t.kind for t in spec.tasks}
     task_names = list(kinds)
-    task_names += sorted({r.task for r in task_runs} - set(task_names))
+    task_names += sorted({r.task for r in all_task_runs} - set(task_names))
     for task in task_names:
-        of_task = sorted((r for r in task_runs if r.task == task), key=lambda r: r.started or "~")
+        of_task = [r for r in all_task_runs if r.task == task]
         kind = kinds.get(task) or next((r.kind for r in of_task), "deployer")
         tasks.append(
             {
@@ -528,14 +540,16 @@ async def trigger_rest(
     """Publish a Rest event for `sensor` after checking it exists and has a Rest trigger."""
     stored = await AxonStore(bus).get(namespace, axon)
     if stored is None or stored.deleted:
-        raise AppError(f"no Axon {namespace}/{axon} is submitted", hint="see `ranvier list axon`")
+        raise NotFoundError(
+            f"no Axon {namespace}/{axon} is submitted", hint="see `ranvier list axon`"
+        )
     found = stored.axon.spec.sensor(sensor)
     if found is None:
         names = ", ".join(s.name for s in stored.axon.spec.sensors) or "none"
-        raise AppError(f"Axon {axon} has no sensor {sensor!r} (sensors: {names})")
+        raise NotFoundError(f"Axon {axon} has no sensor {sensor!r} (sensors: {names})")
     rest = [t for t in found.triggers if isinstance(t, RestTrigger)]
     if not rest:
-        raise AppError(
+        raise NoRestTriggerError(
             f"sensor {sensor!r} of Axon {axon} has no Rest trigger",
             hint="add `- {name: manual, type: Rest}` to its triggers",
         )
@@ -544,3 +558,14 @@ async def trigger_rest(
     ).to_event(source=SOURCE)
     await bus.publish(event)
     return event.id
+
+
+async def task_runs(bus: Bus, namespace: str, axon: str, task: str | None = None) -> list[TaskRun]:
+    """A task's runs (every task's, without `task`) as the executors recorded them, oldest
+    first; unreadable records are logged and skipped."""
+    if task is None:
+        prefix = _prefix("task", namespace, axon)
+    else:
+        prefix = task_run_key(namespace, axon, task, "x")[: -len(".x")]
+    runs = await _typed_records(bus, prefix, TaskRun.from_json)
+    return sorted(runs, key=lambda r: r.started or "~")
