@@ -9,8 +9,8 @@ import contextlib
 import functools
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence, Set
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from typing import Any, Final, TypeVar
 
 from events import subjects
 from events.bus import Bus, Outgoing, kv_key
@@ -18,6 +18,7 @@ from events.model import ActionRequest, DecisionData, SensorRunRecord, new_id
 from sensors import engine
 from sensors.records import merge_run_record, new_record
 
+_I = TypeVar("_I")
 RUN_RECORDS_KEPT: Final = 4096
 """Sensor-run records kept in memory (to update them without reading KV back)."""
 
@@ -56,14 +57,7 @@ class RunRecordStore:
         (after a restart). Even if that read finds nothing, the steps the engine knows of are
         all there; only their task run ids would be missing.
         """
-        touched: dict[str, tuple[str, str, str, str]] = {}  # run id -> (ns, axon, sensor, rkey)
-        for action in actions:
-            touched.setdefault(action.sensor_run_id, _run_ref(action))
-        for decision in decisions:
-            if decision.sensor_run_id is not None:
-                touched.setdefault(decision.sensor_run_id, _run_ref(decision))
-        for end_ in ended:  # a run replaced or dropped is named by no decision of its own
-            touched.setdefault(end_.run_id, _run_ref(end_))
+        touched = _touched(actions, decisions, ended)
         if not touched:
             return []
         missing = [
@@ -74,12 +68,8 @@ class RunRecordStore:
         if missing:
             await self._fetch(missing)
         reasons = {d.sensor_run_id: d for d in decisions if d.sensor_run_id}
-        reports: dict[str, list[Mapping[str, Any]]] = {}
-        for report in lifecycle:
-            reports.setdefault(str(report["sensor_run_id"]), []).append(report)
-        by_run: dict[str, list[ActionRequest]] = {}
-        for action in actions:
-            by_run.setdefault(action.sensor_run_id, []).append(action)
+        reports = _by_run(lifecycle, lambda r: str(r["sensor_run_id"]))
+        by_run = _by_run(actions, lambda a: a.sensor_run_id)
         out: list[Outgoing] = []
         ends = {e.run_id: e for e in ended}
         for rid, (ns, axon, sensor, rkey) in touched.items():
@@ -123,6 +113,30 @@ class RunRecordStore:
         self._runs.move_to_end(key)
         while len(self._runs) > RUN_RECORDS_KEPT:
             self._runs.popitem(last=False)
+
+
+def _by_run(items: Iterable[_I], run_of: Callable[[_I], str]) -> dict[str, list[_I]]:
+    out: dict[str, list[_I]] = {}
+    for item in items:
+        out.setdefault(run_of(item), []).append(item)
+    return out
+
+
+def _touched(
+    actions: Iterable[ActionRequest],
+    decisions: Iterable[DecisionData],
+    ended: Iterable[engine.EndedRun],
+) -> dict[str, tuple[str, str, str, str]]:
+    """The runs a batch touched: run id -> (namespace, axon, sensor, record key)."""
+    touched: dict[str, tuple[str, str, str, str]] = {}
+    for action in actions:
+        touched.setdefault(action.sensor_run_id, _run_ref(action))
+    for decision in decisions:
+        if decision.sensor_run_id is not None:
+            touched.setdefault(decision.sensor_run_id, _run_ref(decision))
+    for end in ended:  # a run replaced or dropped is named by no decision of its own
+        touched.setdefault(end.run_id, _run_ref(end))
+    return touched
 
 
 def _run_ref(item: ActionRequest | DecisionData | engine.EndedRun) -> tuple[str, str, str, str]:
