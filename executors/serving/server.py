@@ -21,6 +21,7 @@ feedback, reward sum, latency, and what the class reports through `executors.ser
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import importlib.util
 import inspect
@@ -260,6 +261,17 @@ def _apply_user_metrics(sink: sdk.MetricSink, reported: Any) -> list[protocol.Me
     return out
 
 
+_THREADS: contextvars.ContextVar[list[asyncio.Future[Any]] | None] = contextvars.ContextVar(
+    "ranvier_request_threads", default=None
+)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a worker thread's error as seen (the caller may have stopped waiting for it)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class ModelService:
     """One loaded model: calls it off the event loop and keeps its metrics."""
 
@@ -320,8 +332,11 @@ class ModelService:
             return response
         self.in_flight += 1
         self._in_flight_gauge.inc()
-        task = asyncio.ensure_future(work())
-        task.add_done_callback(self._release)
+        threads: list[asyncio.Future[Any]] = []
+        context = contextvars.copy_context()
+        context.run(_THREADS.set, threads)
+        task = asyncio.get_running_loop().create_task(work(), context=context)
+        task.add_done_callback(lambda _: self._release_after(threads))
         try:
             async with asyncio.timeout(limits.timeout_s):
                 return await asyncio.shield(task)
@@ -335,11 +350,14 @@ class ModelService:
                 f"server's limit is {ENV_TIMEOUT} or --timeout)",
             )
 
-    def _release(self, task: asyncio.Future[Response]) -> None:
+    def _release_after(self, threads: list[asyncio.Future[Any]]) -> None:
+        """Give the slot back once the request's worker threads have all returned."""
+        for thread in threads:
+            if not thread.done():
+                thread.add_done_callback(lambda _: self._release_after(threads))
+                return
         self.in_flight -= 1
         self._in_flight_gauge.dec()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("model.request_failed", model=self.name, error=repr(task.exception()))
 
     def meta(self, puid: str | None) -> Meta:
         """The `meta` of an answer: tags, reported metrics, who answered."""
@@ -369,9 +387,15 @@ class ModelService:
     async def _in_thread(self, func: Callable[..., Any], *args: Any) -> Any:
         token = sdk.bind(self.sink)
         try:
-            return await run_in_threadpool(func, *args)
+            call = asyncio.ensure_future(run_in_threadpool(func, *args))
         finally:
             sdk.unbind(token)
+        call.add_done_callback(_retrieve)
+        threads = _THREADS.get()
+        if threads is not None:
+            threads.append(call)  # the request's slot is held until this thread returns
+        # shielded: a request cancelled at its timeout stops waiting, the thread runs on
+        return await asyncio.shield(call)
 
     async def predict(self, request: Request) -> Response:
         """POST /predict (and Seldon's /api/v1.0/predictions)."""
