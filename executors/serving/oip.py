@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from executors.serving.protocol import ProtocolError, parse_json_body, shape_of, to_plain
+from executors.serving.protocol import ProtocolError, parse_json_body, to_plain
 
 DATATYPES = frozenset(
     {
@@ -195,7 +195,7 @@ def output_tensor(name: str, output: Any) -> dict[str, Any]:
     plain = to_plain(_strings(output.tolist() if hasattr(output, "tolist") else output))
     if not isinstance(plain, list):
         plain = [plain]
-    shape = shape_of(plain) if not _has_strings(plain) else _shape_of_strings(plain)
+    shape = _shape(plain)
     if shape is None:
         raise TypeError("the output is not a rectangular array; return equal-length rows")
     flat = _flat(plain)
@@ -203,18 +203,11 @@ def output_tensor(name: str, output: Any) -> dict[str, Any]:
     return {"name": name, "shape": shape, "datatype": datatype, "data": flat}
 
 
-def _has_strings(value: Any) -> bool:
-    return isinstance(value, str) or (
-        isinstance(value, list) and any(_has_strings(v) for v in value)
-    )
-
-
-def _shape_of_strings(value: Any) -> list[int] | None:
-    if isinstance(value, str):
-        return []
+def _shape(value: Any) -> list[int] | None:
+    """The shape of a rectangular nested list (any leaves), or None when it is ragged."""
     if not isinstance(value, list):
-        return None
-    shapes = [_shape_of_strings(v) for v in value]
+        return []
+    shapes = [_shape(v) for v in value]
     if not shapes:
         return [0]
     first = shapes[0]
