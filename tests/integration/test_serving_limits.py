@@ -153,12 +153,12 @@ def test_a_streamed_body_is_cut_off_at_the_limit(server: ServerProcess) -> None:
     assert httpx.post(f"{server.url}/predict", json={"strData": "ok"}).status_code == 200
 
 
-async def test_100_concurrent_slow_requests_against_4_slots(server: ServerProcess) -> None:
-    """4 work, the rest get 503 + Retry-After before any of the 4 is done; nothing hangs."""
+async def flood(url: str, count: int = 100) -> list[tuple[int, float, str | None]]:
+    """`count` concurrent "slow" predictions: (status, seconds, Retry-After) of each."""
 
     async def one(client: httpx.AsyncClient) -> tuple[int, float, str | None]:
         started = time.perf_counter()
-        response = await client.post(f"{server.url}/predict", json={"strData": "slow"})
+        response = await client.post(f"{url}/predict", json={"strData": "slow"})
         return (
             response.status_code,
             time.perf_counter() - started,
@@ -166,19 +166,38 @@ async def test_100_concurrent_slow_requests_against_4_slots(server: ServerProces
         )
 
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    # the server's own timeout (1.5 s) is shorter than "slow" (3 s): a slot's request gets 504,
-    # and the slot is kept until the call really ends
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        async with asyncio.timeout(30):
-            results = await asyncio.gather(*(one(client) for _ in range(100)))
-    worked = [r for r in results if r[0] == 504]
+        async with asyncio.timeout(30):  # nothing hangs
+            return await asyncio.gather(*(one(client) for _ in range(count)))
+
+
+def assert_excess_refused_first(
+    results: list[tuple[int, float, str | None]], worked_status: int
+) -> None:
+    worked = [r for r in results if r[0] == worked_status]
     refused = [r for r in results if r[0] == 503]
-    assert len(worked) + len(refused) == 100, sorted({r[0] for r in results})
+    assert len(worked) + len(refused) == len(results), sorted({r[0] for r in results})
     assert len(worked) >= 4
     assert len(refused) >= 50
     assert all(r[2] == "1" for r in refused)
+    # every refusal came back before any of the slow requests was done
     assert max(r[1] for r in refused) < min(r[1] for r in worked)
-    # once the slow calls have ended, every slot is free again
+
+
+async def test_100_concurrent_slow_requests_against_4_slots(workdir: Path) -> None:
+    """4 succeed, the rest get 503 + Retry-After before any of the 4 is done; nothing hangs."""
+    argv = serve_argv("Slow", "--max-in-flight", "4", "--timeout", "20")
+    with running(argv, cwd=workdir, env={"SLOW_S": "2"}) as server:
+        results = await flood(server.url)
+        assert_excess_refused_first(results, 200)
+        assert all(r[1] >= 2 for r in results if r[0] == 200)
+        await asyncio.to_thread(wait_for_free_slots, server.url)
+
+
+async def test_slow_requests_past_their_timeout_keep_their_slots(server: ServerProcess) -> None:
+    """The timeout (1.5 s) is shorter than "slow" (3 s): the 4 get 504 and keep their slots
+    until their threads return; then every slot is free again."""
+    assert_excess_refused_first(await flood(server.url), 504)
     await asyncio.to_thread(wait_for_free_slots, server.url)
     async with httpx.AsyncClient() as client:
         after = await client.post(f"{server.url}/predict", json={"strData": "x"})
