@@ -347,13 +347,20 @@ class Router:
 
     # -- calls ------------------------------------------------------------------------------
 
-    async def _post(self, url: str, content: bytes, content_type: str) -> RawResponse:
+    async def _post(
+        self, url: str, content: bytes, content_type: str, read_s: float | None = None
+    ) -> RawResponse:
+        """POST to a backend; `read_s` (a backend's own wait) replaces the router's default."""
+        timeouts = self._timeouts if read_s is None else {**self._timeouts, "read": read_s}
         if url.startswith("http://"):
             # The hot path: our own model servers over plain HTTP/1.1, without building httpx
             # request and response objects (they cost a third of the router's time).
-            return await self._transport.post(url, content, content_type, self._timeouts)
+            return await self._transport.post(url, content, content_type, timeouts)
         response = await self.client.post(
-            url, content=content, headers={"content-type": content_type}
+            url,
+            content=content,
+            headers={"content-type": content_type},
+            timeout=httpx.Timeout(**timeouts) if read_s is not None else httpx.USE_CLIENT_DEFAULT,
         )
         return RawResponse(
             response.status_code,
@@ -370,7 +377,7 @@ class Router:
 
         async def send() -> None:
             try:
-                response = await self._post(url, body, ctype)
+                response = await self._post(url, body, ctype, backend.timeout)
                 outcome = "ok" if response.status < 400 else "http_error"
             except Exception:  # a shadow's failure never reaches the caller: it is counted
                 outcome = "error"
@@ -401,7 +408,9 @@ class Router:
                 )
         url = node_url(node, backend)
         try:
-            response = await self._post(url, body, ctype)
+            response = await self._post(
+                url, body, ctype, backend.timeout if backend is not None else None
+            )
         except httpx.TimeoutException as exc:
             raise _NodeFailure(
                 error_response(504, f"model {node.model!r} at {url} timed out: {exc!r}")
@@ -661,7 +670,7 @@ class Router:
             self._mirror(axon, model.name, shadow, _v2_infer_url(shadow), body=body, ctype=ctype)
         url = _v2_infer_url(backend)
         try:
-            answer = await self._post(url, body, ctype)
+            answer = await self._post(url, body, ctype, backend.timeout)
         except httpx.TimeoutException as exc:
             response = _v2_error(504, f"model {model.name!r} at {url} timed out: {exc!r}")
         except httpx.HTTPError as exc:

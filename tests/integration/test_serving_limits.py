@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import textwrap
 import time
 from collections.abc import Iterator
@@ -218,6 +219,53 @@ def test_a_model_that_never_answers_gets_504_while_others_answer(
         for i in range(10):
             answer = client.post(f"{router.url}/quickstart/predict", json={"strData": str(i)})
             assert answer.json()["strData"] == str(i)
+
+
+def test_a_server_that_never_answers_gets_504_from_the_router_after_its_timeout(
+    workdir: Path, server: ServerProcess
+) -> None:
+    """A backend that accepts connections and never says a word: the router gives up after
+    that backend's timeout, and keeps answering for the others meanwhile."""
+    silent = socket.create_server(("127.0.0.1", 0))  # listens; nothing ever answers
+    with silent:
+        port = silent.getsockname()[1]
+        stuck = (
+            one_model(
+                1,
+                Backend(
+                    name="m", version="1", url=f"http://127.0.0.1:{port}", weight=100, timeout=2
+                ),
+            )
+            .deployers[0]
+            .model_copy(update={"axon": "stuck"})
+        )
+        table = one_model(1, Backend(name="m", version="1", url=server.url, weight=100))
+        table = table.model_copy(update={"deployers": [*table.deployers, stuck]})
+        path = workdir / "stuck.json"
+        path.write_text(table.model_dump_json(by_alias=True))
+        with running(router_argv(path, "--port", "0"), cwd=workdir) as router:
+
+            async def both() -> tuple[httpx.Response, float, list[int]]:
+                async with httpx.AsyncClient(timeout=30) as client:
+                    started = time.perf_counter()
+                    waiting = asyncio.ensure_future(
+                        client.post(f"{router.url}/stuck/predict", json={"strData": "x"})
+                    )
+                    others = []
+                    while not waiting.done():
+                        answer = await client.post(
+                            f"{router.url}/quickstart/predict", json={"strData": "y"}
+                        )
+                        others.append(answer.status_code)
+                        await asyncio.sleep(0.1)
+                    return waiting.result(), time.perf_counter() - started, others
+
+            stuck_answer, elapsed, others = asyncio.run(both())
+    assert stuck_answer.status_code == 504, stuck_answer.text
+    assert "timed out" in stuck_answer.json()["status"]["reason"]
+    assert 2 <= elapsed < 10
+    assert len(others) >= 5
+    assert set(others) == {200}
 
 
 def test_an_async_model_that_never_answers_frees_its_slot(workdir: Path) -> None:
