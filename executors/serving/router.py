@@ -8,6 +8,13 @@ errors are only counted, and feedback sent to the version named in the answer's
 `meta.requestPath`, or, when the feedback carries no answer (Myelin's and Seldon's clients send
 `request` + `reward`), to every version serving `/predict` now.
 
+Every request is bounded before it costs much (`limits.py`): a body above the router's limit
+gets 413 without being read, and with `RANVIER_ROUTER_TOKEN` set every POST needs the bearer
+token. Seldon's v1 paths are aliases of `/predict` and `/send-feedback`; an Open Inference
+Protocol v2 request for a model goes to one of its versions by the weights, as `/predict` does.
+Each backend call waits the backend's own `timeout` from the table (its model's timeout and a
+margin), else the router's default.
+
 The table comes from a `TableSource` (a file, memory, or the `ranvier_models` KV bucket). A
 new table is compiled first (a bad one is refused and the old one kept) and then swapped in by
 one assignment: each request reads the table once when it starts, so in-flight requests finish

@@ -7,6 +7,11 @@ runs in a worker thread because it may be slow (a GPT-2 `generate` takes seconds
 stall the event loop; an `async def predict` is awaited directly. A class that raises gets a
 500 with the reason and the server keeps serving; a malformed request gets a 400.
 
+The server stays bounded under hostile load (`limits.py`): bodies above its limit get 413
+unread, at most `max_in_flight` requests are worked on at once (503 + `Retry-After` beyond),
+and a request that outlives its timeout gets 504. Besides its own paths it answers Seldon's
+`/api/v1.0/predictions|feedback` and the Open Inference Protocol v2 (`/v2/...`, `oip.py`).
+
 Loading a class (`ranvier serve CLASS`):
 - `Class`: the file `Class.py` in the working directory defines `class Class` (Myelin's
   `MODEL_NAME` convention);
