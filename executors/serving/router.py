@@ -373,6 +373,7 @@ class Router:
             response.status_code,
             response.headers.get("content-type", "application/json"),
             response.content,
+            response.headers.get("retry-after"),
         )
 
     def _mirror(
@@ -431,13 +432,7 @@ class Router:
                 axon, node.model, backend.name, backend.version, str(response.status)
             ).inc()
         if response.status != 200:
-            raise _NodeFailure(
-                Response(
-                    response.content,
-                    status_code=response.status,
-                    media_type=response.content_type,
-                )
-            )
+            raise _NodeFailure(_passed_on(response))
         return response.content, backend.key if backend is not None else None
 
     async def _run_route(
@@ -686,9 +681,7 @@ class Router:
             self.stats.backend.labels(
                 axon, model.name, backend.name, backend.version, str(answer.status)
             ).inc()
-            response = Response(
-                answer.content, status_code=answer.status, media_type=answer.content_type
-            )
+            response = _passed_on(answer)
         self.stats.latency.labels(axon).observe(time.perf_counter() - started)
         self.stats.requests.labels(axon, "/v2/infer", str(response.status_code)).inc()
         return response
@@ -751,6 +744,17 @@ class Router:
     async def metrics(self) -> Response:
         """GET /metrics."""
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _passed_on(answer: RawResponse) -> Response:
+    """A backend's answer as the router's own (a full server's `Retry-After` kept)."""
+    headers = {"retry-after": answer.retry_after} if answer.retry_after else None
+    return Response(
+        answer.content,
+        status_code=answer.status,
+        media_type=answer.content_type,
+        headers=headers,
+    )
 
 
 def _v2_error(status: int, reason: str) -> Response:

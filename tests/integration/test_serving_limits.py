@@ -192,6 +192,12 @@ async def test_100_concurrent_slow_requests_against_4_slots(workdir: Path) -> No
         assert_excess_refused_first(results, 200)
         assert all(r[1] >= 2 for r in results if r[0] == 200)
         await asyncio.to_thread(wait_for_free_slots, server.url)
+        # the same through the router: the server's refusals reach the caller, Retry-After too
+        table = workdir / "slots.json"
+        backend = Backend(name="m", version="1", url=server.url, weight=100)
+        table.write_text(one_model(1, backend).model_dump_json(by_alias=True))
+        with running(router_argv(table, "--port", "0"), cwd=workdir) as router:
+            assert_excess_refused_first(await flood(f"{router.url}/quickstart"), 200)
 
 
 async def test_slow_requests_past_their_timeout_keep_their_slots(server: ServerProcess) -> None:
