@@ -37,6 +37,7 @@ from events.model import ActionRequest, format_time, utcnow
 from events.subjects import MODELS_BUCKET
 from executors.registry import ModelRegistry, ModelVersion, select_best, select_latest
 from executors.serving.kv_table import ROUTER_URL_KEY
+from executors.serving.limits import LimitError, Limits, limits_from
 from executors.serving.routing import (
     Backend,
     DeployerTable,
@@ -50,6 +51,7 @@ from sensors.spec import Axon, BackendModel, Deployer, Task
 log = structlog.get_logger(__name__)
 
 _CAS_ATTEMPTS: Final = 20
+ROUTER_WAIT_MARGIN_S: Final = 2.0
 
 
 class DeployError(RanvierError, RuntimeError):
@@ -132,14 +134,25 @@ def routed_versions(table: DeployerTable) -> set[tuple[str, str]]:
 
 
 def expand_replicas(
-    table: DeployerTable, urls: Mapping[tuple[str, str], Sequence[str]]
+    table: DeployerTable,
+    urls: Mapping[tuple[str, str], Sequence[str]],
+    waits: Mapping[tuple[str, str], float] | None = None,
 ) -> DeployerTable:
-    """The table with each backend's share split evenly over its version's replicas."""
+    """The table with each backend's share split evenly over its version's replicas.
+
+    `waits`: how long the router waits for each (backend model, version), when known.
+    """
 
     def expand(backends: Iterable[Backend]) -> list[Backend]:
         out: list[Backend] = []
-        for backend in backends:
-            replicas = list(urls[(backend.name, backend.version)])
+        for found in backends:
+            key = (found.name, found.version)
+            backend = (
+                found.model_copy(update={"timeout": waits[key]})
+                if waits and key in waits
+                else found
+            )
+            replicas = list(urls[key])
             if backend.shadow:
                 out.append(backend.model_copy(update={"url": replicas[0]}))
                 continue
@@ -159,6 +172,21 @@ def expand_replicas(
         for m in table.models
     ]
     return table.model_copy(update={"models": models})
+
+
+def server_limits(deployer: Deployer, choice: Choice) -> Limits:
+    """A backend model's server limits, from its deploy task's and the deployer's `env`.
+
+    The model server reads them from its environment (`RANVIER_MAX_BODY_BYTES`, ...), where
+    the deployer's entries override the task's; a value that is not a number is a
+    `DeployError` before any server starts.
+    """
+    items = [*choice.deploy_task.body.env, *deployer.env]
+    env = {v.name: v.value or "" for v in items if v.value_from is None}
+    try:
+        return limits_from(env)
+    except LimitError as exc:
+        raise DeployError(f"backend model {choice.backend.name!r}: {exc}") from None
 
 
 def merge_part(
@@ -345,6 +373,18 @@ class DeployPlan:
         """The choice of a backend model."""
         return next(c for c in self.choices if c.backend.name == backend)
 
+    def waits(self) -> dict[tuple[str, str], float]:
+        """How long the router waits for each routed version.
+
+        Its model's own timeout and a margin: the model's 504 (which says why) comes first,
+        and a server that hangs altogether still gets one from the router.
+        """
+        return {
+            (backend, version): server_limits(self.deployer, self.choice(backend)).timeout_s
+            + ROUTER_WAIT_MARGIN_S
+            for backend, version in self.needed
+        }
+
 
 @dataclass(frozen=True)
 class Deployed:
@@ -403,6 +443,8 @@ def plan_of(
         for c in choices
     }
     planned = build_deployer_table(request.axon, deployer, pending)
+    for choice in choices:
+        server_limits(deployer, choice)  # refused here, before anything starts
     return DeployPlan(request, axon, deployer, run_id, choices, planned)
 
 
@@ -415,7 +457,7 @@ async def deploy(bus: Bus, plan: DeployPlan, launcher: Launcher) -> Deployed:
     ns, name = request.namespace, request.axon
     try:
         urls = await launcher.launch(plan)
-        table = expand_replicas(plan.planned, urls)
+        table = expand_replicas(plan.planned, urls, plan.waits())
         await write_router_part(bus, ns, name, deployer.name, table)
     except BaseException:
         await launcher.rollback(plan)

@@ -8,6 +8,13 @@ errors are only counted, and feedback sent to the version named in the answer's
 `meta.requestPath`, or, when the feedback carries no answer (Myelin's and Seldon's clients send
 `request` + `reward`), to every version serving `/predict` now.
 
+Every request is bounded before it costs much (`limits.py`): a body above the router's limit
+gets 413 without being read, and with `RANVIER_ROUTER_TOKEN` set every POST needs the bearer
+token. Seldon's v1 paths are aliases of `/predict` and `/send-feedback`; an Open Inference
+Protocol v2 request for a model goes to one of its versions by the weights, as `/predict` does.
+Each backend call waits the backend's own `timeout` from the table (its model's timeout and a
+margin), else the router's default.
+
 The table comes from a `TableSource` (a file, memory, or the `ranvier_models` KV bucket). A
 new table is compiled first (a bad one is refused and the old one kept) and then swapped in by
 one assignment: each request reads the table once when it starts, so in-flight requests finish
@@ -39,11 +46,20 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from events.aio import checkpoint
 from events.errors import RanvierError
-from executors.serving import protocol
+from executors.serving import oip, protocol
+from executors.serving.limits import (
+    ENV_ROUTER_MAX_BODY_BYTES,
+    BearerToken,
+    BodyLimit,
+    body_too_large,
+    router_max_body_bytes,
+    router_token,
+)
 from executors.serving.protocol import ErrorResponse, Feedback, ProtocolError, SeldonMessage
 from executors.serving.routing import (
     DEFAULT_NODE_PATH,
@@ -51,7 +67,9 @@ from executors.serving.routing import (
     Backend,
     CompiledRoute,
     CompiledTable,
+    DeployerTable,
     FeedbackError,
+    ModelRoute,
     Node,
     RoutingError,
     RoutingTable,
@@ -80,6 +98,22 @@ from executors.serving.upstream import KeepAliveTransport, RawResponse
 log = structlog.get_logger(__name__)
 
 _FORWARDED_HEADERS = ("content-type",)
+_ALIASES = {"/api/v1.0/predictions": DEFAULT_NODE_PATH, "/api/v1.0/feedback": FEEDBACK_PATH}
+_BODY_HINT = f"raise the router's {ENV_ROUTER_MAX_BODY_BYTES}"
+
+
+class _BodyTooLarge(Exception):
+    """A streamed body crossed the router's limit while it was read."""
+
+
+async def _read_body(request: Request) -> bytes:
+    """The request's body, read up to the limit the body-limit middleware enforces."""
+    try:
+        return await request.body()
+    except HTTPException as exc:
+        if exc.status_code == 413:
+            raise _BodyTooLarge from exc
+        raise
 
 
 class TableSource(Protocol):
@@ -188,7 +222,7 @@ class _RouterMetrics:
         )
         self.shadow = Counter(
             "ranvier_router_shadow_requests",
-            "Mirrored calls to shadows, by outcome (ok, http_error, error).",
+            "Mirrored calls to shadows, by outcome (ok, http_error, error, dropped).",
             ["axon", "model", "backend", "version", "outcome"],
             registry=registry,
         )
@@ -222,9 +256,19 @@ class Router:
         rand: Callable[[], float] | None = None,
         max_connections: int = 512,
         retry: tuple[float, float] = (0.1, 5.0),
+        max_body_bytes: int | None = None,
+        max_shadows: int = 256,
     ) -> None:
-        """`retry`: first and longest wait before following a failed source again."""
+        """`retry`: first and longest wait before following a failed source again.
+
+        `max_shadows`: mirrored calls in flight at most; more are dropped (and counted), so a
+        slow shadow can neither delay answers nor hold unbounded copies of request bodies.
+        """
         self.source = source
+        self.max_body_bytes = (
+            max_body_bytes if max_body_bytes is not None else router_max_body_bytes()
+        )
+        self.max_shadows = max_shadows
         self.retry = retry
         self.timeout = timeout
         self.rand = rand or random.Random().random
@@ -310,26 +354,38 @@ class Router:
 
     # -- calls ------------------------------------------------------------------------------
 
-    async def _post(self, url: str, content: bytes, content_type: str) -> RawResponse:
+    async def _post(
+        self, url: str, content: bytes, content_type: str, read_s: float | None = None
+    ) -> RawResponse:
+        """POST to a backend; `read_s` (a backend's own wait) replaces the router's default."""
+        timeouts = self._timeouts if read_s is None else {**self._timeouts, "read": read_s}
         if url.startswith("http://"):
             # The hot path: our own model servers over plain HTTP/1.1, without building httpx
             # request and response objects (they cost a third of the router's time).
-            return await self._transport.post(url, content, content_type, self._timeouts)
+            return await self._transport.post(url, content, content_type, timeouts)
         response = await self.client.post(
-            url, content=content, headers={"content-type": content_type}
+            url,
+            content=content,
+            headers={"content-type": content_type},
+            timeout=httpx.Timeout(**timeouts) if read_s is not None else httpx.USE_CLIENT_DEFAULT,
         )
         return RawResponse(
             response.status_code,
             response.headers.get("content-type", "application/json"),
             response.content,
+            response.headers.get("retry-after"),
         )
 
     def _mirror(
         self, axon: str, model: str, backend: Backend, url: str, *, body: bytes, ctype: str
     ) -> None:
+        if len(self._background) >= self.max_shadows:
+            self.stats.shadow.labels(axon, model, backend.name, backend.version, "dropped").inc()
+            return
+
         async def send() -> None:
             try:
-                response = await self._post(url, body, ctype)
+                response = await self._post(url, body, ctype, backend.timeout)
                 outcome = "ok" if response.status < 400 else "http_error"
             except Exception:  # a shadow's failure never reaches the caller: it is counted
                 outcome = "error"
@@ -360,7 +416,9 @@ class Router:
                 )
         url = node_url(node, backend)
         try:
-            response = await self._post(url, body, ctype)
+            response = await self._post(
+                url, body, ctype, backend.timeout if backend is not None else None
+            )
         except httpx.TimeoutException as exc:
             raise _NodeFailure(
                 error_response(504, f"model {node.model!r} at {url} timed out: {exc!r}")
@@ -374,13 +432,7 @@ class Router:
                 axon, node.model, backend.name, backend.version, str(response.status)
             ).inc()
         if response.status != 200:
-            raise _NodeFailure(
-                Response(
-                    response.content,
-                    status_code=response.status,
-                    media_type=response.content_type,
-                )
-            )
+            raise _NodeFailure(_passed_on(response))
         return response.content, backend.key if backend is not None else None
 
     async def _run_route(
@@ -429,6 +481,9 @@ class Router:
         path = "/" + str(request.path_params["path"]).strip("/")
         if compiled is None:
             return error_response(503, "the router has no table yet; retry shortly")
+        for alias, target in _ALIASES.items():  # Seldon v1 paths name /predict, /send-feedback
+            if path.endswith(alias):
+                path = path.removesuffix(alias) + target
         route = compiled.routes.get((axon, path))
         if route is None and path.endswith(FEEDBACK_PATH):
             return await self._feedback(compiled, axon, path, request)
@@ -450,11 +505,13 @@ class Router:
     ) -> Response:
         """Answer a request for a route found in the table."""
         started = time.perf_counter()
-        body = await request.body()
         ctype = request.headers.get("content-type", "application/json")
         headers = request.headers  # a case-insensitive mapping; read only by header matches
         try:
+            body = await _read_body(request)
             response = await self._run_route(route, body, ctype, headers)
+        except _BodyTooLarge:
+            response = error_response(413, body_too_large(self.max_body_bytes, _BODY_HINT))
         except _NodeFailure as failure:
             response = failure.response
         except RoutingError as exc:
@@ -481,7 +538,10 @@ class Router:
         prefix = path.removesuffix(FEEDBACK_PATH).strip("/")
         if prefix:
             deployers = [d for d in deployers if d.name == prefix]
-        body = await request.body()
+        try:
+            body = await _read_body(request)
+        except _BodyTooLarge:
+            return self._feedback_error(axon, 413, body_too_large(self.max_body_bytes, _BODY_HINT))
         ctype = request.headers.get("content-type", "application/json")
         try:
             feedback = protocol.parse_feedback(body, ctype)
@@ -573,9 +633,136 @@ class Router:
             200 if healthy else 503,
         )
 
+    # -- Open Inference Protocol v2 --------------------------------------------------------
+
+    def _v2_model(self, request: Request) -> tuple[DeployerTable, ModelRoute] | Response:
+        """The deployer model a v2 path names (the first deployer of the axon serving it)."""
+        compiled = self.compiled
+        axon = request.path_params["axon"]
+        name = request.path_params["name"]
+        deployers = compiled.deployers.get(axon) if compiled is not None else None
+        if not deployers:
+            return _v2_error(404, f"no axon {axon!r} is deployed on this router")
+        for deployer in deployers:
+            for model in deployer.models:
+                if model.name == name:
+                    return deployer, model
+        known = ", ".join(sorted({m.name for d in deployers for m in d.models}))
+        return _v2_error(404, f"axon {axon!r} has no model {name!r}; it serves {known}")
+
+    async def v2_infer(self, request: Request) -> Response:
+        """POST /<axon>/v2/models/<model>/infer: one version by weight, shadows get a copy."""
+        found = self._v2_model(request)
+        if isinstance(found, Response):
+            return found
+        deployer, model = found
+        axon = deployer.axon
+        started = time.perf_counter()
+        try:
+            body = await _read_body(request)
+        except _BodyTooLarge:
+            return _v2_error(413, body_too_large(self.max_body_bytes, _BODY_HINT))
+        ctype = request.headers.get("content-type", "application/json")
+        backends = select_backends(model, request.headers)
+        try:
+            backend = choose(backends, self.rand)
+        except RoutingError as exc:
+            return _v2_error(503, str(exc))
+        for shadow in shadows(backends):
+            self._mirror(axon, model.name, shadow, _v2_infer_url(shadow), body=body, ctype=ctype)
+        url = _v2_infer_url(backend)
+        try:
+            answer = await self._post(url, body, ctype, backend.timeout)
+        except httpx.TimeoutException as exc:
+            response = _v2_error(504, f"model {model.name!r} at {url} timed out: {exc!r}")
+        except httpx.HTTPError as exc:
+            response = _v2_error(502, f"model {model.name!r} at {url} is unreachable: {exc!r}")
+        else:
+            self.stats.backend.labels(
+                axon, model.name, backend.name, backend.version, str(answer.status)
+            ).inc()
+            response = _passed_on(answer)
+        self.stats.latency.labels(axon).observe(time.perf_counter() - started)
+        self.stats.requests.labels(axon, "/v2/infer", str(response.status_code)).inc()
+        return response
+
+    def _routed(self, model: ModelRoute) -> list[Backend]:
+        return [b for b in model.backends if not b.shadow and b.weight > 0]
+
+    async def _ready(self, urls: list[str]) -> bool:
+        async def probe(url: str) -> bool:
+            try:
+                response = await self.client.get(url, timeout=5.0)
+            except httpx.HTTPError:
+                return False
+            return response.status_code == 200
+
+        return bool(urls) and all(await asyncio.gather(*(probe(u) for u in urls)))
+
+    async def v2_model(self, request: Request) -> Response:
+        """GET /<axon>/v2/models/<model>: its metadata (the versions taking traffic now)."""
+        found = self._v2_model(request)
+        if isinstance(found, Response):
+            return found
+        _, model = found
+        metadata = oip.model_metadata(model.name, "")
+        metadata["versions"] = [b.version for b in self._routed(model)]
+        return json_response(metadata)
+
+    async def v2_model_ready(self, request: Request) -> Response:
+        """GET /<axon>/v2/models/<model>/ready: 200 when every version taking traffic is."""
+        found = self._v2_model(request)
+        if isinstance(found, Response):
+            return found
+        _, model = found
+        urls = [b.url.rstrip("/") + f"/v2/models/{b.name}/ready" for b in self._routed(model)]
+        ready = await self._ready(urls)
+        return json_response({"name": model.name, "ready": ready}, 200 if ready else 503)
+
+    async def v2_live(self) -> Response:
+        """GET /<axon>/v2/health/live: the router answers."""
+        return json_response({"live": True})
+
+    async def v2_ready(self, request: Request) -> Response:
+        """GET /<axon>/v2/health/ready: 200 when every model server of the axon is ready."""
+        compiled = self.compiled
+        axon = request.path_params["axon"]
+        deployers = compiled.deployers.get(axon) if compiled is not None else None
+        if not deployers:
+            return _v2_error(404, f"no axon {axon!r} is deployed on this router")
+        urls = sorted(
+            {
+                b.url.rstrip("/") + "/v2/health/ready"
+                for d in deployers
+                for m in d.models
+                for b in self._routed(m)
+            }
+        )
+        ready = await self._ready(urls)
+        return json_response({"ready": ready}, 200 if ready else 503)
+
     async def metrics(self) -> Response:
         """GET /metrics."""
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _passed_on(answer: RawResponse) -> Response:
+    """A backend's answer as the router's own (a full server's `Retry-After` kept)."""
+    headers = {"retry-after": answer.retry_after} if answer.retry_after else None
+    return Response(
+        answer.content,
+        status_code=answer.status,
+        media_type=answer.content_type,
+        headers=headers,
+    )
+
+
+def _v2_error(status: int, reason: str) -> Response:
+    return json_response(oip.error_body(reason), status)
+
+
+def _v2_infer_url(backend: Backend) -> str:
+    return backend.url.rstrip("/") + f"/v2/models/{backend.name}/infer"
 
 
 class _FastPath:
@@ -608,9 +795,16 @@ def create_router_app(
     *,
     timeout: float = 30.0,
     rand: Callable[[], float] | None = None,
+    max_body_bytes: int | None = None,
+    token: str | None = None,
 ) -> FastAPI:
-    """The router's ASGI app; the table is loaded at start-up and followed while it runs."""
-    router = Router(source, timeout=timeout, rand=rand)
+    """The router's ASGI app; the table is loaded at start-up and followed while it runs.
+
+    `max_body_bytes` defaults to `RANVIER_ROUTER_MAX_BODY_BYTES` (else 10 MB); `token`, to
+    `RANVIER_ROUTER_TOKEN` (unset: no token is asked for).
+    """
+    router = Router(source, timeout=timeout, rand=rand, max_body_bytes=max_body_bytes)
+    token = token if token is not None else router_token()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -628,8 +822,12 @@ def create_router_app(
         separate_input_output_schemas=False,
     )
     app.state.router = router
+    # outermost last: the token is checked first, then the body's size, then the fast path
     app.add_middleware(_FastPath, router=router)
-    install_openapi(app, [SeldonMessage, Feedback, ErrorResponse])
+    app.add_middleware(BodyLimit, max_bytes=router.max_body_bytes, hint=_BODY_HINT)
+    if token:
+        app.add_middleware(BearerToken, token=token)
+    install_openapi(app, [SeldonMessage, Feedback, ErrorResponse, oip.InferenceRequest])
     app.add_api_route("/health", router.health, summary="200 once a routing table is loaded")
     app.add_api_route(
         "/metrics", router.metrics, summary="Prometheus metrics", response_class=Response
@@ -652,6 +850,31 @@ def create_router_app(
             "else to every version serving /predict now"
         ),
         name="feedback",
+    )
+    app.add_api_route("/{axon}/v2/health/live", router.v2_live, summary="OIP v2: live")
+    app.add_api_route(
+        "/{axon}/v2/health/ready", router.v2_ready, summary="OIP v2: every model server ready"
+    )
+    app.add_api_route("/{axon}/v2/models/{name}", router.v2_model, summary="OIP v2: model metadata")
+    app.add_api_route(
+        "/{axon}/v2/models/{name}/ready", router.v2_model_ready, summary="OIP v2: model ready"
+    )
+    app.add_api_route(
+        "/{axon}/v2/models/{name}/infer",
+        router.v2_infer,
+        methods=["POST"],
+        response_model=None,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/InferenceRequest"}
+                    }
+                },
+            }
+        },
+        summary="OIP v2: infer, routed by the deployer's weights",
     )
     app.add_api_route(
         "/{axon}/{path:path}",

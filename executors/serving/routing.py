@@ -54,6 +54,12 @@ class Backend(_Table):
     url: str = Field(description="Base URL of its model server, e.g. http://127.0.0.1:9001.")
     weight: float = Field(0.0, ge=0, description="Percent of the model's traffic it answers.")
     shadow: bool = Field(False, description="Receives a copy of every request; never answers.")
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds the router waits for it (its model's own timeout and a margin); "
+        "unset: the router's default.",
+    )
 
     @property
     def key(self) -> str:

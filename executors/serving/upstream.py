@@ -31,6 +31,7 @@ class RawResponse(NamedTuple):
     status: int
     content_type: str
     content: bytes
+    retry_after: str | None = None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -216,7 +217,10 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             (v.decode("latin-1") for k, v in headers if k.lower() == b"content-type"),
             "application/json",
         )
-        return RawResponse(status, ctype, content)
+        retry_after = next(
+            (v.decode("latin-1") for k, v in headers if k.lower() == b"retry-after"), None
+        )
+        return RawResponse(status, ctype, content, retry_after)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request` on an idle connection to its host (or a new one)."""

@@ -44,8 +44,36 @@ def serve(  # noqa: PLR0917 -- typer maps each parameter to a CLI option
         str | None,
         typer.Option("--model-version", help="Version shown in meta (default: RANVIER_VERSION)."),
     ] = None,
+    max_body_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--max-body-bytes",
+            help="Largest request body; larger ones get 413 unread "
+            "(default: RANVIER_MAX_BODY_BYTES, else 10 MB).",
+            show_default=False,
+        ),
+    ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option(
+            "--max-in-flight",
+            help="Requests worked on at once; more get 503 + Retry-After "
+            "(default: RANVIER_MAX_IN_FLIGHT, else 32).",
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            help="Seconds one request may take before it gets 504 "
+            "(default: RANVIER_PREDICT_TIMEOUT, else 25).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Serve a model class over HTTP: POST /predict, POST /send-feedback, GET /health, /metrics."""
+    """Serve a model class over HTTP: /predict, /send-feedback, OIP v2 (/v2/...), /health."""
+    from executors.serving.limits import limits_from
     from executors.serving.server import (
         create_model_app,
         instantiate,
@@ -58,12 +86,18 @@ def serve(  # noqa: PLR0917 -- typer maps each parameter to a CLI option
         raise RanvierError(f"invalid --port {port}", hint="use 0..65535")
     if model_path is not None and not model_path.exists():
         raise RanvierError(f"--model-path {model_path} does not exist", hint="give a directory")
+    limits = limits_from(
+        max_body_bytes=max_body_bytes, max_in_flight=max_in_flight, timeout_s=timeout
+    )
     search_dir = (workdir or Path.cwd()).resolve()
     cls = load_class(model_class, search_dir)
     model = instantiate(cls, model_path)
     name = os.environ.get("RANVIER_MODEL") or cls.__name__
     app = create_model_app(
-        model, name=name, version=version or os.environ.get("RANVIER_VERSION", "")
+        model,
+        name=name,
+        version=version or os.environ.get("RANVIER_VERSION", ""),
+        limits=limits,
     )
 
     def announce(url: str) -> None:

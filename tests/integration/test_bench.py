@@ -10,6 +10,7 @@ import pytest
 import structlog
 
 from bench import engine as engine_bench
+from bench import load as load_bench
 from bench import replay as replay_bench
 from bench import scale as scale_bench
 
@@ -66,3 +67,22 @@ def test_scale_bench_runs_every_replica_count_against_the_raw_reference(
     for row in report["results"]:
         assert row["events_per_s"] > 0
         assert row["raw_consume_per_s"] > 0
+
+
+def test_load_bench_refuses_the_excess_and_reports_the_design_shape(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--seconds", "1", "--rounds", "1", "--clients", "8", "--slots", "2"]
+    assert load_bench.main([*argv, "--work-ms", "50"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["bench"] == "load"
+    assert report["direct_per_s"] > 0
+    assert report["routed_per_s"] > 0
+    assert report["throughput_ratio"] == pytest.approx(
+        report["routed_per_s"] / report["direct_per_s"], rel=0.01
+    )
+    # 8 clients against 2 slots: the excess is refused, nothing else goes wrong
+    for side in ("direct_status", "routed_status"):
+        assert set(report[side]) == {"200", "503"}
+    assert 0 < report["direct_p50_ms"] <= report["direct_p99_ms"]
+    assert report["server_start_rss_mb"] <= report["server_peak_rss_mb"]

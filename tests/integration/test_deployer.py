@@ -445,6 +445,32 @@ async def test_deploy_without_a_trained_version_fails_clearly(stack: Stack) -> N
     assert stack.deployer.live_servers() == []
 
 
+@pytest.mark.slow
+async def test_limits_are_set_per_model_in_the_deployers_env(stack: Stack) -> None:
+    await stack.train()
+    spec = deployer_spec()
+    spec["env"] = [{"name": "RANVIER_PREDICT_TIMEOUT", "value": "soon"}]
+    refused = await stack.deploy(spec)
+    assert refused.phase == "Failed"
+    assert "RANVIER_PREDICT_TIMEOUT='soon' is not a number" in refused.message
+    assert stack.deployer.live_servers() == []
+    spec["env"] = [
+        {"name": "RANVIER_MAX_BODY_BYTES", "value": "100"},
+        {"name": "RANVIER_PREDICT_TIMEOUT", "value": "3"},
+    ]
+    assert (await stack.deploy(spec)).phase == "Succeeded"
+    part = await stack.bus.kv_get(MODELS_BUCKET, router_key("default", AXON))
+    assert part is not None
+    backends = json.loads(part[0])["deployers"][0]["models"][0]["backends"]
+    assert [b["timeout"] for b in backends] == [5.0]  # the router waits 2 s past the model
+    await stack.answer()
+    # the router takes 10 MB; this model's own server refuses more than 100 bytes
+    big = {"data": {"ndarray": [[1.0] * 100]}}
+    response = await stack.client.post(stack.predict_url, json=big)
+    assert response.status_code == 413
+    assert "(100 bytes)" in response.json()["status"]["reason"]
+
+
 async def run_cli(*argv: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
