@@ -65,6 +65,7 @@ __all__ = [
     "RangeSelector",
     "Selector",
     "String",
+    "bare_template",
     "evaluate",
     "format_duration",
     "parse_condition",
@@ -1380,3 +1381,15 @@ def scrape_problems(query: Query) -> list[ExprError]:
 def validate_for_scrape(cond: Condition) -> list[ExprError]:
     """Every construct of `cond` the built-in scrape source cannot evaluate (empty when fine)."""
     return [problem for query in cond.queries for problem in scrape_problems(query)]
+
+
+def bare_template(query: Query) -> str | None:
+    """The metric name of a bare `{{name}}` query (no matchers, no offset), else None.
+
+    A Metric condition with a `task` reads the metrics that task reported by name, and only
+    this form names one metric without asking for series, ranges or aggregation.
+    """
+    expr = query.expr
+    if isinstance(expr, Selector) and expr.templated and not expr.matchers and expr.offset is None:
+        return expr.name
+    return None
