@@ -678,6 +678,16 @@ class TrainTask(TaskBody):
     )
 
 
+    @model_validator(mode="after")
+    def _tuning_needs_loss(self) -> TrainTask:
+        if self.hp_tuning is not None and not self.loss_metric:
+            raise ValueError(
+                "hpTuning needs lossMetric: the metric each trial reports and the search "
+                "minimises (or maximises with lossMetricSelector: greater)"
+            )
+        return self
+
+
 class DeployTask(TaskBody):
     """A model server: a long-running deployment answering predictions."""
 
