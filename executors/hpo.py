@@ -83,6 +83,14 @@ class StudyError(RanvierError, RuntimeError):
     """A study could not go on (its journal was changed by another executor, a bad record)."""
 
 
+class StudyInterrupted(RuntimeError):
+    """The executor is shutting down mid-study: leave the study to be resumed, report nothing."""
+
+
+SHUTDOWN: Final = "cancelled: executor shut down"
+"""The message of a run stopped by an executor shutdown (the backends' default reason)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Handing a configuration to a trial (pure)
 
@@ -555,6 +563,8 @@ class Study:
         )
         assert record.run_id is not None
         outcome = await self.backend.run(request, self.axon, self.axon_dir, run_id=record.run_id)
+        if outcome.phase == "Failed" and outcome.message == SHUTDOWN:
+            raise StudyInterrupted(f"trial {record.number} stopped: {SHUTDOWN}")
         data = outcome.to_lifecycle(request)
         metrics = data.outputs.get("metrics")
         metrics = metrics if isinstance(metrics, dict) else {}
@@ -686,6 +696,7 @@ __all__ = [
     "Stage",
     "Study",
     "StudyError",
+    "StudyInterrupted",
     "StudyOutcome",
     "StudyRecord",
     "TrialRecord",

@@ -50,7 +50,7 @@ from events.model import (
 )
 from events.watchers.lifecycle import run_event_id
 from executors.backends.base import Backend, Outcome, Started, lifecycle
-from executors.hpo import Study, StudyError, is_study
+from executors.hpo import Study, StudyError, StudyInterrupted, is_study
 from executors.kv import BusKeyValue, claim_key
 from executors.registry import ModelRegistry, ModelVersion
 from sensors.axons import AxonStore, AxonStoreError
@@ -417,7 +417,14 @@ class ExecutorRunner:
         keepalive = asyncio.create_task(self._keepalive(live))
         try:
             await self._report(record, record.lifecycle())
-            outcome = await self._execute(live)
+            try:
+                outcome = await self._execute(live)
+            except StudyInterrupted:  # shutting down: the next executor resumes the study
+                log.info("executor.study_interrupted", action_key=request.idempotency_key)
+                for delivery in live.deliveries:
+                    with contextlib.suppress(Exception):
+                        await delivery.nak()
+                return
             data = outcome.to_lifecycle(request).model_copy(update={"run_id": record.id})
             if request.kind == "trainer" and not data.outputs.get("study"):
                 await self._register_version(request, record.id, data)

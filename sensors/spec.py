@@ -677,7 +677,6 @@ class TrainTask(TaskBody):
         description="Kubeflow TFJob spec for distributed training (passed through).",
     )
 
-
     @model_validator(mode="after")
     def _tuning_needs_loss(self) -> TrainTask:
         if self.hp_tuning is not None and not self.loss_metric:
