@@ -789,6 +789,17 @@ class Task(_Model):
     deploy: DeployTask | None = Field(None, description="A model server.")
     spark: SparkTask | None = Field(None, description="A Spark application.")
     tf_job: TfJobTask | None = Field(None, alias="tfJob", description="A Kubeflow TFJob.")
+    inputs: Any = Field(
+        None,
+        description="Myelin's task inputs; accepted and not used: ranvier gives every task the "
+        "Axon's artifacts and shared store (workingDir, imageBuild, DATA_PATH).",
+    )
+    sidecars: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Myelin's sidecar containers of the task's pod; accepted and not run (the "
+        "local backend runs one process per task; the Kubernetes backend does not render "
+        "them yet).",
+    )
 
     @model_validator(mode="after")
     def _one_body(self) -> Task:
@@ -1076,6 +1087,13 @@ ActionKind = Literal["resourceExecutor", "trainer", "deployer"]
 class ActionSpec(_Model):
     """One action of a sensor step: exactly one of resourceExecutor, trainer, deployer."""
 
+    step_env: list[EnvVar] = Field(
+        default_factory=list,
+        alias="env",
+        description="Extra environment variables of the action, written next to it as Myelin's "
+        "docs do (merged with the ones inside it; these come first).",
+    )
+
     resource_executor: TaskRef | None = Field(
         None, alias="resourceExecutor", description="Run a container or spark task."
     )
@@ -1117,9 +1135,9 @@ class ActionSpec(_Model):
 
     @property
     def env(self) -> list[EnvVar]:
-        """The action's extra environment variables."""
+        """The action's extra environment variables (next to it, then inside it)."""
         body = self.resource_executor or self.trainer or self.deployer
-        return body.env if body is not None else []
+        return [*self.step_env, *(body.env if body is not None else [])]
 
 
 def _step_tag(value: Any) -> str:
@@ -1150,6 +1168,13 @@ class MaxRuns(_Model):
         return value
 
 
+class SensorParameter(_Model):
+    """A parameter of a sensor, as Myelin's docs list it."""
+
+    name: str = Field(description="Parameter name.")
+    value: ScalarStr | None = Field(None, description="Its value.")
+
+
 class Sensor(_Model):
     """When to run what: triggers (any), conditions (all), then steps in order."""
 
@@ -1171,6 +1196,11 @@ class Sensor(_Model):
     )
     max_runs: MaxRuns | None = Field(
         None, alias="maxRuns", description="Bound on runs started in a time window."
+    )
+    parameters: list[SensorParameter] = Field(
+        default_factory=list,
+        description="Myelin's sensor parameters; accepted and not used (use spec.parameters "
+        "and an action's env to pass values to tasks).",
     )
 
     @property
