@@ -558,13 +558,23 @@ class Study:
             "loss_metric": self.loss_metric,
             "trial": record.number,
         }
+        # HPO_PARAMS and LOSS_METRIC also go in as action env, which every backend passes to
+        # the run; the argv handover is applied by the backend (`handover`).
+        env = trial_env(record.config_id, record.budget, record.params, self.loss_metric)
+        action_env = [
+            *self.request.params.get("env", []),
+            *({"name": k, "value": v} for k, v in env.items()),
+        ]
         request = self.request.model_copy(
-            update={"params": {**self.request.params, HPO_PARAM: hpo}}
+            update={"params": {**self.request.params, HPO_PARAM: hpo, "env": action_env}}
         )
         assert record.run_id is not None
         outcome = await self.backend.run(request, self.axon, self.axon_dir, run_id=record.run_id)
         if outcome.phase == "Failed" and outcome.message == SHUTDOWN:
             raise StudyInterrupted(f"trial {record.number} stopped: {SHUTDOWN}")
+        if outcome.phase == "Failed" and outcome.message.startswith("cancelled"):
+            # the Axon was deleted (or the run stopped by hand): the study ends here
+            raise StudyError(f"study stopped at trial {record.number}: {outcome.message}")
         data = outcome.to_lifecycle(request)
         metrics = data.outputs.get("metrics")
         metrics = metrics if isinstance(metrics, dict) else {}

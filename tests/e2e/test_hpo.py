@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -88,11 +89,17 @@ def test_random_search_versions_and_the_best_deployed(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stdout + down.stderr
 
 
-def test_hyperband_promotes_the_better_configurations(tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimiser", ["HyperBand", "BOHB"])
+def test_hyperband_promotes_the_better_configurations(tmp_path: Path, optimiser: str) -> None:
+    example = tmp_path / "example"
+    shutil.copytree(EXAMPLE, example)
+    axon = example / "hyperband.yaml"
+    text = axon.read_text(encoding="utf-8")
+    axon.write_text(text.replace("optimiser: HyperBand", f"optimiser: {optimiser}"), "utf-8")
     state = tmp_path / "state"
     up = ranvier(
         "up",
-        str(EXAMPLE / "hyperband.yaml"),
+        str(axon),
         "--until",
         "succeeded",
         "--timeout",
