@@ -490,7 +490,14 @@ class Study:
             async with gate:
                 return await self._trial(stage, number, params)
 
-        return list(await asyncio.gather(*(one(n, p) for n, p in slots)))
+        # a trial that stops the study (a shutdown, a deleted Axon) cancels the stage's others,
+        # so none is claimed after the executor began to stop
+        try:
+            async with asyncio.TaskGroup() as group:
+                running = [group.create_task(one(n, p)) for n, p in slots]
+        except* (StudyInterrupted, StudyError) as stopped:
+            raise stopped.exceptions[0] from None
+        return [task.result() for task in running]
 
     def _slot(
         self, stage: Stage, slot: int, params: dict[str, Any] | None
