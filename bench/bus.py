@@ -16,7 +16,7 @@ What is compared:
 
 Each side gets its own fresh stream with the same configuration (file storage, 2 min duplicate
 window). Rounds alternate raw/bus and the best round of each is kept, which damps the noise of
-a shared machine. The last line of output is one JSON object (see DESIGN.md, Benchmarks).
+a shared machine. The last line of output is one JSON object (docs/benchmarks.md).
 """
 
 from __future__ import annotations

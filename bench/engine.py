@@ -14,7 +14,7 @@ so state stays bounded), then reads the whole stream twice: with plain nats-py (
 fetch + ack, the raw reference) and through `EngineRuntime`. `measure_latency` runs the engine
 in its own process and times each event from publish to its action request, at 1,000 events/s
 over 1,000 sensors. `--pure-only` runs without the bus. The last line is ONE JSON
-object in DESIGN.md's shape: {"bench": "engine", "results": [{"sensors", "events_per_s",
+object (docs/benchmarks.md): {"bench": "engine", "results": [{"sensors", "events_per_s",
 "raw_consume_per_s", "ratio", "pure_events_per_s"}], "latency": {...}}; keys that the run did
 not measure are absent.
 """

@@ -11,7 +11,7 @@ succeeding, metric samples flipping alerts, reports of earlier actions), and
 - the raw reference reads the same stream with a plain nats-py ordered consumer and touches
   each message's bytes.
 
-The last line is ONE JSON object in DESIGN.md's shape: {"bench": "replay", "events",
+The last line is ONE JSON object (docs/benchmarks.md): {"bench": "replay", "events",
 "events_per_s", "raw_read_per_s", "ratio"}; the best of `--rounds` rounds of each (the machine
 is shared), measured alternately on the same server.
 """

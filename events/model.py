@@ -12,6 +12,9 @@ An event's `id` is a ULID (unique, and sortable by creation time) and doubles as
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final, Literal
 
@@ -22,6 +25,8 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    field_validator,
+    model_validator,
 )
 from ulid import ULID
 
@@ -77,9 +82,16 @@ def utcnow() -> datetime:
 
 
 class Event(BaseModel):
-    """A CloudEvents 1.0 envelope carrying one ranvier payload (or any JSON object)."""
+    """A CloudEvents 1.0 envelope carrying one ranvier payload (or any JSON object).
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Events from other CloudEvents producers are read as the specification allows: the optional
+    attributes (`subject`, `dataschema`, `datacontenttype` with media type parameters, `time`)
+    and extension attributes (`traceparent`, ...). Extensions are kept as given and written back
+    out, so an exported event carries them unchanged. An event without `time` takes the moment
+    the stream stored it (see `from_json`), which every replay of the stream sees alike.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     specversion: Literal["1.0"] = Field("1.0", description="CloudEvents spec version.")
     id: str = Field(min_length=1, max_length=128, description="Unique id; also the Nats-Msg-Id.")
@@ -87,23 +99,60 @@ class Event(BaseModel):
     type: str = Field(min_length=1, description="Event type, e.g. `ranvier.lifecycle`.")
     subject: str | None = Field(None, description="What it is about, e.g. the task name.")
     time: UtcDatetime = Field(description="When it happened (UTC).")
-    datacontenttype: Literal["application/json"] = Field(
-        "application/json", description="Always JSON."
+    datacontenttype: str = Field(
+        "application/json",
+        description="A JSON media type (`application/json`, parameters allowed, or `+json`).",
     )
+    dataschema: str | None = Field(None, min_length=1, description="URI of the data's schema.")
     data: dict[str, Any] = Field(default_factory=dict, description="The payload.")
     replayof: str | None = Field(
         None, description="Extension attribute: the id of the event this one re-publishes."
     )
+
+    @field_validator("datacontenttype")
+    @classmethod
+    def _json_media_type(cls, value: str) -> str:
+        if not is_json_media_type(value):
+            raise ValueError(
+                f"{value!r} is not a JSON media type; ranvier reads JSON data "
+                "(application/json, optionally with parameters, or a +json type)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _extensions_are_attributes(self) -> Event:
+        if self.model_extra:
+            for name, value in self.model_extra.items():
+                check_extension(name, value)
+        return self
+
+    @property
+    def extensions(self) -> dict[str, str | int | bool]:
+        """The extension attributes this event carries, beyond the ones ranvier declares."""
+        return dict(self.model_extra or {})
 
     def to_json(self) -> bytes:
         """Serialise as compact CloudEvents JSON (absent optional attributes are omitted)."""
         return self.model_dump_json(exclude_none=True).encode("utf-8")
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> Event:
-        """Parse CloudEvents JSON; any problem is an `EventError` saying what is wrong."""
+    def from_json(
+        cls, raw: bytes | str, *, stored_at: datetime | Callable[[], datetime] | None = None
+    ) -> Event:
+        """Parse CloudEvents JSON; any problem is an `EventError` saying what is wrong.
+
+        `stored_at` is the stream's timestamp of the message (or a function giving it, called
+        only when needed: reading a message's metadata costs the engine), which stands in for a
+        missing `time`.
+        """
         try:
             return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            if stored_at is None or not _only_time_missing(exc):
+                raise EventError(f"not a ranvier event: {_first_error(exc)}") from None
+        try:
+            when = stored_at() if callable(stored_at) else stored_at
+            return cls.model_validate({**json.loads(raw), "time": when})
         except ValidationError as exc:
             raise EventError(f"not a ranvier event: {_first_error(exc)}") from None
 
@@ -132,6 +181,32 @@ class Event(BaseModel):
     def nats_subject(self) -> str:
         """The subject this event is published on, derived from its type and payload."""
         return self.payload().nats_subject()
+
+
+def _only_time_missing(exc: ValidationError) -> bool:
+    return [(e["type"], e["loc"]) for e in exc.errors()] == [("missing", ("time",))]
+
+
+# CloudEvents 1.0: attribute names are lower-case letters and digits; data is not an attribute.
+_EXTENSION_NAME: Final = re.compile(r"[a-z0-9]{1,64}")
+_JSON_ESSENCE: Final = re.compile(r"(application|text)/([a-z0-9.+-]+\+)?json", re.IGNORECASE)
+
+
+def is_json_media_type(value: str) -> bool:
+    """Whether a `datacontenttype` names JSON (`application/json; charset=utf-8`, `+json`...)."""
+    return bool(_JSON_ESSENCE.fullmatch(value.split(";", 1)[0].strip()))
+
+
+def check_extension(name: str, value: Any) -> None:
+    """Refuse what CloudEvents does not allow as an extension attribute (ValueError says why)."""
+    if name == "data_base64":
+        raise ValueError("data_base64: binary data is not read; send the data as a JSON object")
+    if not _EXTENSION_NAME.fullmatch(name):
+        raise ValueError(
+            f"{name}: not a CloudEvents attribute name (lower-case letters and digits only)"
+        )
+    if value is None or not isinstance(value, str | int | bool):
+        raise ValueError(f"{name}: an extension attribute is a string, integer or boolean")
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -279,7 +354,7 @@ def action_key(
     """The idempotency key of an action: `axon/sensor/sensor_run_id/step[.index]/attempt`.
 
     The index appears only for the second and later actions of a parallel step, so a plain step
-    has exactly DESIGN.md's key.
+    has the documented key `axon/sensor/sensor_run_id/step/attempt` (docs/architecture.md).
     """
     where = f"{step}" if index == 0 else f"{step}.{index}"
     return f"{axon}/{sensor}/{sensor_run_id}/{where}/{attempt}"
@@ -395,3 +470,115 @@ PAYLOAD_TYPES: Final[dict[str, type[Payload]]] = {
 def canonical_json(value: Any) -> bytes:
     """Deterministic compact JSON (sorted keys) for hashing and byte-identical output."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sensor-run records (`ranvier_runs`, key `sensor.<ns>.<axon>.<sensor>.<run>`)
+
+
+@dataclass(slots=True)
+class RunStepRecord:
+    """One action of a sensor run's step as its record shows it; `run_id` is the executor's
+    task run, once it reported on the action."""
+
+    index: int
+    """The step (0, 1, ...)."""
+    action: int
+    """The action's place in a parallel step (0 for a plain step)."""
+    attempt: int | None
+    kind: str
+    task: str
+    phase: str = "Pending"
+    run_id: str | None = None
+    key: str | None = None
+    """The action's idempotency key."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored layout."""
+        return {
+            "index": self.index,
+            "action": self.action,
+            "attempt": self.attempt,
+            "kind": self.kind,
+            "task": self.task,
+            "phase": self.phase,
+            "run_id": self.run_id,
+            "key": self.key,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunStepRecord:
+        """From the stored layout (`ValueError`/`KeyError`/`TypeError` when it is not one)."""
+        attempt = data.get("attempt")
+        return cls(
+            index=int(data["index"]),
+            action=int(data.get("action", 0)),
+            attempt=None if attempt is None else int(attempt),
+            kind=str(data["kind"]),
+            task=str(data["task"]),
+            phase=str(data.get("phase", "Pending")),
+            run_id=_opt_str(data.get("run_id")),
+            key=_opt_str(data.get("key")),
+        )
+
+
+@dataclass(slots=True)
+class SensorRunRecord:
+    """A sensor run as `ranvier_runs` holds it: what `get axon`, the console and the API show.
+
+    The engine writes it (`sensors.records.merge_run_record`) as the run starts, advances and
+    ends; its steps carry the task run ids the executors reported.
+    """
+
+    id: str
+    axon: str
+    namespace: str
+    sensor: str
+    started: str
+    """RFC 3339 (`format_time`)."""
+    trigger: str | None = None
+    phase: str = "Running"
+    finished: str | None = None
+    reason: str = ""
+    steps: list[RunStepRecord] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        """The stored bytes."""
+        return json.dumps(
+            {
+                "id": self.id,
+                "axon": self.axon,
+                "namespace": self.namespace,
+                "sensor": self.sensor,
+                "trigger": self.trigger,
+                "phase": self.phase,
+                "started": self.started,
+                "finished": self.finished,
+                "reason": self.reason,
+                "steps": [s.to_dict() for s in self.steps],
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> SensorRunRecord:
+        """Parse a stored record; `ValueError` saying what is wrong when it is not one."""
+        try:
+            data = json.loads(raw)
+            return cls(
+                id=str(data["id"]),
+                axon=str(data["axon"]),
+                namespace=str(data.get("namespace", "default")),
+                sensor=str(data["sensor"]),
+                started=str(data["started"]),
+                trigger=_opt_str(data.get("trigger")),
+                phase=str(data.get("phase", "Running")),
+                finished=_opt_str(data.get("finished")),
+                reason=str(data.get("reason") or ""),
+                steps=[RunStepRecord.from_dict(s) for s in data.get("steps") or []],
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"not a sensor-run record: {exc!r}") from None
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)

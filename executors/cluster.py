@@ -4,11 +4,10 @@ The kubernetes backend (`executors.backends.kubernetes`) turns one action into o
 module connects those objects to ranvier's records on the bus, so a cluster behaves as the
 local executor does for `ranvier get`, `ranvier endpoint` and the sensors:
 
-- `KubernetesDeployer` is the runner's deployer on a cluster. It plans like the local deployer
-  (the same `executors.deployer` functions: versions by `best`/`latest`, rollout history,
-  routing table), has the backend create a Deployment and Service per routed version, then
-  writes the router's table part (`http://<service>.<ns>.svc:<port>` per version) and the
-  deployment record, in that order, so nothing is routed before it is serving.
+- `KubernetesDeployer` is the runner's deployer on a cluster: the deploy flow every backend
+  shares (`executors.deploy_flow`: versions by `best`/`latest`, rollout history, the table
+  switched only once the servers serve, then the record), with a Deployment and Service per
+  routed version (`http://<service>.<ns>.svc:<port>`) as what it launches.
 - `VersionCounter` numbers trainer runs' model versions (1, 2, 3... per task), as the registry
   and `modelSelectionStrategy` need, with a compare-and-set counter in `ranvier_models`.
 - `ClusterReporter` is the cluster lifecycle watcher's publisher. It publishes a transition
@@ -41,24 +40,19 @@ from executors.backends import k8s_objects as k8s
 from executors.backends.base import Started
 from executors.backends.kubernetes import KubernetesBackend
 from executors.backends.local import RunOutcome
-from executors.deployer import (
+from executors.deploy_flow import (
     DeployError,
-    choose_versions,
-    deploy_key,
+    DeployPlan,
+    Urls,
+    deploy,
     deployer_spec,
-    deployment_record,
-    expand_replicas,
-    fixed_url,
-    history_of,
-    routed_versions,
+    plan_deploy,
     router_key,
-    write_router_part,
 )
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry, ModelVersion
 from executors.runner import TaskRun, lifecycle_event_id, task_run_key
-from executors.serving.kv_table import ROUTER_URL_KEY
-from executors.serving.routing import Endpoint, RoutingError, build_deployer_table
+from executors.serving.routing import RoutingError
 from sensors.spec import Axon
 
 log = structlog.get_logger(__name__)
@@ -144,78 +138,25 @@ class KubernetesDeployer:
         """Deploy one deployer action; never raises for a deployment that cannot be done."""
         started = utcnow()
         run_id = run_id or new_id()
-        ns, name = request.namespace, request.axon
-        bound = log.bind(run_id=run_id, axon=name, deployer=request.task)
+        bound = log.bind(run_id=run_id, axon=request.axon, deployer=request.task)
+        objects = _Objects(self.backend, axon_dir, on_running)
         try:
             deployer = deployer_spec(request, axon)
-            previous = await _read_json(
-                self.bus, MODELS_BUCKET, deploy_key(ns, name, deployer.name)
+            plan = await plan_deploy(
+                self.bus, self.registry, request, axon, deployer, run_id=run_id, require_model=False
             )
-            choices = await choose_versions(
-                self.registry, request, axon, deployer, history_of(previous), require_model=False
-            )
-            planned = build_deployer_table(
-                name,
-                deployer,
-                {
-                    c.backend.name: [
-                        Endpoint(version=str(v), url=f"http://pending/{v}") for v in c.history
-                    ]
-                    for c in choices
-                },
-            )
+            done = await deploy(self.bus, plan, objects)
+        except _LaunchFailed as failed:
+            return failed.outcome
         except (DeployError, RoutingError) as exc:
             bound.info("deploy.failed", reason=str(exc))
             return RunOutcome(run_id, "Failed", str(exc), started=started)
-        needed = routed_versions(planned)
-        versions = {
-            c.backend.name: [str(v) for v in c.history if (c.backend.name, str(v)) in needed]
-            for c in choices
-        }
-        params = {
-            **request.params,
-            "deployer": deployer.model_dump(mode="json", by_alias=True),
-            "versions": versions,
-        }
-        outcome = await self.backend.run(
-            request.model_copy(update={"params": params}),
-            axon,
-            axon_dir,
-            run_id=run_id,
-            on_running=on_running,
-        )
-        if outcome.phase != "Succeeded":
-            return outcome
-        urls: dict[tuple[str, str], list[str]] = {}
-        for server in outcome.outputs.get("servers") or []:
-            urls.setdefault((server["backend"], server["version"]), []).append(server["url"])
-        try:
-            table = expand_replicas(planned, urls)
-            await write_router_part(self.bus, ns, name, deployer.name, table)
-        except (DeployError, RoutingError) as exc:
-            bound.info("deploy.failed", reason=str(exc))
-            return RunOutcome(outcome.run_id, "Failed", str(exc), started=started)
-        router = await _read_json(self.bus, MODELS_BUCKET, ROUTER_URL_KEY)
-        router_url = (router or {}).get("url")
-        url = fixed_url(router_url, name) if isinstance(router_url, str) else None
-        record = deployment_record(
-            request, deployer, table, choices, url=url, run_id=outcome.run_id
-        )
-        await self.bus.kv_put(
-            MODELS_BUCKET, deploy_key(ns, name, deployer.name), json.dumps(record).encode()
-        )
-        serving = ", ".join(
-            f"{b.name} v{b.version} ({b.weight:g}%)"
-            for m in table.models
-            for b in m.backends
-            if not b.shadow
-        )
-        bound.info("deploy.succeeded", url=url)
+        bound.info("deploy.succeeded", url=done.url)
         return RunOutcome(
-            outcome.run_id,
+            run_id,
             "Succeeded",
-            f"serving {serving}" + (f" at {url}" if url else ""),
-            outputs={"url": url, "models": record["models"], "servers": outcome.outputs["servers"]},
+            done.summary,
+            outputs={"url": done.url, "models": done.record["models"], "servers": objects.servers},
             started=started,
         )
 
@@ -235,6 +176,69 @@ class KubernetesDeployer:
     async def recover(self) -> list[object]:
         """Nothing to restart: Deployments, Services and the router table outlive the executor."""
         return []
+
+
+class _LaunchFailed(Exception):
+    """The backend's run of the deploy did not succeed: its outcome is the action's."""
+
+    def __init__(self, outcome: RunOutcome) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+class _Objects:
+    """The deploy flow's launcher on a cluster: a Deployment and Service per routed version
+    (the backend's deploy run), whose Service URLs the table routes to."""
+
+    def __init__(
+        self,
+        backend: KubernetesBackend,
+        axon_dir: Path,
+        on_running: Callable[[Started], Awaitable[None]] | None,
+    ) -> None:
+        self.backend = backend
+        self.axon_dir = axon_dir
+        self.on_running = on_running
+        self.servers: list[dict[str, Any]] = []
+
+    async def launch(self, plan: DeployPlan) -> Urls:
+        """Apply the objects of every routed version and wait until they serve."""
+        needed = set(plan.needed)
+        versions = {
+            c.backend.name: [str(v) for v in c.history if (c.backend.name, str(v)) in needed]
+            for c in plan.choices
+        }
+        params = {
+            **plan.request.params,
+            "deployer": plan.deployer.model_dump(mode="json", by_alias=True),
+            "versions": versions,
+        }
+        outcome = await self.backend.run(
+            plan.request.model_copy(update={"params": params}),
+            plan.axon,
+            self.axon_dir,
+            run_id=plan.run_id,
+            on_running=self.on_running,
+        )
+        if outcome.phase != "Succeeded":
+            raise _LaunchFailed(outcome)
+        self.servers = list(outcome.outputs.get("servers") or [])
+        urls: Urls = {}
+        for server in self.servers:
+            urls.setdefault((server["backend"], server["version"]), []).append(server["url"])
+        return urls
+
+    async def rollback(self, plan: DeployPlan) -> None:
+        """Nothing to undo: objects of versions not routed yet take no traffic."""
+
+    def record_extras(self, plan: DeployPlan) -> dict[str, Any]:
+        """Nothing beyond the common record: the objects outlive the executor."""
+        return {}
+
+    async def retire(self, plan: DeployPlan) -> int:
+        """Nothing stopped here: Deployments of versions no longer routed stay until the Axon
+        goes (with its owner object)."""
+        return 0
 
 
 # ---------------------------------------------------------------------------------------------

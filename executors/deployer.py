@@ -1,17 +1,10 @@
 """The deployer action on this machine: model servers as processes, the router table in KV.
 
-A deployer action names trained models; serving them means choosing a version of each (the
-best by the trainer's `lossMetric`, or the newest), running `ranvier serve` for it, and only
-then pointing the router at it. The order is what makes a deploy safe to get wrong: servers are
-started and health-checked first, the routing table is switched (one KV write the router picks
-up live), the deployment record is written, and only then are servers that are no longer routed
-stopped. A server that does not come up stops every process this deploy started and leaves the
-previous table alone, so a broken model class never takes traffic away from a working one.
-
-Versions are remembered per backend model in the deployment record (`history`, newest first):
-rolloutSpec's `destinationIndex` 0 is the version this deploy selected, 1 the one deployed
-before it, and so on. A canary is therefore "deploy again after training": the new version
-takes index 0, the previous one index 1, and the weights split traffic between them.
+The deploy itself (plan, launch, switch the table, record, retire) is `executors.deploy_flow`,
+the same on every backend; here is what it launches: `ranvier serve` processes for the routed
+versions, started and health-checked before the table switches. A server that does not come up
+stops every process this deploy started and leaves the previous table alone, so a broken model
+class never takes traffic away from a working one.
 
 Model servers are process trees in their own session (like the local backend's runs) and each
 is recorded in `<state-dir>/local-servers/<id>.json` (pid, kernel start time, boot id, owner),
@@ -38,7 +31,7 @@ import re
 import socket
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -47,7 +40,7 @@ import httpx
 import structlog
 from pydantic import ValidationError
 
-from events.bus import Bus, BusError, RevisionMismatch, kv_key
+from events.bus import Bus, BusError, kv_key
 from events.errors import RanvierError
 from events.model import ActionRequest, LifecycleData, format_time, new_id, utcnow
 from events.subjects import MODELS_BUCKET, token
@@ -61,20 +54,30 @@ from executors.backends.local import (
     task_environment,
     task_source,
 )
+from executors.deploy_flow import (
+    Choice,
+    DeployError,
+    DeployPlan,
+    Urls,
+    deploy,
+    deploy_key,
+    deployer_spec,
+    history_of,
+    plan_deploy,
+    plan_of,
+    read_json,
+    router_key,
+    versions_kept,
+    write_router_part,
+)
 from executors.kv import BusKeyValue
-from executors.registry import ModelRegistry, ModelVersion, select_best, select_latest
-from executors.serving.kv_table import ROUTER_URL_KEY
+from executors.registry import ModelRegistry
 from executors.serving.routing import (
-    Backend,
     DeployerTable,
-    Endpoint,
     RoutingError,
-    RoutingTable,
-    build_deployer_table,
-    compile_table,
 )
 from sensors.axons import AxonStore, AxonStoreError
-from sensors.spec import Axon, BackendModel, Deployer, EnvVar, Task
+from sensors.spec import Axon, Deployer, EnvVar, Task
 
 log = structlog.get_logger(__name__)
 
@@ -85,270 +88,6 @@ _POLL: Final = 0.05
 _CAS_ATTEMPTS: Final = 20
 _LISTENING: Final = re.compile(rb"ranvier: listening on (http://\S+)")
 _LOG_HEAD: Final = 65536
-
-
-class DeployError(RanvierError, RuntimeError):
-    """A deployment that cannot be carried out (no trained version, bad task, server down)."""
-
-
-def deploy_key(namespace: str, axon: str, deployer: str) -> str:
-    """KV key of a deployment record: `deploy.<ns>.<axon>.<deployer>`."""
-    return kv_key("deploy", namespace, axon, deployer)
-
-
-def router_key(namespace: str, axon: str) -> str:
-    """KV key of an axon's part of the routing table: `router.<ns>.<axon>`."""
-    return kv_key("router", namespace, axon)
-
-
-def fixed_url(router_url: str, axon: str) -> str:
-    """The stable URL of an axon's deployers behind the router, ending in `/`."""
-    return f"{router_url.rstrip('/')}/{axon}/"
-
-
-# ---------------------------------------------------------------------------------------------
-# Planning (pure)
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The version a backend model serves after this deploy, and how to run its servers."""
-
-    model: str
-    backend: BackendModel
-    deploy_task: Task
-    version: ModelVersion
-    history: tuple[int, ...]
-
-
-def versions_kept(deployer: Deployer) -> int:
-    """How many versions per backend model the rolloutSpec can route to (at least 1)."""
-    indices = [d.destination_index for r in deployer.rollout_spec for d in r.destinations]
-    indices += [r.shadow.destination_index for r in deployer.rollout_spec if r.shadow]
-    return max(indices, default=0) + 1
-
-
-def next_history(previous: Sequence[int], chosen: int, keep: int) -> tuple[int, ...]:
-    """Deployed versions newest first once `chosen` is deployed (index 0), at most `keep`."""
-    return tuple([chosen, *(v for v in previous if v != chosen)][:keep])
-
-
-def choose_version(
-    backend: BackendModel, strategy: str, trainer: Task, versions: Sequence[ModelVersion]
-) -> ModelVersion:
-    """`best` (by the trainer's lossMetric) or `latest`; `DeployError` when none qualifies."""
-    done = select_latest(versions)
-    if done is None:
-        raise DeployError(
-            f"backend model {backend.name!r}: trainer {trainer.name!r} has no Succeeded version",
-            hint="run the trainer first (deploy after it Succeeded)",
-        )
-    train = trainer.train
-    if strategy == "latest" or train is None or not train.loss_metric:
-        return done
-    best = select_best(versions, train.loss_metric, train.loss_metric_selector)
-    if best is None:
-        raise DeployError(
-            f"backend model {backend.name!r}: no version of {trainer.name!r} reported "
-            f"lossMetric {train.loss_metric!r}",
-            hint="write it to MODEL_PATH/metrics.json, or use modelSelectionStrategy: latest",
-        )
-    return best
-
-
-def routed_versions(table: DeployerTable) -> set[tuple[str, str]]:
-    """(backend model, version) pairs that take traffic or a shadow copy in `table`."""
-    found: set[tuple[str, str]] = set()
-    for model in table.models:
-        for backend in [*model.backends, *(b for v in model.variants for b in v.backends)]:
-            if backend.shadow or backend.weight > 0:
-                found.add((backend.name, backend.version))
-    return found
-
-
-def expand_replicas(
-    table: DeployerTable, urls: Mapping[tuple[str, str], Sequence[str]]
-) -> DeployerTable:
-    """The table with each backend's share split evenly over its version's replicas."""
-
-    def expand(backends: Iterable[Backend]) -> list[Backend]:
-        out: list[Backend] = []
-        for backend in backends:
-            replicas = list(urls[(backend.name, backend.version)])
-            if backend.shadow:
-                out.append(backend.model_copy(update={"url": replicas[0]}))
-                continue
-            share = backend.weight / len(replicas)
-            out.extend(backend.model_copy(update={"url": u, "weight": share}) for u in replicas)
-        return out
-
-    models = [
-        m.model_copy(
-            update={
-                "backends": expand(m.backends),
-                "variants": [
-                    v.model_copy(update={"backends": expand(v.backends)}) for v in m.variants
-                ],
-            }
-        )
-        for m in table.models
-    ]
-    return table.model_copy(update={"models": models})
-
-
-def merge_part(
-    part: RoutingTable | None, deployer: str, table: DeployerTable | None
-) -> RoutingTable:
-    """An axon's table part with `deployer` replaced by `table` (or removed when None)."""
-    current = part or RoutingTable()
-    deployers = [d for d in current.deployers if d.name != deployer]
-    if table is not None:
-        deployers.append(table)
-    return RoutingTable(revision=current.revision + 1, deployers=deployers)
-
-
-def deployer_spec(request: ActionRequest, axon: Axon) -> Deployer:
-    """The deployer spec carried by the action, else the one of that name in the Axon."""
-    raw = request.params.get("deployer")
-    if raw is not None:
-        try:
-            return Deployer.model_validate(raw)
-        except ValidationError as exc:
-            raise DeployError(f"deployer {request.task!r}: invalid spec: {exc}") from None
-    for sensor in axon.spec.sensors:
-        for step in sensor.tasks:
-            for action in step if isinstance(step, list) else [step]:
-                if action.deployer is not None and action.deployer.name == request.task:
-                    return action.deployer
-    raise DeployError(f"no deployer named {request.task!r} in axon {axon.metadata.name!r}")
-
-
-async def choose_versions(
-    registry: ModelRegistry,
-    request: ActionRequest,
-    axon: Axon,
-    deployer: Deployer,
-    before: Mapping[str, list[int]],
-    *,
-    require_model: bool = True,
-) -> list[Choice]:
-    """The version each backend model serves after this deploy (any backend: local, cluster).
-
-    `before` is the deployment record's history per backend model (newest first);
-    `require_model` asks every deploy task for a `model` class (the local deployer runs
-    `ranvier serve MODEL`; a cluster image may bring its own command instead).
-    """
-    keep = versions_kept(deployer)
-    choices: list[Choice] = []
-    for model in deployer.models:
-        for backend in model.backend_models:
-            trainer = axon.spec.task(backend.trainer)
-            if trainer is None or trainer.kind != "train":
-                raise DeployError(
-                    f"backend model {backend.name!r}: {backend.trainer!r} is not a train task"
-                )
-            deploy = axon.spec.task(backend.deployer)
-            if deploy is None or deploy.deploy is None:
-                raise DeployError(
-                    f"backend model {backend.name!r}: {backend.deployer!r} is not a deploy task"
-                )
-            if require_model and not deploy.deploy.model:
-                raise DeployError(
-                    f"deploy task {deploy.name!r} has no `model`",
-                    hint="set model: to the model class (a file-named Class or module.Class)",
-                )
-            strategy = (
-                backend.model_selection_strategy
-                if "model_selection_strategy" in backend.model_fields_set
-                else model.model_selection_strategy
-            )
-            versions = await registry.versions(
-                request.axon, trainer.name, namespace=request.namespace
-            )
-            version = choose_version(backend, strategy, trainer, versions)
-            history = next_history(before.get(backend.name, []), version.version, keep)
-            choices.append(Choice(model.name, backend, deploy, version, history))
-    return choices
-
-
-def history_of(record: Mapping[str, Any] | None) -> dict[str, list[int]]:
-    """A deployment record's versions per backend model, newest first (empty without one)."""
-    return {
-        h["backend"]: [int(v) for v in h.get("versions", [])]
-        for h in (record or {}).get("history", [])
-    }
-
-
-def deployment_record(
-    request: ActionRequest,
-    deployer: Deployer,
-    table: DeployerTable,
-    choices: Sequence[Choice],
-    *,
-    url: str | None,
-    run_id: str,
-) -> dict[str, Any]:
-    """The deployment record (`deploy_key`) `ranvier endpoint` and `get axon` read."""
-    return {
-        "deployer": deployer.name,
-        "namespace": request.namespace,
-        "axon": request.axon,
-        "url": url,
-        "models": [
-            {
-                "name": m.name,
-                "backends": [
-                    {
-                        "name": b.name,
-                        "version": b.version,
-                        "url": b.url,
-                        "weight": b.weight,
-                        "shadow": b.shadow,
-                    }
-                    for b in [*m.backends, *(b for v in m.variants for b in v.backends)]
-                ],
-            }
-            for m in table.models
-        ],
-        "history": [
-            {"model": c.model, "backend": c.backend.name, "versions": [str(v) for v in c.history]}
-            for c in choices
-        ],
-        "run_id": run_id,
-        "updated": format_time(utcnow()),
-    }
-
-
-async def write_router_part(
-    bus: Bus, namespace: str, axon: str, deployer: str, table: DeployerTable | None
-) -> None:
-    """Replace one deployer in the axon's router part (compare-and-set; checked first)."""
-    key = router_key(namespace, axon)
-    for _ in range(_CAS_ATTEMPTS):
-        found = await bus.kv_get(MODELS_BUCKET, key)
-        current = None
-        if found is not None:
-            try:
-                current = RoutingTable.model_validate_json(found[0])
-            except ValidationError:
-                log.warning("deploy.router_part_unreadable", key=key)
-        part = merge_part(current, deployer, table)
-        compile_table(part)  # a table the router would refuse is never written
-        raw = part.model_dump_json(by_alias=True).encode()
-        if not part.deployers:
-            if found is not None:
-                await bus.kv_delete(MODELS_BUCKET, key)
-            return
-        if found is None:
-            if await bus.kv_create(MODELS_BUCKET, key, raw) is not None:
-                return
-            continue
-        try:
-            await bus.kv_update(MODELS_BUCKET, key, raw, found[1])
-        except RevisionMismatch:
-            continue
-        return
-    raise DeployError(f"could not update {key} after {_CAS_ATTEMPTS} attempts (contention)")
 
 
 def working_dir(axon: Axon, task: Task, axon_dir: Path, workspace: Path) -> Path:
@@ -568,7 +307,10 @@ class LocalDeployer:
                 ctx = _Context(request, axon, deployer, run_id)
                 if on_running is not None:
                     await on_running(DeployStarted(run_id))
-                outputs = await self._deploy(ctx, Path(axon_dir))
+                plan = await plan_deploy(
+                    self.bus, self.registry, request, axon, deployer, run_id=run_id
+                )
+                outputs = await self._serve(ctx, plan, Path(axon_dir))
             except (DeployError, RoutingError) as exc:
                 bound.info("deploy.failed", reason=str(exc))
                 return RunOutcome(run_id, "Failed", str(exc), started=started_at)
@@ -581,83 +323,16 @@ class LocalDeployer:
             started=started_at,
         )
 
-    async def _deploy(self, ctx: _Context, axon_dir: Path) -> dict[str, Any]:
-        request, deployer = ctx.request, ctx.deployer
-        previous = await self._read_json(deploy_key(request.namespace, request.axon, deployer.name))
-        choices = await self._choose(ctx, history_of(previous))
-        return await self._serve(ctx, axon_dir, choices)
-
-    async def _serve(self, ctx: _Context, axon_dir: Path, choices: list[Choice]) -> dict[str, Any]:
-        """Start (or reuse) the chosen versions' servers, switch the table, write the record."""
-        request, deployer = ctx.request, ctx.deployer
-        ns, name = request.namespace, request.axon
-        versions = {
-            c.backend.name: [Endpoint(version=str(v), url=f"http://pending/{v}") for v in c.history]
-            for c in choices
-        }
-        planned = build_deployer_table(name, deployer, versions)
-        needed = sorted(routed_versions(planned))
-        by_backend = {c.backend.name: c for c in choices}
-        launches = {
-            (b, v): await self._launch(ctx, by_backend[b], axon_dir, int(v)) for b, v in needed
-        }
-        try:
-            results = await asyncio.gather(
-                *(self._ensure(ctx, launches[key]) for key in needed), return_exceptions=True
-            )
-            urls: dict[tuple[str, str], list[str]] = {}
-            for key, found in zip(needed, results, strict=True):
-                if isinstance(found, BaseException):
-                    raise next(
-                        (r for r in results if isinstance(r, BaseException)
-                         and not isinstance(r, DeployError)),
-                        found,
-                    )  # fmt: skip
-                urls[key] = found
-            table = expand_replicas(planned, urls)
-            await self._write_part(ns, name, deployer.name, table)
-        except BaseException:
-            await asyncio.shield(self._stop_all(ctx.started, "rolled back"))
-            raise
-        router = await self._router_url()
-        url = fixed_url(router, name) if router else None
-        record = deployment_record(request, deployer, table, choices, url=url, run_id=ctx.run_id)
-        # what `recover()` needs to serve it again after a restart, and where it may do so
-        record.update(
-            request=request.model_dump(mode="json"),
-            host=socket.gethostname(),
-            state_dir=str(self.state_dir),
-        )
-        await self.bus.kv_put(
-            MODELS_BUCKET, deploy_key(ns, name, deployer.name), json.dumps(record).encode()
-        )
-        keep = {launches[k].spec for k in needed}
-        stale = [
-            s
-            for s in self._servers.values()
-            if s.record.namespace == ns
-            and s.record.axon == name
-            and s.record.deployer == deployer.name
-            and s.record.spec not in keep
-        ]
-        if stale:
-            await asyncio.sleep(self.drain)  # requests routed by the old table finish first
-            await self._stop_all(stale, "no longer routed")
-        serving = ", ".join(
-            f"{b.name} v{b.version} ({b.weight:g}%)"
-            for m in table.models
-            for b in m.backends
-            if not b.shadow
-        )
+    async def _serve(self, ctx: _Context, plan: DeployPlan, axon_dir: Path) -> dict[str, Any]:
+        """The deploy flow with this machine's model servers."""
+        launcher = _Processes(self, ctx, axon_dir)
+        done = await deploy(self.bus, plan, launcher)
         return {
-            "summary": f"serving {serving}" + (f" at {url}" if url else ""),
-            "url": url,
-            "models": record["models"],
-            "stopped": len(stale),
+            "summary": done.summary,
+            "url": done.url,
+            "models": done.record["models"],
+            "stopped": launcher.stopped,
         }
-
-    async def _choose(self, ctx: _Context, before: Mapping[str, list[int]]) -> list[Choice]:
-        return await choose_versions(self.registry, ctx.request, ctx.axon, ctx.deployer, before)
 
     async def _recorded(self, ctx: _Context, history: Mapping[str, list[int]]) -> list[Choice]:
         """The versions a deployment record holds (newest first), to serve them again as they were.
@@ -882,22 +557,6 @@ class LocalDeployer:
 
     # -- KV -----------------------------------------------------------------------------------
 
-    async def _read_json(self, key: str) -> dict[str, Any] | None:
-        found = await self.bus.kv_get(MODELS_BUCKET, key)
-        if found is None:
-            return None
-        try:
-            value = json.loads(found[0])
-        except ValueError:
-            log.warning("deploy.record_unreadable", key=key)
-            return None
-        return value if isinstance(value, dict) else None
-
-    async def _router_url(self) -> str | None:
-        found = await self._read_json(ROUTER_URL_KEY)
-        url = (found or {}).get("url")
-        return url if isinstance(url, str) else None
-
     async def _write_part(
         self, namespace: str, axon: str, deployer: str, table: DeployerTable | None
     ) -> None:
@@ -970,7 +629,7 @@ class LocalDeployer:
         stopped, busy = await self._stop_leftovers()
         handled = set(busy)  # another executor on this state dir serves those
         for key in sorted(await self.bus.kv_keys(MODELS_BUCKET, "deploy.>")):
-            record = await self._read_json(key)
+            record = await read_json(self.bus, key)
             if record is None or not self._owns(record):
                 continue
             where = (str(record["namespace"]), str(record["axon"]), str(record["deployer"]))
@@ -1019,7 +678,8 @@ class LocalDeployer:
                     str(record.get("run_id") or new_id()),
                 )
                 choices = await self._recorded(ctx, history_of(record))
-                outputs = await self._serve(ctx, stored.axon_dir or Path.cwd(), choices)
+                plan = plan_of(request, ctx.axon, ctx.deployer, ctx.run_id, choices)
+                outputs = await self._serve(ctx, plan, stored.axon_dir or Path.cwd())
             except (DeployError, RoutingError, AxonStoreError, ValidationError) as exc:
                 bound.warning("deploy.not_restored", reason=str(exc))
                 await self._forget(ns, name, deployer_name)
@@ -1061,6 +721,70 @@ class LocalDeployer:
         os.replace(tmp, self.servers_dir / f"{token(record.id)}.json")
 
 
+class _Processes:
+    """The deploy flow's launcher on this machine: `ranvier serve` processes per version."""
+
+    def __init__(self, deployer: LocalDeployer, ctx: _Context, axon_dir: Path) -> None:
+        self.deployer = deployer
+        self.ctx = ctx
+        self.axon_dir = axon_dir
+        self.launches: dict[tuple[str, str], _Launch] = {}
+        self.stopped = 0
+
+    async def launch(self, plan: DeployPlan) -> Urls:
+        """Start (or reuse) the servers of every routed version; all healthy, or DeployError."""
+        d, needed = self.deployer, plan.needed
+        for backend, version in needed:
+            choice = plan.choice(backend)
+            self.launches[(backend, version)] = await d._launch(
+                self.ctx, choice, self.axon_dir, int(version)
+            )
+        results = await asyncio.gather(
+            *(d._ensure(self.ctx, self.launches[key]) for key in needed), return_exceptions=True
+        )
+        urls: Urls = {}
+        for key, found in zip(needed, results, strict=True):
+            if isinstance(found, BaseException):
+                # an unexpected error (a bug) wins over a DeployError naming a bad model
+                raise next(
+                    (r for r in results if isinstance(r, BaseException)
+                     and not isinstance(r, DeployError)),
+                    found,
+                )  # fmt: skip
+            urls[key] = found
+        return urls
+
+    async def rollback(self, plan: DeployPlan) -> None:
+        """Stop every server this deploy started (the previous table still routes)."""
+        await asyncio.shield(self.deployer._stop_all(self.ctx.started, "rolled back"))
+
+    def record_extras(self, plan: DeployPlan) -> dict[str, Any]:
+        """What `recover()` needs to serve it again after a restart, and where it may."""
+        return {
+            "request": plan.request.model_dump(mode="json"),
+            "host": socket.gethostname(),
+            "state_dir": str(self.deployer.state_dir),
+        }
+
+    async def retire(self, plan: DeployPlan) -> int:
+        """Stop this deployer's servers the new table does not route to, after a drain."""
+        d, request = self.deployer, plan.request
+        keep = {launch.spec for launch in self.launches.values()}
+        stale = [
+            s
+            for s in d._servers.values()
+            if s.record.namespace == request.namespace
+            and s.record.axon == request.axon
+            and s.record.deployer == plan.deployer.name
+            and s.record.spec not in keep
+        ]
+        if stale:
+            await asyncio.sleep(d.drain)  # requests routed by the old table finish first
+            await d._stop_all(stale, "no longer routed")
+        self.stopped = len(stale)
+        return self.stopped
+
+
 def _owner_alive(record: ServerRecord, boot: str | None) -> bool:
     """True if another, still running executor started the server (it is not ours to stop)."""
     if record.owner_pid == os.getpid() or record.boot_id != boot:
@@ -1080,25 +804,8 @@ def _listening_url(log_path: Path) -> str | None:
 
 
 __all__ = [
-    "ROUTER_URL_KEY",
-    "Choice",
-    "DeployError",
     "DeployStarted",
     "LocalDeployer",
     "ServerRecord",
-    "choose_version",
-    "choose_versions",
-    "deploy_key",
-    "deployer_spec",
-    "deployment_record",
-    "expand_replicas",
-    "fixed_url",
-    "history_of",
-    "merge_part",
-    "next_history",
-    "routed_versions",
-    "router_key",
-    "versions_kept",
     "working_dir",
-    "write_router_part",
 ]

@@ -76,7 +76,7 @@ class RunnerError(RanvierError, RuntimeError):
 
 
 class Deployer(Protocol):
-    """Runs deployer actions (model servers behind the router): engineer C's LocalDeployer."""
+    """Runs deployer actions: model servers behind the router (local processes or Kubernetes)."""
 
     async def deploy(
         self,

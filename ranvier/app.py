@@ -1,6 +1,6 @@
 """The composition root: which roles run in a process, and `ranvier up`'s whole-pipeline loop.
 
-Every role (engine, executor, watcher, router) is a class built on a connected `Bus` with an
+Every role (engine, executor, watcher, router, api) is a class built on a connected `Bus` with an
 `async run()` that runs until cancelled and cleans up on cancellation. `ranvier run --role X`
 runs one (or all) of them against a shared NATS, for clusters; `ranvier up` runs all of them in
 one process, on an embedded nats-server unless `--nats-url` is given, submits an Axon and
@@ -20,23 +20,24 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import structlog
 
 from events import subjects
 from events.bus import Bus
 from events.errors import RanvierError
-from events.model import RestData
+from events.model import RestData, SensorRunRecord
 from events.telemetry import Telemetry
 from events.watchers.calendar import Schedule
 from events.watchers.calendar_watcher import CalendarWatcher, ScheduledTrigger
 from executors.backends.base import Backend
 from executors.backends.local import LocalBackend
-from executors.deployer import LocalDeployer, fixed_url
+from executors.deploy_flow import fixed_url
+from executors.deployer import LocalDeployer
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry
-from executors.runner import Deployer, ExecutorRunner
+from executors.runner import Deployer, ExecutorRunner, RunnerError, TaskRun, task_run_key
 from executors.serving.kv_table import ROUTER_URL_KEY, RouterRole
 from sensors.axons import AxonStore, StoredAxon
 from sensors.leases import DEFAULT_TTL
@@ -47,7 +48,7 @@ from sensors.watcher import MetricsWatcher
 
 log = structlog.get_logger(__name__)
 
-ROLES: Final = ("engine", "executor", "watcher", "router")
+ROLES: Final = ("engine", "executor", "watcher", "router", "api")
 BACKENDS: Final = ("local", "kubernetes")
 Goal = Literal["succeeded", "deployed", "idle"]
 ENGINE_DURABLE: Final = "ranvier-engine"
@@ -56,6 +57,14 @@ SOURCE: Final = "ranvier/cli"
 
 class AppError(RanvierError, RuntimeError):
     """A role cannot run here (missing module, unknown backend, bad combination of flags)."""
+
+
+class NotFoundError(AppError, LookupError):
+    """The Axon, sensor or run asked for does not exist."""
+
+
+class NoRestTriggerError(AppError):
+    """The sensor exists but cannot be fired over REST (it has no Rest trigger)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,6 +140,8 @@ class RoleOptions:
     replica_id: str | None = None
     """The engine's name in the partition leases (None: unique to the process)."""
     lease_ttl: float = DEFAULT_TTL
+    api_host: str = "127.0.0.1"
+    api_port: int = 0
 
 
 @dataclass(slots=True)
@@ -242,6 +253,12 @@ def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[st
             roles[name] = WatcherRole(bus, options.telemetry, options.prometheus_url, cluster)
         elif name == "router":
             roles[name] = RouterRole(bus, options.router_host, options.router_port)
+        elif name == "api":
+            from ranvier.api.role import ApiRole  # it imports this module
+
+            roles[name] = ApiRole(
+                bus, state_dir=options.state_dir, host=options.api_host, port=options.api_port
+            )
         else:
             raise AppError(f"unknown role {name!r}", hint=f"choose {', '.join(ROLES)} or all")
     return roles
@@ -320,6 +337,27 @@ async def _records(bus: Bus, bucket: str, prefix: str) -> list[dict[str, Any]]:
     return out
 
 
+_R = TypeVar("_R")
+
+
+async def _typed_records(bus: Bus, prefix: str, parse: Callable[[bytes], _R]) -> list[_R]:
+    """The run records under `prefix` in `ranvier_runs` (unreadable ones logged and skipped)."""
+    out: list[_R] = []
+    for key in await bus.kv_keys(subjects.RUNS_BUCKET, f"{prefix}.>"):
+        got = await bus.kv_get(subjects.RUNS_BUCKET, key)
+        if got is None:
+            continue
+        try:
+            out.append(parse(got[0]))
+        except (ValueError, RunnerError) as exc:
+            log.warning("status.unreadable", bucket=subjects.RUNS_BUCKET, key=key, error=str(exc))
+    return out
+
+
+async def _sensor_runs(bus: Bus, prefix: str) -> list[SensorRunRecord]:
+    return await _typed_records(bus, prefix, SensorRunRecord.from_json)
+
+
 async def _router_url(bus: Bus) -> str | None:
     found = await bus.kv_get(subjects.MODELS_BUCKET, ROUTER_URL_KEY)
     try:
@@ -337,8 +375,8 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
     """Everything `get axon NAME -o json` prints: sensors' runs, task runs, models, deployments."""
     ns, name = stored.namespace, stored.name
     spec = stored.axon.spec
-    sensor_runs = await _records(bus, subjects.RUNS_BUCKET, _prefix("sensor", ns, name))
-    task_runs = await _records(bus, subjects.RUNS_BUCKET, _prefix("task", ns, name))
+    sensor_runs = await _sensor_runs(bus, _prefix("sensor", ns, name))
+    all_task_runs = await task_runs(bus, ns, name)
     deployments = await _records(bus, subjects.MODELS_BUCKET, _prefix("deploy", ns, name))
     studies = await _records(bus, subjects.RUNS_BUCKET, _prefix("study", ns, name))
     router_url = await _router_url(bus)
@@ -346,28 +384,31 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
         name, namespace=ns
     )
 
-    def by_start(run: dict[str, Any]) -> str:
-        return str(run.get("started") or "~")
-
     sensors = []
     sensor_names = [s.name for s in spec.sensors]
-    sensor_names += sorted({str(r.get("sensor")) for r in sensor_runs} - set(sensor_names))
+    sensor_names += sorted({r.sensor for r in sensor_runs} - set(sensor_names))
     for sensor in sensor_names:
-        runs = sorted((r for r in sensor_runs if r.get("sensor") == sensor), key=by_start)
+        runs = sorted((r for r in sensor_runs if r.sensor == sensor), key=lambda r: r.started)
         sensors.append(
             {
                 "name": sensor,
                 "runs": [
                     {
-                        "id": r.get("id"),
-                        "phase": r.get("phase"),
-                        "trigger": r.get("trigger"),
-                        "started": r.get("started"),
-                        "finished": r.get("finished"),
-                        "reason": r.get("reason"),
+                        "id": r.id,
+                        "phase": r.phase,
+                        "trigger": r.trigger,
+                        "started": r.started,
+                        "finished": r.finished,
+                        "reason": r.reason,
                         "steps": [
-                            {k: s.get(k) for k in ("index", "kind", "task", "phase", "run_id")}
-                            for s in r.get("steps") or []
+                            {
+                                "index": s.index,
+                                "kind": s.kind,
+                                "task": s.task,
+                                "phase": s.phase,
+                                "run_id": s.run_id,
+                            }
+                            for s in r.steps
                         ],
                     }
                     for r in runs
@@ -377,30 +418,30 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
     tasks = []
     kinds: dict[str, str] = {t.name: t.kind for t in spec.tasks}
     task_names = list(kinds)
-    task_names += sorted({str(r.get("task")) for r in task_runs} - set(task_names))
+    task_names += sorted({r.task for r in all_task_runs} - set(task_names))
     for task in task_names:
-        runs = sorted((r for r in task_runs if r.get("task") == task), key=by_start)
-        kind = kinds.get(task) or next((str(r.get("kind")) for r in runs), "deployer")
+        of_task = [r for r in all_task_runs if r.task == task]
+        kind = kinds.get(task) or next((r.kind for r in of_task), "deployer")
         tasks.append(
             {
                 "name": task,
                 "kind": kind,
                 "runs": [
                     {
-                        "id": r.get("id"),
-                        "phase": r.get("phase"),
-                        "started": r.get("started"),
-                        "finished": r.get("finished"),
-                        "message": r.get("message") or "",
-                        "version": r.get("version"),
-                        "exit_code": r.get("exit_code"),
-                        "sensor": r.get("sensor"),
-                        "sensor_run_id": r.get("sensor_run_id"),
-                        "step": r.get("step"),
-                        "attempt": r.get("attempt"),
-                        "log_path": r.get("log_path"),
+                        "id": r.id,
+                        "phase": r.phase,
+                        "started": r.started,
+                        "finished": r.finished,
+                        "message": r.message,
+                        "version": r.version,
+                        "exit_code": r.exit_code,
+                        "sensor": r.sensor,
+                        "sensor_run_id": r.sensor_run_id,
+                        "step": r.step,
+                        "attempt": r.attempt,
+                        "log_path": r.log_path,
                     }
-                    for r in runs
+                    for r in of_task
                 ],
             }
         )
@@ -503,14 +544,16 @@ async def trigger_rest(
     """Publish a Rest event for `sensor` after checking it exists and has a Rest trigger."""
     stored = await AxonStore(bus).get(namespace, axon)
     if stored is None or stored.deleted:
-        raise AppError(f"no Axon {namespace}/{axon} is submitted", hint="see `ranvier list axon`")
+        raise NotFoundError(
+            f"no Axon {namespace}/{axon} is submitted", hint="see `ranvier list axon`"
+        )
     found = stored.axon.spec.sensor(sensor)
     if found is None:
         names = ", ".join(s.name for s in stored.axon.spec.sensors) or "none"
-        raise AppError(f"Axon {axon} has no sensor {sensor!r} (sensors: {names})")
+        raise NotFoundError(f"Axon {axon} has no sensor {sensor!r} (sensors: {names})")
     rest = [t for t in found.triggers if isinstance(t, RestTrigger)]
     if not rest:
-        raise AppError(
+        raise NoRestTriggerError(
             f"sensor {sensor!r} of Axon {axon} has no Rest trigger",
             hint="add `- {name: manual, type: Rest}` to its triggers",
         )
@@ -519,3 +562,14 @@ async def trigger_rest(
     ).to_event(source=SOURCE)
     await bus.publish(event)
     return event.id
+
+
+async def task_runs(bus: Bus, namespace: str, axon: str, task: str | None = None) -> list[TaskRun]:
+    """A task's runs (every task's, without `task`) as the executors recorded them, oldest
+    first; unreadable records are logged and skipped."""
+    if task is None:
+        prefix = _prefix("task", namespace, axon)
+    else:
+        prefix = task_run_key(namespace, axon, task, "x")[: -len(".x")]
+    runs = await _typed_records(bus, prefix, TaskRun.from_json)
+    return sorted(runs, key=lambda r: r.started or "~")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +20,7 @@ app = typer.Typer(
     name="ranvier",
     help="Event-driven sensor engine for ML operations (Myelin Axon files on NATS JetStream).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -60,12 +61,73 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        version()
+        raise typer.Exit
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
+) -> None:
     """Event-driven sensor engine for ML operations (Myelin Axon files on NATS JetStream)."""
 
 
 _register_all()
+
+# Metavars in help say what to type, not the Python type (`--role <role,...>`, not
+# `<list[str]>`). A parameter's own `metavar=` wins; the rest are named after the parameter.
+_METAVARS: dict[str, str] = {
+    "role": "<role,...>",
+    "nats_url": "<url,...>",
+    "since": "<when>",
+    "until": "<when>",
+    "output": "<format>",
+    "tick": "<duration>",
+    "lease_ttl": "<seconds>",
+    "file": "<file>",
+    "axon_file": "<file>",
+    "events": "<file>",
+    "creds": "<file>",
+    "nkey": "<file>",
+    "tls_ca": "<file>",
+    "concurrency": "<n>",
+    "count": "<n>",
+    "replicas": "<n>",
+    "partitions": "<n>",
+}
+
+
+def metavar(name: str) -> str:
+    """The metavar help shows for a parameter called `name` that has none of its own."""
+    if name in _METAVARS:
+        return _METAVARS[name]
+    if name.endswith("_dir"):
+        return "<dir>"
+    if name.endswith("port"):
+        return "<port>"
+    return f"<{name.replace('_', '-')}>"
+
+
+def command() -> Any:
+    """The command behind `app`, with a readable metavar on every option that takes a value
+    (arguments keep typer's `{name}` in usage lines)."""
+    root = typer.main.get_command(app)
+    todo: list[Any] = [root]
+    while todo:
+        cmd = todo.pop()
+        for param in cmd.params:
+            option = param.param_type_name == "option"
+            if option and param.metavar is None and not param.is_flag:
+                param.metavar = metavar(param.name or "value")
+        todo.extend(getattr(cmd, "commands", {}).values())
+    return root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     try:
         with cli_logging():
-            app(args=argv, prog_name="ranvier")
+            command().main(args=argv, prog_name="ranvier")
     except SystemExit as exc:  # typer's standalone mode ends every run with SystemExit
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except RanvierError as exc:

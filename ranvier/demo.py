@@ -139,6 +139,20 @@ def next_steps(state: Path) -> str:
     """What to do once the model is deployed: Myelin's curl, bad feedback, watch, down."""
     bindir = Path(sys.executable).parent
     data = '{"data": {"ndarray": ["To be, or not to be: that is the question"]}}'
+    try:
+        url = (state / "api.url").read_text(encoding="utf-8").strip()
+    except OSError:
+        url = None
+    console = (
+        f"""
+or in the console, with the accuracy gauge against its threshold and the retrain's trace
+(`ranvier open` opens it):
+
+  {url}
+"""
+        if url
+        else ""
+    )
     return f"""
 The GPT-2 model is deployed behind ranvier's router. In a shell:
 
@@ -160,7 +174,7 @@ PostDeploymentDecisionMaker sensor retrains (fine-tuning the best version so far
 Watch the retrain and the redeploy happen (Ctrl-C to stop watching):
 
   ranvier watch axon ml-gpt2
-
+{console}
 Stop everything (the pipeline's state stays in {state}):
 
   ranvier down

@@ -21,7 +21,7 @@ Shape (kopf's causes: data in, decisions out):
   of the persisted state and rebuilds from KV when a batch fails. Their result depends only on
   (state, arguments): the same state and event always give the same result.
 
-Indexes (issue 4, item 2), built on submit, so an event's cost does not grow with the sensors it
+Indexes, built on submit, so an event's cost does not grow with the sensors it
 cannot concern: lifecycle triggers by (task, phase); Alert triggers and Metric conditions by query
 key and by (sensor, name); Rest and Calendar by sensor; active runs by sensor_run_id.
 
@@ -98,6 +98,8 @@ __all__ = [
 ]
 
 STATE_VERSION: Final = 1
+AXON_DELETED: Final = "Axon deleted"
+"""Why an Axon's runs ended and its sensors' state went, when it is deleted."""
 SEEN_EDGES_LIMIT: Final = 1024
 """Lifecycle edges (task, run, phase) remembered per Axon for edge-triggering; oldest go first."""
 FINISHED_RUNS_LIMIT: Final = 512
@@ -1015,8 +1017,8 @@ def _fire(
     st = ax.sensor_state(sensor.name)
     fired_key = (ax.spec.key, sensor.name, event_id)
     decision_id = decided_by or event_id
-
-    def skip(reason: str) -> None:
+    refused = _not_fired(out, ax, sensor, st, fired_key=fired_key, run_id=run_id)
+    if refused is not None:
         out.decide(
             ax,
             decision_id,
@@ -1024,28 +1026,9 @@ def _fire(
             trigger,
             matched=True,
             fired=False,
-            reason=f"{why}; {reason}",
+            reason=f"{why}; {refused}",
         )
-
-    if fired_key in out.fired:
-        return skip("not fired: the sensor already fired for this event")
-    if run_id in ax.runs or run_id in ax.finished_index:
-        return skip(f"not fired: run {run_id} was already started for this event")
-    blocked = _conditions_block(sensor, st)
-    if blocked is not None:
-        return skip(f"not fired: {blocked}")
-    if st.active and sensor.concurrency == "Forbid":
-        first = next(iter(st.active))
-        return skip(f"not fired: run {first} is still active (concurrency Forbid)")
-    if sensor.max_runs is not None:
-        count, per = sensor.max_runs
-        st.starts = [t for t in st.starts if t > out.now - per]
-        if len(st.starts) >= count:
-            return skip(
-                f"not fired: maxRuns {count} per {_dur(per)} reached "
-                f"(next allowed at {_when(st.starts[0] + per)})"
-            )
-        st.starts.append(out.now)
+        return
     replaced = ""
     if st.active and sensor.concurrency == "Replace":
         old = list(st.active)
@@ -1079,6 +1062,38 @@ def _fire(
         run_id=run_id,
         planned=planned,
     )
+
+
+def _not_fired(
+    out: _Out,
+    ax: _AxonState,
+    sensor: _Sensor,
+    st: _SensorState,
+    *,
+    fired_key: tuple[str, str, str],
+    run_id: str,
+) -> str | None:
+    """Why the sensor does not fire now (None: it fires; a start is then counted for
+    `maxRuns`)."""
+    if fired_key in out.fired:
+        return "not fired: the sensor already fired for this event"
+    if run_id in ax.runs or run_id in ax.finished_index:
+        return f"not fired: run {run_id} was already started for this event"
+    blocked = _conditions_block(sensor, st)
+    if blocked is not None:
+        return f"not fired: {blocked}"
+    if st.active and sensor.concurrency == "Forbid":
+        first = next(iter(st.active))
+        return f"not fired: run {first} is still active (concurrency Forbid)"
+    if sensor.max_runs is not None:
+        count, per = sensor.max_runs
+        st.starts = [t for t in st.starts if t > out.now - per]
+        if len(st.starts) >= count:
+            return (
+                f"not fired: maxRuns {count} per {_dur(per)} reached "
+                f"(next allowed at {_when(st.starts[0] + per)})"
+            )
+        st.starts.append(out.now)
     return None
 
 
@@ -1104,19 +1119,7 @@ def submit(
     if deleting:
         if old is None:
             return out.result(ignored=f"Axon {key!r} is not known; nothing to delete")
-        for sensor in old.spec.order:
-            out.decide(
-                old,
-                event.id,
-                sensor.name,
-                None,
-                matched=True,
-                fired=False,
-                reason=f"Axon deleted: state of the sensor dropped "
-                f"({len(old.sensors.get(sensor.name, _SensorState()).active)} active run(s))",
-            )
-        del state._axons[key]
-        return out.result(deleted=(key,))
+        return _delete(state, out, old, event.id)
     if old is not None and generation <= old.generation:
         return out.result(
             ignored=f"generation {generation} of Axon {key!r} is not newer than the "
@@ -1138,23 +1141,7 @@ def submit(
             )
         out.decide(ax, event.id, sensor.name, None, matched=True, fired=False, reason=reason)
     if old is not None:
-        for prior in old.spec.order:
-            if prior.name in spec.sensors:
-                continue
-            dropped = old.sensors.get(prior.name, _SensorState()).active
-            for rid in dropped:
-                run = old.runs.get(rid)
-                if run is not None:
-                    out.end(ax, run, "Failed", f"sensor removed in generation {generation}")
-            out.decide(
-                ax,
-                event.id,
-                prior.name,
-                None,
-                matched=True,
-                fired=False,
-                reason=f"generation {generation}: sensor removed, its state dropped",
-            )
+        _drop_removed(out, ax, old, event_id=event.id, generation=generation)
     for sensor in spec.triggerless:
         st = ax.sensor_state(sensor.name)
         if st.fired_generation == generation:
@@ -1171,6 +1158,28 @@ def submit(
         )
     out.touched[key] = None
     return out.result()
+
+
+def _drop_removed(
+    out: _Out, ax: _AxonState, old: _AxonState, *, event_id: str, generation: int
+) -> None:
+    """Sensors of the old generation that the new one lacks: their runs end, their state goes."""
+    for prior in old.spec.order:
+        if prior.name in ax.spec.sensors:
+            continue
+        for rid in old.sensors.get(prior.name, _SensorState()).active:
+            run = old.runs.get(rid)
+            if run is not None:
+                out.end(ax, run, "Failed", f"sensor removed in generation {generation}")
+        out.decide(
+            ax,
+            event_id,
+            prior.name,
+            None,
+            matched=True,
+            fired=False,
+            reason=f"generation {generation}: sensor removed, its state dropped",
+        )
 
 
 def _reconcile(
@@ -1233,17 +1242,27 @@ def _reconcile(
 # Step: one event
 
 
+def event_axon(event: Event) -> str | None:
+    """The key (`axon_key`) of the Axon an event is about, None if it names none: the one
+    place this is read from an event (the runtime keys its redelivery guard by it)."""
+    data = event.data
+    axon = data.get("axon")
+    namespace = data.get("namespace", "default")
+    if isinstance(axon, str) and isinstance(namespace, str):
+        return axon_key(namespace, axon)
+    return None
+
+
 def step(state: EngineState, event: Event, now: datetime) -> StepResult:
     """Apply one event; never raises for a bad event (`StepResult.ignored` says why)."""
     out = _Out(_seconds(now))
     if event.type not in _HANDLERS:
         return out.result(ignored=f"event type {event.type!r} is not one the engine reads")
-    data = event.data
-    axon = data.get("axon")
-    namespace = data.get("namespace", "default")
-    if not isinstance(axon, str) or not isinstance(namespace, str):
+    key = event_axon(event)
+    if key is None:
         return out.result(ignored=f"event {event.id} ({event.type}) names no Axon")
-    ax = state._axons.get(axon_key(namespace, axon))
+    data = event.data
+    ax = state._axons.get(key)
     if event.type == AXON:
         return _step_axon(state, out, ax, event)
     if ax is None:
@@ -1264,21 +1283,32 @@ def _step_axon(state: EngineState, out: _Out, ax: _AxonState | None, event: Even
     except ValidationError:
         return out.result(ignored=f"event {event.id} (ranvier.axon) has an invalid payload")
     if payload.action == "deleted" and ax is not None:
-        for sensor in ax.spec.order:
-            out.decide(
-                ax,
-                event.id,
-                sensor.name,
-                None,
-                matched=True,
-                fired=False,
-                reason="Axon deleted: state of the sensor dropped",
-            )
-        del state._axons[ax.spec.key]
-        return out.result(deleted=(ax.spec.key,))
+        return _delete(state, out, ax, event.id)
     return out.result(
         ignored="ranvier.axon events are applied with submit(), which is given the spec"
     )
+
+
+def _delete(state: EngineState, out: _Out, ax: _AxonState, event_id: str) -> StepResult:
+    """The one way an Axon goes: its active runs end (Failed, reported in `ended`), each sensor
+    gets a decision saying so, and its state is dropped (`deleted`: the caller removes it)."""
+    ended: dict[str, int] = {}
+    for run in list(ax.runs.values()):
+        out.end(ax, run, "Failed", AXON_DELETED)
+        ended[run.sensor] = ended.get(run.sensor, 0) + 1
+    for sensor in ax.spec.order:
+        out.decide(
+            ax,
+            event_id,
+            sensor.name,
+            None,
+            matched=True,
+            fired=False,
+            reason=f"{AXON_DELETED}: state of the sensor dropped "
+            f"({ended.get(sensor.name, 0)} active run(s) ended)",
+        )
+    del state._axons[ax.spec.key]
+    return out.result(deleted=(ax.spec.key,))
 
 
 def _lifecycle(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:
@@ -1508,69 +1538,112 @@ def _alert(
     """Run one Alert trigger's state machine at `out.now`; on ticks, record only transitions
     (under `decided_by`, the tick event, when there is one)."""
     st = ax.alert_state(sensor.name, alert.name)
-    now = out.now
+    step = _AlertStep(out, ax, sensor, alert, st, event_id, shown, timed, decided_by)
     cond = alert.condition.evaluate(st.values)
+    if st.phase == "firing":
+        _alert_firing(step, cond)
+    elif cond is None:
+        _alert_unknown(step)
+    elif not cond:
+        _alert_false(step)
+    else:
+        _alert_holds(step)
 
-    def note(reason: str) -> None:
-        out.decide(
-            ax,
-            decided_by or event_id,
-            sensor.name,
-            alert.name,
+
+@dataclass(slots=True)
+class _AlertStep:
+    """One run of an Alert's state machine (`_alert`): what its phases share."""
+
+    out: _Out
+    ax: _AxonState
+    sensor: _Sensor
+    alert: _Alert
+    st: _AlertState
+    event_id: str
+    shown: str
+    timed: bool
+    decided_by: str | None
+
+    def note(self, reason: str) -> None:
+        """Record a decision about the alert (not fired)."""
+        self.out.decide(
+            self.ax,
+            self.decided_by or self.event_id,
+            self.sensor.name,
+            self.alert.name,
             matched=True,
             fired=False,
-            reason=f"{shown}: {reason}" if shown else reason,
+            reason=f"{self.shown}: {reason}" if self.shown else reason,
         )
 
-    if st.phase == "firing":
-        if alert.resolve is not None:
-            clear = alert.resolve.evaluate(st.values)
-            test, met = f"resolve condition {alert.resolve.text}", "holds"
-        else:
-            clear = None if cond is None else not cond
-            test, met = f"condition {alert.condition.text}", "no longer holds"
-        if clear is None:
-            return None if timed else note(f"firing; {test} is unknown, no transition")
-        if not clear:
-            st.clear_since = st.clear_event = None
-            return None if timed else note("firing; the alert still holds")
-        if alert.keep_firing_for > 0:
-            if st.clear_since is None:
-                st.clear_since, st.clear_event = now, event_id
-            until = st.clear_since + alert.keep_firing_for
-            if now < until:
-                return (
-                    None
-                    if timed
-                    else note(
-                        f"firing; resolves at {_when(until)} unless it holds again "
-                        f"(keepFiringFor {_dur(alert.keep_firing_for)})"
-                    )
+    def quiet(self, reason: Callable[[], str]) -> None:
+        """Record it for an event, not on a tick (ticks record transitions only)."""
+        if not self.timed:
+            self.note(reason())
+
+
+def _alert_firing(step: _AlertStep, cond: bool | None) -> None:
+    """Firing: resolve when the alert stops holding (or its `resolve` condition holds), after
+    `keepFiringFor` if set."""
+    alert, st, now = step.alert, step.st, step.out.now
+    if alert.resolve is not None:
+        clear = alert.resolve.evaluate(st.values)
+        test, met = f"resolve condition {alert.resolve.text}", "holds"
+    else:
+        clear = None if cond is None else not cond
+        test, met = f"condition {alert.condition.text}", "no longer holds"
+    if clear is None:
+        return step.quiet(lambda: f"firing; {test} is unknown, no transition")
+    if not clear:
+        st.clear_since = st.clear_event = None
+        return step.quiet(lambda: "firing; the alert still holds")
+    if alert.keep_firing_for > 0:
+        if st.clear_since is None:
+            st.clear_since, st.clear_event = now, step.event_id
+        until = st.clear_since + alert.keep_firing_for
+        if now < until:
+            return step.quiet(
+                lambda: (
+                    f"firing; resolves at {_when(until)} unless it holds again "
+                    f"(keepFiringFor {_dur(alert.keep_firing_for)})"
                 )
-        st.phase, st.clear_since, st.clear_event = "inactive", None, None
-        return note(f"{test} {met}: firing -> resolved -> inactive")
-    if cond is None:
-        if timed:
-            return None
-        missing = sorted(q.key for q in alert.condition.queries if q.key not in st.values)
-        what = f"no value for {', '.join(missing)}" if missing else "value unknown"
-        return note(f"condition {alert.condition.text} is unknown ({what}); no transition")
-    if not cond:
-        if st.phase == "pending":
-            st.phase, st.since, st.since_event, st.held_until = "inactive", None, None, None
-            return note(f"condition {alert.condition.text} is false: pending -> inactive")
-        return None if timed else note(f"condition {alert.condition.text} is false; inactive")
+            )
+    st.phase, st.clear_since, st.clear_event = "inactive", None, None
+    return step.note(f"{test} {met}: firing -> resolved -> inactive")
+
+
+def _alert_unknown(step: _AlertStep) -> None:
+    """Not firing, no value: no transition (an unknown value never counts as false)."""
+    if step.timed:
+        return
+    alert, st = step.alert, step.st
+    missing = sorted(q.key for q in alert.condition.queries if q.key not in st.values)
+    what = f"no value for {', '.join(missing)}" if missing else "value unknown"
+    step.note(f"condition {alert.condition.text} is unknown ({what}); no transition")
+
+
+def _alert_false(step: _AlertStep) -> None:
+    """Not firing, the condition false: a pending alert goes back to inactive."""
+    st, text = step.st, step.alert.condition.text
+    if st.phase == "pending":
+        st.phase, st.since, st.since_event, st.held_until = "inactive", None, None, None
+        return step.note(f"condition {text} is false: pending -> inactive")
+    return step.quiet(lambda: f"condition {text} is false; inactive")
+
+
+def _alert_holds(step: _AlertStep) -> None:
+    """Not firing, the condition true: pending until `for` has passed, then fire (unless in
+    the cooldown after the last firing)."""
+    alert, st, now = step.alert, step.st, step.out.now
     became = ""
     if st.phase == "inactive":
-        st.phase, st.since, st.since_event = "pending", now, event_id
+        st.phase, st.since, st.since_event = "pending", now, step.event_id
         became = "inactive -> pending"
     since = cast(float, st.since)
     due = since + alert.for_
     if now < due:
-        return (
-            None
-            if timed
-            else note(
+        return step.quiet(
+            lambda: (
                 f"condition {alert.condition.text} holds: {became or 'pending'}; fires at "
                 f"{_when(due)} if it still holds (for {_dur(alert.for_)})"
             )
@@ -1579,31 +1652,37 @@ def _alert(
         until = st.last_fired + alert.cooldown
         first = st.held_until is None
         st.held_until = until
-        if timed and not first:
+        if step.timed and not first:
             return None
-        return note(
+        return step.note(
             f"condition {alert.condition.text} holds, but not fired: cooldown "
             f"{_dur(alert.cooldown)} after the firing at {_when(st.last_fired)} "
             f"(pending until {_when(until)})"
         )
-    cause = event_id  # on a tick, tick() passes the event that started the pending episode
+    return _alert_fire(step, since, became)
+
+
+def _alert_fire(step: _AlertStep, since: float, became: str) -> None:
+    """The alert starts firing: the sensor fires (its run id from the event that started the
+    pending episode, which a tick passes as `event_id`)."""
+    alert, st, now = step.alert, step.st, step.out.now
+    cause = step.event_id
     st.phase, st.last_fired = "firing", now
     st.since = st.since_event = st.held_until = None
     edge = "inactive -> firing" if became else "pending -> firing"
     if alert.for_ > 0 and not became:
         edge += f" (held for {_dur(now - since)})"
-    run_id = sensor_run_id(cause, sensor.name, alert.name if timed else None)
+    run_id = sensor_run_id(cause, step.sensor.name, alert.name if step.timed else None)
     _fire(
-        out,
-        ax,
-        sensor,
+        step.out,
+        step.ax,
+        step.sensor,
         trigger=alert.name,
         event_id=cause,
         run_id=run_id,
-        why=f"{shown}: {edge}" if shown else edge,
-        decided_by=decided_by,
+        why=f"{step.shown}: {edge}" if step.shown else edge,
+        decided_by=step.decided_by,
     )
-    return None
 
 
 def _rest(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:

@@ -9,8 +9,9 @@ other. So a recording of a live run replays exactly, timed Alerts included. The 
 canonical JSON, so the same input always gives byte-identical output.
 
 The Axon counts as submitted (generation 1) just before the first event, unless the recording
-holds a `ranvier.axon` event for it (a live recording does); the synthetic submit event has a
-deterministic id derived from the Axon's namespace and name. With a tick interval (a "what
+holds a `ranvier.axon` event for it (a live recording does); an empty recording replays the
+submission alone (what the Axon does as soon as it is submitted). The synthetic submit event
+has a deterministic id derived from the Axon's namespace and name. With a tick interval (a "what
 if" for recordings without ticks, such as hand-written ones), `tick()` is also called at each
 tick boundary (the first event's time plus whole ticks) that falls between two
 events and at which something waits on time; boundaries where nothing can happen are skipped,
@@ -30,6 +31,9 @@ from sensors import engine
 from sensors.spec import Axon
 
 SOURCE: Final = "ranvier/replay"
+# An empty recording has no time to take: its submission is stepped at a fixed moment, so the
+# output stays the same on every run (decisions carry no time).
+_NO_TIME: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _SUBMIT_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "https://ranvier.dev/replay-submit")
 
 
@@ -42,11 +46,8 @@ def synthetic_submit(axon: Axon, time: datetime) -> Event:
 
 
 def _is_own_axon_event(axon: Axon, event: Event) -> bool:
-    return (
-        event.type == AXON
-        and event.data.get("axon") == axon.metadata.name
-        and event.data.get("namespace", "default") == axon.metadata.namespace
-    )
+    own = engine.axon_key(axon.metadata.namespace, axon.metadata.name)
+    return event.type == AXON and engine.event_axon(event) == own
 
 
 def replay(
@@ -56,9 +57,12 @@ def replay(
     if tick is not None and not tick > 0:
         raise engine.EngineError(f"tick must be more than 0 seconds, not {tick}")
     recorded = list(events)
-    if not recorded:
-        return
     state = engine.EngineState()
+    if not recorded:  # the submission alone: sensors without triggers run once
+        yield from engine.submit(
+            state, axon, 1, synthetic_submit(axon, _NO_TIME), _NO_TIME
+        ).decisions
+        return
     own_submits = any(_is_own_axon_event(axon, e) for e in recorded)
     start = _seconds(recorded[0].time)
     clock = start

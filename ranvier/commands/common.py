@@ -28,6 +28,7 @@ from events.errors import RanvierError
 from events.model import EventError
 from events.server import EmbeddedServer
 from ranvier.settings import Settings
+from sensors.axons import AxonStore
 
 T = TypeVar("T")
 
@@ -164,16 +165,64 @@ def with_connection(command: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+AllNamespaces = Annotated[
+    bool,
+    typer.Option(
+        "--all-namespaces", "-A", help="Find the Axon in any namespace (an error if two hold it)."
+    ),
+]
+
+
+async def axon_namespace(bus: Bus, name: str, namespace: str, any_namespace: bool) -> str:
+    """The namespace to act in: `namespace`, or with `-A` the one namespace that holds `name`."""
+    if not any_namespace:
+        return namespace
+    found = sorted({s.namespace for s in await AxonStore(bus).list() if s.name == name})
+    if not found:
+        raise RanvierError(
+            f"no Axon {name} was submitted in any namespace", hint="see `ranvier list axon`"
+        )
+    if len(found) > 1:
+        raise RanvierError(
+            f"Axon {name} is in namespaces {', '.join(found)}", hint="choose one with -n"
+        )
+    return found[0]
+
+
+LOG_FORMATS: Final = ("text", "json")
+
+
+def log_processors(log_format: str) -> list[Any]:
+    """structlog processors for RANVIER_LOG_FORMAT: `text` (readable lines) or `json` (one
+    object per line with `timestamp`, `level` and `event`, for log collectors)."""
+    if log_format not in LOG_FORMATS:
+        raise RanvierError(
+            f"RANVIER_LOG_FORMAT={log_format}: not a log format", hint="set text or json"
+        )
+    if log_format == "text":
+        return list(structlog.get_config()["processors"])
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.dict_tracebacks,
+        structlog.processors.JSONRenderer(),
+    ]
+
+
 @contextlib.contextmanager
 def cli_logging() -> Iterator[None]:
-    """Logs go to stderr (stdout carries data, e.g. `events export`), at RANVIER_LOG_LEVEL.
+    """Logs go to stderr (stdout carries data, e.g. `events export`), at RANVIER_LOG_LEVEL, as
+    RANVIER_LOG_FORMAT says (text or json).
 
     The previous structlog configuration is restored afterwards, so running a command
     in-process (tests, `ranvier up`) leaves the caller's logging as it was.
     """
     level = os.environ.get("RANVIER_LOG_LEVEL", "warning").upper()
+    processors = log_processors(os.environ.get("RANVIER_LOG_FORMAT", "text").strip().lower())
     previous = structlog.get_config()
     structlog.configure(
+        processors=processors,
         logger_factory=lambda *_: structlog.PrintLogger(file=sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level, logging.WARNING)
@@ -230,8 +279,8 @@ async def connect_or_start(
     settings: Settings, body: Callable[[Bus], Awaitable[None]], *, read_only: bool
 ) -> None:
     """Connect and run `body`; for read-only work, start the embedded server on the state
-    dir's store if the server recorded there is gone (DESIGN.md: export works on a stopped
-    `ranvier up`)."""
+    dir's store if the server recorded there is gone (so `get`, `logs` and `events export` work
+    after `ranvier up` stopped)."""
     try:
         async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
             await body(bus)

@@ -42,7 +42,7 @@ from events.errors import RanvierError
 from events.server import EmbeddedServer, Supervisor
 from events.telemetry import Telemetry
 from executors.backends.local import group_members, stop_tree
-from executors.runner import TaskRun, task_run_key
+from executors.runner import TaskRun
 from ranvier.app import (
     BACKENDS,
     ROLES,
@@ -58,13 +58,16 @@ from ranvier.app import (
     roles_ready,
     run_roles,
     stop_on_signals,
+    task_runs,
     trigger_rest,
     unknown_backend,
 )
 from ranvier.commands.common import (
+    AllNamespaces,
     Connection,
     Replicas,
     StateDir,
+    axon_namespace,
     connect_or_start,
     on_own_server,
     run_command,
@@ -375,6 +378,10 @@ async def _up_roles(plan: _UpRun) -> int:
                 settings.state_dir, backend=plan.backend, nats_url=url, replica_id="up"
             )
             roles = build_roles(bus, available_roles(), role_options)
+            from ranvier.api.role import ApiRole  # only `up` and `run` need the API's imports
+
+            if isinstance(api := roles.get("api"), ApiRole):
+                api.on_listening = lambda url: _console_ready(plan, url)
             if server is not None:  # restarted on its port and store after a crash
                 roles[SERVER_ROLE] = Supervisor(server)
             stop = asyncio.Event()
@@ -446,6 +453,13 @@ async def _follow(
                     await asyncio.shield(stop.wait())
 
 
+def _console_ready(plan: _UpRun, url: str) -> None:
+    """Tell the user where the console is (and `up -d`, through up.json)."""
+    plan.report(console=url)
+    typer.echo(f"console: {url}")
+    sys.stdout.flush()
+
+
 def _detach(argv: list[str], state_dir: Path, goal: Goal | None, timeout: float | None) -> int:
     """Start `ranvier up` in the background and wait until it is up (or its goal reached)."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -466,8 +480,9 @@ def _detach(argv: list[str], state_dir: Path, goal: Goal | None, timeout: float 
     deadline = time.monotonic() + timeout if timeout is not None else None
     while True:
         status = _read_json(status_path) or {}
-        if status.get("pid") == proc.pid and status.get("state") in wanted:
-            break
+        reported = status.get("pid") == proc.pid and status.get("state") in wanted
+        if reported and (status.get("console") or status.get("state") == "failed"):
+            break  # the console's URL is printed below
         if proc.poll() is not None:
             tail = logfile.read_text(encoding="utf-8", errors="replace").splitlines()[-3:]
             raise AppError(
@@ -485,6 +500,8 @@ def _detach(argv: list[str], state_dir: Path, goal: Goal | None, timeout: float 
         f"ranvier up running in the background (pid {proc.pid}, logs {logfile}); "
         f"stop it with `ranvier down`"
     )
+    if status.get("console"):
+        typer.echo(f"console: {status['console']}")
     if status.get("state") == "failed":
         typer.echo(f"goal not reached: {status.get('reason')}", err=True)
         return 1
@@ -587,7 +604,8 @@ def down(
 def run(
     *,
     role: Annotated[
-        list[str], typer.Option("--role", help="engine, executor, watcher, router or all.")
+        list[str],
+        typer.Option("--role", help="engine, executor, watcher, router, api or all."),
     ],
     backend: Backend = "local",
     concurrency: Annotated[
@@ -662,6 +680,18 @@ def run(
             help="Engine: seconds a dead replica's partitions stay held before others take them.",
         ),
     ] = DEFAULT_TTL,
+    api_host: Annotated[
+        str,
+        typer.Option(
+            "--api-host",
+            envvar="RANVIER_API_HOST",
+            help="API: address to listen on; off loopback it needs RANVIER_API_TOKEN.",
+        ),
+    ] = "127.0.0.1",
+    api_port: Annotated[
+        int,
+        typer.Option("--api-port", envvar="RANVIER_API_PORT", min=0, max=65535, help="API: port."),
+    ] = 8470,
     partitions: Annotated[
         int | None,
         typer.Option(
@@ -710,6 +740,8 @@ def run(
             registry_insecure=registry_insecure,
             replica_id=replica_id,
             lease_ttl=lease_ttl,
+            api_host=api_host,
+            api_port=api_port,
         )
         connect = settings.connect_options(name=f"ranvier-{'-'.join(names)}")
         limits = settings.stream_limits().model_copy(update={"partitions": partitions})
@@ -737,7 +769,7 @@ def run(
 
 
 async def _read_only(settings: Settings, body: Callable[[Bus], Awaitable[None]]) -> None:
-    """Connect for reading; with no server recorded, open the state dir's store (DESIGN.md)."""
+    """Connect for reading; with no server recorded, open the state dir's store."""
     _, origin = settings.resolve_url()
     if origin != "default" or not settings.store_dir.is_dir():
         await connect_or_start(settings, body, read_only=True)
@@ -796,12 +828,20 @@ def submit(
 @with_connection
 def list_axon(
     *,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Only this namespace's Axons.")
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Every namespace's (the default).")
+    ] = False,
     output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
     connection: Connection,
 ) -> None:
-    """List submitted Axons."""
+    """List submitted Axons (of every namespace unless -n names one)."""
     if output not in ("text", "json"):
         raise AppError(f"-o {output}: choose text or json")
+    if namespace is not None and all_namespaces:
+        raise AppError("-n and -A contradict each other", hint="give one of them")
     settings = connection.settings()
 
     async def body(bus: Bus) -> None:
@@ -814,6 +854,7 @@ def list_axon(
                 "source": str(s.source) if s.source else None,
             }
             for s in await AxonStore(bus).list()
+            if namespace is None or s.namespace == namespace
         ]
         if output == "json":
             typer.echo(json.dumps(rows, indent=2))
@@ -837,6 +878,7 @@ def get_axon(
     name: Annotated[str, typer.Argument(help="The Axon's name.")],
     *,
     namespace: Namespace = "default",
+    all_namespaces: AllNamespaces = False,
     output: Annotated[
         GetFormat, typer.Option("--output", "-o", help="text, json, yaml or wide.")
     ] = GetFormat.text,
@@ -846,7 +888,8 @@ def get_axon(
     settings = connection.settings()
 
     async def body(bus: Bus) -> None:
-        doc = await axon_status(bus, await _stored(bus, namespace, name))
+        ns = await axon_namespace(bus, name, namespace, all_namespaces)
+        doc = await axon_status(bus, await _stored(bus, ns, name))
         if output is GetFormat.json:
             typer.echo(json.dumps(doc, indent=2))
         elif output is GetFormat.yaml:
@@ -863,6 +906,7 @@ def watch_axon(
     name: Annotated[str, typer.Argument(help="The Axon's name.")],
     *,
     namespace: Namespace = "default",
+    all_namespaces: AllNamespaces = False,
     connection: Connection,
 ) -> None:
     """Follow an Axon's progress live until Ctrl-C."""
@@ -870,7 +914,8 @@ def watch_axon(
 
     async def go() -> None:
         async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
-            await _watch(bus, await _stored(bus, namespace, name))
+            ns = await axon_namespace(bus, name, namespace, all_namespaces)
+            await _watch(bus, await _stored(bus, ns, name))
 
     run_command(go())
 
@@ -881,6 +926,7 @@ def delete_axon(
     name: Annotated[str, typer.Argument(help="The Axon's name.")],
     *,
     namespace: Namespace = "default",
+    all_namespaces: AllNamespaces = False,
     connection: Connection,
 ) -> None:
     """Delete an Axon: its sensors stop and its running tasks are stopped."""
@@ -888,7 +934,8 @@ def delete_axon(
 
     async def go() -> None:
         async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
-            stored = await AxonStore(bus).delete(namespace, name)
+            ns = await axon_namespace(bus, name, namespace, all_namespaces)
+            stored = await AxonStore(bus).delete(ns, name)
         typer.echo(f"axon {stored.namespace}/{stored.name} deleted")
 
     run_command(go())
@@ -901,6 +948,7 @@ def trigger(
     *,
     data: Annotated[str, typer.Option("--data", help="JSON object passed as the payload.")] = "{}",
     namespace: Namespace = "default",
+    all_namespaces: AllNamespaces = False,
     connection: Connection,
 ) -> None:
     """Fire a sensor's Rest trigger."""
@@ -914,20 +962,11 @@ def trigger(
 
     async def go() -> None:
         async with Bus.connect(settings.connect_options(), limits=settings.stream_limits()) as bus:
-            event_id = await trigger_rest(bus, namespace, axon, sensor, payload)
+            ns = await axon_namespace(bus, axon, namespace, all_namespaces)
+            event_id = await trigger_rest(bus, ns, axon, sensor, payload)
         typer.echo(f"triggered {axon}/{sensor} (event {event_id})")
 
     run_command(go())
-
-
-async def _task_runs(bus: Bus, namespace: str, axon: str, task: str) -> list[TaskRun]:
-    prefix = task_run_key(namespace, axon, task, "x")[: -len("x")]
-    runs = []
-    for key in await bus.kv_keys("ranvier_runs", f"{prefix}>"):
-        got = await bus.kv_get("ranvier_runs", key)
-        if got is not None:
-            runs.append(TaskRun.from_json(got[0]))
-    return sorted(runs, key=lambda r: r.started or "~")
 
 
 def _pick_run(runs: list[TaskRun], run_id: str | None, axon: str, task: str) -> TaskRun:
@@ -959,13 +998,15 @@ def logs(
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
     namespace: Namespace = "default",
+    all_namespaces: AllNamespaces = False,
     connection: Connection,
 ) -> None:
     """Print a task run's log (stdout and stderr of its process)."""
     settings = connection.settings()
 
     async def body(bus: Bus) -> None:
-        run = _pick_run(await _task_runs(bus, namespace, axon, task), run_id, axon, task)
+        ns = await axon_namespace(bus, axon, namespace, all_namespaces)
+        run = _pick_run(await task_runs(bus, ns, axon, task), run_id, axon, task)
         if not run.log_path:
             raise AppError(f"run {run.id} of {task} has no log ({run.phase}: {run.message})")
         path = Path(run.log_path)
@@ -986,8 +1027,34 @@ def logs(
     run_command(_read_only(settings, body))
 
 
+def open_console(
+    *,
+    state_dir: StateDir = None,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the console's URL; open no browser.")
+    ] = False,
+) -> None:
+    """Open the console of the `ranvier up` running in the state dir in a browser."""
+    from ranvier.api.role import URL_FILE
+
+    root = Settings.from_flags(state_dir=state_dir).state_dir
+    try:
+        url = (root / URL_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        raise AppError(
+            f"no console is running for {root.resolve()}",
+            hint="start one with `ranvier up AXON.yaml -d` or `ranvier run --role api`",
+        ) from None
+    typer.echo(url)
+    if not print_only:
+        import webbrowser
+
+        webbrowser.open(url)
+
+
 def register(app: typer.Typer) -> None:
     """Add the control-plane commands to the root CLI."""
+    app.command("open")(open_console)
     app.command("run")(run)
     app.command("up")(up)
     app.command("down")(down)

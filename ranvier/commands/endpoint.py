@@ -19,10 +19,12 @@ import yaml
 from events.bus import Bus, kv_key
 from events.errors import RanvierError
 from events.subjects import MODELS_BUCKET
-from executors.deployer import fixed_url
+from executors.deploy_flow import fixed_url
 from executors.serving.kv_table import ROUTER_URL_KEY
 from ranvier.commands.common import (
+    AllNamespaces,
     Connection,
+    axon_namespace,
     run_command,
     with_connection,
 )
@@ -104,6 +106,7 @@ def endpoint(
     namespace: Annotated[
         str, typer.Option("--namespace", "-n", help="The Axon's namespace.")
     ] = "default",
+    all_namespaces: AllNamespaces = False,
     output: Annotated[
         OutputFormat, typer.Option("--output", "-o", help="json or yaml.")
     ] = OutputFormat.json,
@@ -116,7 +119,8 @@ def endpoint(
         async with Bus.connect(
             settings.connect_options(), limits=settings.stream_limits(), ensure=False
         ) as bus:
-            return await read_endpoint(bus, name, namespace)
+            ns = await axon_namespace(bus, name, namespace, all_namespaces)
+            return await read_endpoint(bus, name, ns)
 
     document = run_command(go())
     if output is OutputFormat.yaml:

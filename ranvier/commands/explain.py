@@ -36,12 +36,21 @@ class OutputFormat(enum.StrEnum):
 
 async def decisions_for(bus: Bus, event_id: str, axon: str | None = None) -> list[dict[str, Any]]:
     """The decision records stored for `event_id`, in the order the engine made them."""
+    return await decision_records(bus, axon, event_id=event_id)
+
+
+async def decision_records(
+    bus: Bus, axon: str | None = None, *, event_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The decision records of one Axon (or all), of one event (or all), in stored order."""
     filter_subject = (
         f"{subjects.PREFIX}.dec.{subjects.token(axon)}.*" if axon else subjects.DECISIONS_SUBJECTS
     )
     found: list[dict[str, Any]] = []
     async for item in bus.replay(stream=subjects.DECISIONS_STREAM, filter_subject=filter_subject):
-        if item.event.type == DECISION and item.event.data.get("event_id") == event_id:
+        if item.event.type != DECISION:
+            continue
+        if event_id is None or item.event.data.get("event_id") == event_id:
             found.append({"time": item.event.time.isoformat(), **item.event.data})
     return found
 
@@ -100,4 +109,4 @@ def register(app: typer.Typer) -> None:
     app.command("explain")(explain)
 
 
-__all__ = ["decisions_for", "format_decision", "register"]
+__all__ = ["decision_records", "decisions_for", "format_decision", "register"]

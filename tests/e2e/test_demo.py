@@ -63,6 +63,9 @@ def test_demo_reaches_deployed_and_prints_the_curl(tmp_path: Path) -> None:
         assert "ranvier watch axon ml-gpt2" in out
         assert "ranvier down" in out
         assert f'RANVIER_STATE_DIR="{state}"' in out
+        console = (state / "api.url").read_text().strip()
+        assert f"console: {console}" in out  # printed by `ranvier up -d`
+        assert f"\n  {console}\n" in out  # and again with the next steps
 
         # What the printed lines do: the endpoint's fixed URL continues the prompt.
         shown = ranvier(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
 from events.bus import Bus
 from events.model import AXON
+from events.server import EmbeddedServer
+from ranvier.cli import main
 from sensors.axons import AxonStore, AxonStoreError, axon_event_id, spec_digest
 from tests.integration.runtime_kit import CHANGED_SENSOR, NAME, stream_events, two_step_axon
 
@@ -83,3 +86,42 @@ async def test_watch_yields_current_records_then_changes(bus: Bus) -> None:
     seen.append(((second := await anext(watch)).generation, second.deleted))
     await watch.aclose()  # type: ignore[attr-defined]  # an async generator underneath
     assert seen == [(1, False), (2, False)]
+
+
+async def test_all_namespaces_finds_the_axon_wherever_it_is_and_names_a_tie(
+    bus: Bus, nats_server: EmbeddedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`-A` on commands that take `-n`: the one namespace holding the name, or an error naming
+    every namespace that holds it; `list axon -n` shows one namespace."""
+    store = AxonStore(bus)
+    team = two_step_axon()
+    team = team.model_copy(
+        update={"metadata": team.metadata.model_copy(update={"namespace": "team-a"})}
+    )
+    await store.submit(team)
+    url = ["--nats-url", nats_server.url]
+
+    async def cli(*argv: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(main, [*argv, *url])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, _, err = await cli("get", "axon", NAME, "-o", "json")
+    assert code == 1
+    assert f"no Axon default/{NAME}" in err
+    code, out, _ = await cli("get", "axon", NAME, "-A", "-o", "json")
+    assert code == 0
+    assert json.loads(out)["namespace"] == "team-a"
+    code, out, _ = await cli("trigger", NAME, "no-such-sensor", "-A")
+    assert code == 1  # found the Axon in team-a; the sensor is the mistake now
+    await store.submit(two_step_axon())  # the same name in default too
+    code, _, err = await cli("get", "axon", NAME, "-A")
+    assert code == 1
+    assert f"Axon {NAME} is in namespaces default, team-a" in err
+    code, out, _ = await cli("list", "axon", "-n", "team-a", "-o", "json")
+    assert [(r["namespace"], r["name"]) for r in json.loads(out)] == [("team-a", NAME)]
+    code, out, _ = await cli("list", "axon", "-o", "json")
+    assert sorted(r["namespace"] for r in json.loads(out)) == ["default", "team-a"]
+    code, _, err = await cli("get", "axon", "nowhere", "-A")
+    assert code == 1
+    assert "no Axon nowhere was submitted in any namespace" in err

@@ -1,4 +1,5 @@
-"""The benchmarks still run and print DESIGN.md's shape (tiny sizes; speed is never asserted)."""
+"""The benchmarks still run and print their documented shape (docs/benchmarks.md), at tiny
+sizes; speed is never asserted."""
 
 from __future__ import annotations
 

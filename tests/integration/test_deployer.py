@@ -26,7 +26,8 @@ from events.bus import Bus
 from events.model import ActionRequest, LifecycleData
 from events.subjects import MODELS_BUCKET
 from executors.backends.local import LocalBackend, group_members
-from executors.deployer import LocalDeployer, deploy_key, router_key
+from executors.deploy_flow import deploy_key, router_key
+from executors.deployer import LocalDeployer
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry
 from executors.runner import ExecutorRunner, TaskRun, task_run_key

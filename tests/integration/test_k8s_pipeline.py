@@ -25,7 +25,7 @@ from events.bus import Bus
 from events.model import LIFECYCLE
 from events.server import EmbeddedServer
 from executors.backends import k8s_objects as k8s
-from executors.deployer import router_key
+from executors.deploy_flow import router_key
 from executors.serving.routing import RoutingTable
 from ranvier.app import RoleOptions, axon_status, build_roles, run_roles
 from ranvier.commands.endpoint import read_endpoint

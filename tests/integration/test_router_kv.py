@@ -14,7 +14,7 @@ import structlog
 
 from events.bus import Bus, ConnectOptions
 from events.subjects import MODELS_BUCKET
-from executors.deployer import router_key
+from executors.deploy_flow import router_key
 from executors.serving.kv_table import KvTableSource
 from executors.serving.router import Router
 from executors.serving.routing import Endpoint, RoutingTable, build_deployer_table

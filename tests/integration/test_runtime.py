@@ -130,6 +130,40 @@ async def test_malformed_and_unknown_events_are_terminated_and_the_stream_flows(
     assert actions[0][0] == expected_keys(axon, await stream_events(bus))[0]
 
 
+async def test_an_event_of_another_cloudevents_producer_fires_and_exports_unchanged(
+    bus: Bus, nats_server: EmbeddedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No `time`, a W3C `traceparent` extension, a media type with a parameter, a `dataschema`:
+    the sensor fires as for our own event, and `events export` gives the producer's bytes."""
+    axon = two_step_axon()
+    await AxonStore(bus).submit(axon)
+    fields = json.loads(prep_done(3).to_json())
+    del fields["time"]
+    fields |= {
+        "source": "https://ci.example.com/jobs/3",
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "datacontenttype": "application/json; charset=utf-8",
+        "dataschema": "https://example.com/schemas/lifecycle.json",
+    }
+    raw = json.dumps(fields).encode()
+    async with running(bus) as runtime:
+        await bus.publish_many_encoded(
+            [Outgoing(f"ranvier.ev.{NAME}.lifecycle.Prep", raw, "prep-3")]
+        )
+        await caught_up(bus)
+    assert runtime.stats.malformed == runtime.stats.ignored == 0
+    actions = await stored_actions(bus)
+    assert [e.data["task"] for _, e in actions] == ["Train"]
+    [stored] = [item async for item in bus.replay() if item.event.id == "prep-3"]
+    assert stored.raw == raw
+    assert stored.event.time == stored.stored  # no time of its own: the moment it was stored
+    assert stored.event.extensions["traceparent"] == fields["traceparent"]
+    url = ["--nats-url", nats_server.url]
+    assert await asyncio.to_thread(main, ["events", "export", "--type", "lifecycle", *url]) == 0
+    exported = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [line.encode() for line in exported] == [raw]  # (log lines share stdout in tests)
+
+
 async def test_a_new_generation_keeps_the_state_of_unchanged_sensors(bus: Bus) -> None:
     store = AxonStore(bus)
     await store.submit(two_step_axon())
@@ -270,3 +304,24 @@ async def test_a_replaced_run_is_recorded_as_ended_and_an_unknown_run_gets_no_re
     assert (
         await bus.kv_get(subjects.RUNS_BUCKET, f"sensor.default.{NAME}.retrain.no-such-run") is None
     )
+
+
+async def test_deleting_an_axon_ends_its_active_runs_in_their_records(bus: Bus) -> None:
+    store = AxonStore(bus)
+    await store.submit(two_step_axon())
+    async with running(bus):
+        await bus.publish(prep_done(1))
+        await caught_up(bus)
+        [(_, request)] = await stored_actions(bus)
+        run_id = as_action(request).sensor_run_id
+        key = f"sensor.default.{NAME}.retrain.{run_id}"
+        got = await bus.kv_get(subjects.RUNS_BUCKET, key)
+        assert got is not None
+        assert record_of(got[0])["phase"] == "Running"
+        await store.delete("default", NAME)
+        await caught_up(bus)
+    got = await bus.kv_get(subjects.RUNS_BUCKET, key)
+    assert got is not None
+    record = record_of(got[0])
+    assert (record["phase"], record["reason"]) == ("Failed", engine.AXON_DELETED)
+    assert record["finished"] is not None

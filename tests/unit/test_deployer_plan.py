@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from events.errors import RanvierError
-from executors.deployer import (
+from executors.deploy_flow import (
     DeployError,
     choose_version,
     expand_replicas,

@@ -129,7 +129,8 @@ def test_stale_generations_are_ignored() -> None:
 @pytest.mark.parametrize("via", ["submit", "step"])
 def test_deleting_an_axon_drops_its_state(via: str) -> None:
     rig = Rig(make_axon(GEN1))
-    rig.rest("Watch", 0)
+    [action] = rig.rest("Watch", 0).actions
+    run_id = action.sensor_run_id
     delete = submit_event(1, "del-1", action="deleted")
     if via == "submit":
         result = engine.submit(rig.state, rig.axon, 1, delete, at(1))
@@ -137,9 +138,28 @@ def test_deleting_an_axon_drops_its_state(via: str) -> None:
         result = engine.step(rig.state, delete, at(1))
     assert result.deleted == ("default/demo",)
     assert [d.sensor for d in result.decisions] == ["Watch", "Other"]
-    assert all("Axon deleted" in d.reason for d in result.decisions)
+    # One path whichever way it comes: the same reasons, and the active run ends with it.
+    assert [d.reason for d in result.decisions] == [
+        "Axon deleted: state of the sensor dropped (1 active run(s) ended)",
+        "Axon deleted: state of the sensor dropped (0 active run(s) ended)",
+    ]
+    [ended] = result.ended
+    assert (ended.sensor, ended.phase, ended.reason) == ("Watch", "Failed", engine.AXON_DELETED)
+    assert ended.run_id == run_id
     assert rig.state.keys() == ()
     assert rig.rest("Watch", 2).decisions == ()
+
+
+def test_the_axon_an_event_is_about() -> None:
+    rest = submit_event(1, "e1")
+    assert engine.event_axon(rest) == "default/demo"
+    other = rest.model_copy(update={"data": {**rest.data, "namespace": "team-a"}})
+    assert engine.event_axon(other) == "team-a/demo"
+    nameless = rest.model_copy(update={"data": {"generation": 1}})
+    assert engine.event_axon(nameless) is None
+    assert engine.step(engine.EngineState(), nameless, at(0)).ignored == (
+        "event e1 (ranvier.axon) names no Axon"
+    )
 
 
 def test_dump_is_canonical_json_and_load_restores_behaviour() -> None:

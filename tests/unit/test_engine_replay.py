@@ -167,6 +167,26 @@ def test_sensors_test_prints_byte_identical_json_lines(
         assert line == json.dumps(json.loads(line), sort_keys=True, separators=(",", ":"))
 
 
+def test_an_empty_recording_shows_what_the_submission_alone_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OnStart has no triggers: submitting the Axon runs it once, and a dry run shows that."""
+    argv = ["sensors", "test", str(_axon_file(tmp_path)), "--events"]
+    argv += [str(_events_file(tmp_path, [])), "-o", "text"]
+    code, out, err = _lines(capsys, argv)
+    assert (code, err) == (0, "")
+    fired = [line for line in out.splitlines() if "FIRED" in line]
+    assert len(out.splitlines()) == 4  # each sensor is new in generation 1; OnStart runs
+    [line] = fired
+    assert "OnStart" in line
+    assert "resourceExecutor Prep (step 0)" in line
+    json_argv = [*argv[:-2], "-o", "json"]
+    code, first, _ = _lines(capsys, json_argv)
+    decisions = [json.loads(x) for x in first.splitlines()]
+    assert [(d["sensor"], d["fired"]) for d in decisions if d["fired"]] == [("OnStart", True)]
+    assert _lines(capsys, json_argv) == (code, first, "")  # the same bytes on every run
+
+
 def test_sensors_test_text_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["sensors", "test", str(_axon_file(tmp_path)), "--events"]
     argv += [str(_events_file(tmp_path, _recording())), "-o", "text"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,6 +23,7 @@ from events.model import (
 )
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, 123456, tzinfo=UTC)
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def test_lifecycle_event_round_trips_byte_identical() -> None:
@@ -55,12 +59,96 @@ def test_ids_are_unique_and_ordered() -> None:
         (b'{"id": "x"}', "source"),
         (b'{"id":"x","source":"s","type":"t","time":"yesterday"}', "time"),
         (b'{"id":"","source":"s","type":"t","time":"2026-01-01T00:00:00Z"}', "id"),
-        (b'{"id":"x","source":"s","type":"t","time":"2026-01-01T00:00:00Z","x":1}', "x"),
+        (b'{"id":"x","source":"s","type":"t","time":"2026-01-01T00:00:00Z","X-y":1}', "X-y"),
+        (b'{"id":"x","source":"s","type":"t","time":"2026-01-01T00:00:00Z","ext":{}}', "ext"),
+        (b'{"id":"x","source":"s","type":"t","time":"2026-01-01T00:00:00Z","ext":1.5}', "ext"),
+        (b'{"id":"x","source":"s","type":"t","time":"2026-01-01T00:00:00Z","ext":null}', "ext"),
+        (
+            b'{"id":"x","source":"s","type":"t","time":"2026-01-01T00:00:00Z","data_base64":"AA=="}',
+            "binary data",
+        ),
+        (
+            b'{"id":"x","source":"s","type":"t","time":"2026-01-01T00:00:00Z",'
+            b'"datacontenttype":"text/plain"}',
+            "not a JSON media type",
+        ),
+        (b'{"id":"x","source":"s","type":"t"}', "time"),
     ],
 )
 def test_malformed_envelopes_are_event_errors(raw: bytes, fragment: str) -> None:
     with pytest.raises(EventError, match=fragment):
         Event.from_json(raw)
+
+
+def test_events_of_other_cloudevents_producers_are_read_as_the_spec_allows() -> None:
+    """What the CloudEvents SDK writes (optional attributes, an extension, a media type with a
+    parameter) is read, and written back out with the extension unchanged."""
+    sdk_event = CloudEvent(
+        {
+            "id": "foreign-1",
+            "source": "https://ci.example.com/pipelines/7",
+            "type": model.REST,
+            "specversion": "1.0",
+            "time": T0,
+            "traceparent": TRACEPARENT,
+            "datacontenttype": "application/json; charset=utf-8",
+            "dataschema": "https://example.com/schemas/rest.json",
+            "sequence": 42,
+        },
+        {"axon": "shop", "sensor": "OnCall", "payload": {"n": 1}},
+    )
+    raw = JSONFormat().write(sdk_event)
+    event = Event.from_json(raw)
+    assert event.extensions == {"traceparent": TRACEPARENT, "sequence": 42}
+    assert event.dataschema == "https://example.com/schemas/rest.json"
+    assert event.time == T0
+    payload = event.payload()
+    assert isinstance(payload, model.RestData)
+    assert (payload.sensor, payload.payload) == ("OnCall", {"n": 1})
+    assert event.nats_subject == subjects.event_subject("shop", "rest", "OnCall")
+    written = json.loads(event.to_json())
+    assert written["traceparent"] == TRACEPARENT
+    assert written["datacontenttype"] == "application/json; charset=utf-8"
+    assert JSONFormat().read(None, event.to_json()).get_extension("traceparent") == TRACEPARENT
+
+
+@pytest.mark.parametrize(
+    "media_type",
+    [
+        "application/json",
+        "Application/JSON",
+        "application/json;charset=utf-8",
+        "application/cloudevents+json",
+        "text/json",
+        "application/vnd.acme.order+json; v=2",
+    ],
+)
+def test_json_media_types_with_parameters_and_suffixes_are_json(media_type: str) -> None:
+    assert model.is_json_media_type(media_type)
+
+
+@pytest.mark.parametrize("media_type", ["text/plain", "application/xml", "application/jsonx", ""])
+def test_other_media_types_are_not_json(media_type: str) -> None:
+    assert not model.is_json_media_type(media_type)
+
+
+def test_an_event_without_time_takes_the_moment_the_stream_stored_it() -> None:
+    raw = b'{"specversion":"1.0","id":"x","source":"s","type":"com.example.t"}'
+    stored = datetime(2026, 11, 27, 12, 0, 5, tzinfo=UTC)
+    assert Event.from_json(raw, stored_at=stored).time == stored
+    assert Event.from_json(raw, stored_at=lambda: stored).time == stored
+    asked: list[bool] = []
+
+    def stored_time() -> datetime:
+        asked.append(True)
+        return stored
+
+    Event.from_json(
+        b'{"id":"x","source":"s","type":"t","time":"2026-01-01T00:00:00Z"}', stored_at=stored_time
+    )
+    assert not asked  # the stream's timestamp is read only when the event has no time
+    with pytest.raises(EventError, match="source"):  # other faults are still faults
+        Event.from_json(b'{"id":"x","type":"t"}', stored_at=stored)
 
 
 def test_unknown_type_and_invalid_payload_are_event_errors() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sensors.runtime import _keep_heap_old
+from sensors.heap import keep_heap_old
 
 
 class _Node:
@@ -26,19 +26,19 @@ def test_frozen_cycles_are_freed_by_the_periodic_full_collection() -> None:
     a, b = _Node(), _Node()
     a.other, b.other = b, a  # a cycle: only the collector frees it
     alive = weakref.ref(a)
-    _keep_heap_old()  # frozen while referenced
+    keep_heap_old()  # frozen while referenced
     del a, b
-    _keep_heap_old()  # the frozen cycle is not walked: still there
+    keep_heap_old()  # the frozen cycle is not walked: still there
     assert alive() is not None
-    _keep_heap_old(everything=True)
+    keep_heap_old(everything=True)
     assert alive() is None
 
 
 def test_young_cycles_are_freed_by_every_collection() -> None:
-    _keep_heap_old()
+    keep_heap_old()
     a, b = _Node(), _Node()
     a.other, b.other = b, a
     alive = weakref.ref(a)
     del a, b
-    _keep_heap_old()
+    keep_heap_old()
     assert alive() is None
