@@ -9,7 +9,9 @@ same whichever store holds the bytes.
 
 from __future__ import annotations
 
-from events.bus import Bus, RevisionMismatch
+import hashlib
+
+from events.bus import Bus, RevisionMismatch, kv_key
 from executors.registry import KeyExistsError, KvEntry, RevisionMismatchError
 
 
@@ -46,3 +48,9 @@ class BusKeyValue:
         pattern = f"{prefix}>" if prefix.endswith(".") else ">"
         keys = await self.bus.kv_keys(self.bucket, pattern)
         return sorted(k for k in keys if k.startswith(prefix))
+
+
+def claim_key(idempotency_key: str) -> str:
+    """`claim.<sha256 hex>`: the KV key an executor creates to own an action request (or a
+    study's trial), in `ranvier_runs`."""
+    return kv_key("claim", hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest())

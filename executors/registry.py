@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Final, Literal, NamedTuple, Protocol
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -117,6 +117,11 @@ class ModelVersion(BaseModel):
     phase: VersionPhase = Field("Succeeded", description="Outcome of the run that produced it.")
     metrics: dict[str, float] = Field(default_factory=dict, description="From metrics.json.")
     metrics_error: str | None = Field(None, description="Why metrics.json could not be read.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Hyper-parameters of the study trial that made it."
+    )
+    budget: float | None = Field(None, description="The budget of that trial, if any.")
+    trial: int | None = Field(None, description="The study trial number, if any.")
     created: UtcDatetime = Field(default_factory=utcnow, description="When it was registered.")
 
     @property

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -36,7 +35,7 @@ import structlog
 
 from events import subjects
 from events.aio import checkpoint
-from events.bus import OUTAGE_ERRORS, Bus, Received, Replayed, kv_key
+from events.bus import OUTAGE_ERRORS, Bus, Received, Replayed, RevisionMismatch, kv_key
 from events.errors import RanvierError
 from events.model import (
     AXON,
@@ -51,7 +50,8 @@ from events.model import (
 )
 from events.watchers.lifecycle import run_event_id
 from executors.backends.base import Backend, Outcome, Started, lifecycle
-from executors.kv import BusKeyValue
+from executors.hpo import Study, StudyError, StudyInterrupted, is_study
+from executors.kv import BusKeyValue, claim_key
 from executors.registry import ModelRegistry, ModelVersion
 from sensors.axons import AxonStore, AxonStoreError
 from sensors.spec import Axon
@@ -105,11 +105,6 @@ class Deployer(Protocol):
 
 # ---------------------------------------------------------------------------------------------
 # Keys and records (pure)
-
-
-def claim_key(idempotency_key: str) -> str:
-    """`claim.<sha256 hex>`: the KV key an executor creates to own an action request."""
-    return kv_key("claim", hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest())
 
 
 def task_run_key(namespace: str, axon: str, task: str, run_id: str) -> str:
@@ -414,17 +409,29 @@ class ExecutorRunner:
         record = TaskRun.new(request, run_id, self.executor_id)
         live = _Live(request, record, [received])
         self._live[key] = live
+        await self._run_claimed(live)
+
+    async def _run_claimed(self, live: _Live) -> None:
+        """Run a claimed request to its end, report it, ack every delivery of it."""
+        request, record = live.request, live.record
         keepalive = asyncio.create_task(self._keepalive(live))
         try:
             await self._report(record, record.lifecycle())
-            outcome = await self._execute(live)
-            data = outcome.to_lifecycle(request).model_copy(update={"run_id": run_id})
-            if request.kind == "trainer":
-                await self._register_version(request, run_id, data)
+            try:
+                outcome = await self._execute(live)
+            except StudyInterrupted:  # shutting down: the next executor resumes the study
+                log.info("executor.study_interrupted", action_key=request.idempotency_key)
+                for delivery in live.deliveries:
+                    with contextlib.suppress(Exception):
+                        await delivery.nak()
+                return
+            data = outcome.to_lifecycle(request).model_copy(update={"run_id": record.id})
+            if request.kind == "trainer" and not data.outputs.get("study"):
+                await self._register_version(request, record.id, data)
             await self._report(record, data)
         finally:
             keepalive.cancel()
-            self._live.pop(key, None)
+            self._live.pop(request.idempotency_key, None)
         for delivery in live.deliveries:
             await delivery.ack()
 
@@ -457,6 +464,12 @@ class ExecutorRunner:
             record = TaskRun.from_json(raw[0]) if raw is not None else None
         if record is None:
             record = TaskRun.new(request, run_id or new_id(), self.executor_id)
+        if (
+            record.phase not in FINAL
+            and found is not None
+            and await self._resume_study(request, received, record, found[1])
+        ):
+            return
         if record.phase not in FINAL:
             message = (
                 f"lost: the executor that claimed it ({record.executor or 'unknown'}) stopped "
@@ -470,6 +483,45 @@ class ExecutorRunner:
         log.info("executor.duplicate", action_key=key, run_id=record.id, phase=record.phase)
         await self._publish(record.lifecycle())
         await received.ack()
+
+    async def _resume_study(
+        self, request: ActionRequest, received: Received, record: TaskRun, claim_revision: int
+    ) -> bool:
+        """Take over a study whose executor stopped mid-way (its state is on the bus): True if
+        this executor now runs it. Any other unfinished run is lost, as the caller reports."""
+        if request.kind != "trainer":
+            return False
+        try:
+            loaded = await load_axon(
+                self.axons, request.namespace, request.axon, request.generation
+            )
+        except RunnerError:
+            return False
+        if loaded is None or loaded.deleted or not is_study(loaded.axon, request):
+            return False
+        claim = {
+            "run_id": record.id,
+            "action_key": request.idempotency_key,
+            "executor": self.executor_id,
+            "claimed": format_time(utcnow()),
+        }
+        try:
+            await self.bus.kv_update(
+                subjects.RUNS_BUCKET,
+                claim_key(request.idempotency_key),
+                json.dumps(claim).encode("utf-8"),
+                claim_revision,
+            )
+        except RevisionMismatch:  # another executor resumed it first
+            await received.ack()
+            return True
+        log.info("executor.study_resumed", action_key=request.idempotency_key, run_id=record.id)
+        self.handled += 1
+        record.executor = self.executor_id
+        live = _Live(request, record, [received])
+        self._live[request.idempotency_key] = live
+        await self._run_claimed(live)
+        return True
 
     async def _execute(self, live: _Live) -> Outcome:
         request, record = live.request, live.record
@@ -497,6 +549,18 @@ class ExecutorRunner:
         if loaded.deleted or (request.namespace, request.axon) in self._deleted:
             return _failed(record.id, "cancelled: axon deleted")
         try:
+            if is_study(loaded.axon, request):
+                study = Study(
+                    self.bus,
+                    backend=self.backend,
+                    registry=self.registry,
+                    request=request,
+                    axon=loaded.axon,
+                    axon_dir=loaded.axon_dir,
+                    run_id=record.id,
+                    executor=self.executor_id,
+                )
+                return await study.run(on_running)
             if request.kind == "deployer":
                 if self.deployer is None:
                     return _failed(record.id, NO_DEPLOYER)
@@ -506,7 +570,7 @@ class ExecutorRunner:
             return await self.backend.run(
                 request, loaded.axon, loaded.axon_dir, run_id=record.id, on_running=on_running
             )
-        except RanvierError as exc:
+        except (RanvierError, StudyError) as exc:
             bound.info("executor.run_error", error=str(exc))
             return _failed(record.id, str(exc))
 

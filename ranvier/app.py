@@ -378,6 +378,7 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
     sensor_runs = await _sensor_runs(bus, _prefix("sensor", ns, name))
     all_task_runs = await task_runs(bus, ns, name)
     deployments = await _records(bus, subjects.MODELS_BUCKET, _prefix("deploy", ns, name))
+    studies = await _records(bus, subjects.RUNS_BUCKET, _prefix("study", ns, name))
     router_url = await _router_url(bus)
     versions = await ModelRegistry(BusKeyValue(bus, subjects.MODELS_BUCKET)).versions(
         name, namespace=ns
@@ -455,6 +456,8 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
                 "metrics_error": v.metrics_error,
                 "path": v.path,
                 "created": v.model_dump(mode="json")["created"],
+                # a study trial's version: its hyper-parameters and budget
+                **({"params": v.params, "budget": v.budget, "trial": v.trial} if v.params else {}),
             }
         )
     return {
@@ -465,6 +468,7 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
         "sensors": sensors,
         "tasks": tasks,
         "models": [{"task": t, "versions": vs} for t, vs in models.items()],
+        "studies": sorted(studies, key=lambda st: str(st.get("task"))),
         "deployments": [
             {
                 **{k: d.get(k) for k in ("deployer", "url", "models", "updated")},

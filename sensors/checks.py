@@ -15,12 +15,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from sensors.expr import ExprError, bare_template, parse_condition
 from sensors.spec import (
     AlertTrigger,
     Axon,
     DagNode,
     Deployer,
     LifecycleTrigger,
+    MetricCondition,
     Sensor,
     TaskKind,
 )
@@ -192,6 +194,7 @@ def _task_ref(
     role: str,
     *,
     unknown_kinds: frozenset[str],
+    verb: str = "runs",
 ) -> Iterator[Finding]:
     task = axon.spec.task(name)
     if task is None:
@@ -199,7 +202,7 @@ def _task_ref(
         yield Finding(loc, f"no task named {name!r}{did_you_mean(name, names)}")
     elif task.kind not in kinds and name not in unknown_kinds:
         allowed = " or ".join(kinds)
-        yield Finding(loc, f"{role} runs {allowed} tasks, but {name!r} is a {task.kind} task")
+        yield Finding(loc, f"{role} {verb} {allowed} tasks, but {name!r} is a {task.kind} task")
 
 
 def _check_sensor(
@@ -216,6 +219,18 @@ def _check_sensor(
                 (*loc, "conditions", j, "name"),
                 f"duplicate name {name!r}: triggers and conditions of a sensor share one namespace",
             )
+    for j, condition in enumerate(sensor.conditions):
+        if condition.task is not None:
+            yield from _task_ref(
+                axon,
+                (*loc, "conditions", j, "task"),
+                condition.task,
+                TRAINER_KINDS,
+                "a condition with task",
+                unknown_kinds=unknown_kinds,
+                verb="reads the metrics of",
+            )
+            yield from _check_task_condition((*loc, "conditions", j, "condition"), condition)
     for j, trigger in enumerate(sensor.triggers):
         if isinstance(trigger, LifecycleTrigger):
             names = [t.name for t in axon.spec.tasks]
@@ -250,6 +265,22 @@ def _check_sensor(
                 yield from _check_deployer(
                     axon, (*aloc, "deployer"), action.deployer, unknown_kinds
                 )
+
+
+def _check_task_condition(loc: Loc, condition: MetricCondition) -> Iterator[Finding]:
+    """A condition with `task` reads reported metrics by name: only bare `{{name}}` templates."""
+    try:
+        parsed = parse_condition(condition.condition)
+    except ExprError:
+        return  # reported with its position by the loader's condition check
+    for query in parsed.queries:
+        if not bare_template(query) is not None:
+            yield Finding(
+                loc,
+                f"{query.text!r}: a condition with task reads the metrics the task reported, "
+                "by name; write a bare template like {{accuracy}} (PromQL needs the watcher: "
+                "remove task)",
+            )
 
 
 def _weights(loc: Loc, weights: Sequence[int]) -> Iterator[Finding]:

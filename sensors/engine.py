@@ -67,7 +67,7 @@ from events.model import (
     canonical_json,
     format_time,
 )
-from sensors.expr import Condition, ExprError, parse_condition
+from sensors.expr import Condition, ExprError, bare_template, parse_condition
 from sensors.spec import (
     ActionKind,
     ActionSpec,
@@ -295,6 +295,8 @@ class _Cond:
     name: str
     condition: Condition
     keys: frozenset[str]
+    task: str | None = None
+    metric_names: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +343,7 @@ class _Compiled:
     by_lifecycle: Mapping[tuple[str, str], tuple[tuple[_Sensor, str], ...]]
     by_metric: Mapping[str, tuple[_Target, ...]]
     by_target: Mapping[tuple[str, str], tuple[_Target, ...]]
+    by_task_metrics: Mapping[str, tuple[_Target, ...]]
 
 
 def _parse(text: str, where: str) -> Condition:
@@ -398,7 +401,10 @@ def _compile_sensor(sensor: Sensor, position: int) -> _Sensor:
     conditions = []
     for c in sensor.conditions:
         parsed = _parse(c.condition, f"{where} condition {c.name!r}")
-        conditions.append(_Cond(c.name, parsed, frozenset(q.key for q in parsed.queries)))
+        names = {q.key: bare_template(q) or q.key for q in parsed.queries}
+        conditions.append(
+            _Cond(c.name, parsed, frozenset(q.key for q in parsed.queries), c.task, names)
+        )
     return _Sensor(
         name=sensor.name,
         position=position,
@@ -423,6 +429,7 @@ def _compile(axon: Axon) -> _Compiled:
     by_lifecycle: dict[tuple[str, str], list[tuple[_Sensor, str]]] = {}
     by_metric: dict[str, list[_Target]] = {}
     by_target: dict[tuple[str, str], list[_Target]] = {}
+    by_task_metrics: dict[str, list[_Target]] = {}
     for compiled, sensor in zip(order, axon.spec.sensors, strict=True):
         for trigger in sensor.triggers:
             if isinstance(trigger, LifecycleTrigger):
@@ -432,6 +439,10 @@ def _compile(axon: Axon) -> _Compiled:
         targets = [_Target(compiled, a.name, a, None) for a in compiled.alerts.values()]
         targets += [_Target(compiled, c.name, None, c) for c in compiled.conditions]
         for target in targets:
+            if target.cond is not None and target.cond.task is not None:
+                by_task_metrics.setdefault(target.cond.task, []).append(target)
+                by_target.setdefault((compiled.name, target.name), []).append(target)
+                continue
             keys = target.alert.keys if target.alert else cast(_Cond, target.cond).keys
             for key in sorted(keys):
                 by_metric.setdefault(key, []).append(target)
@@ -447,6 +458,7 @@ def _compile(axon: Axon) -> _Compiled:
         by_lifecycle={k: tuple(v) for k, v in by_lifecycle.items()},
         by_metric={k: tuple(v) for k, v in by_metric.items()},
         by_target={k: tuple(v) for k, v in by_target.items()},
+        by_task_metrics={k: tuple(v) for k, v in by_task_metrics.items()},
     )
 
 
@@ -1301,6 +1313,8 @@ def _delete(state: EngineState, out: _Out, ax: _AxonState, event_id: str) -> Ste
 
 def _lifecycle(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:
     data = cast(LifecycleData, payload)
+    if data.phase == "Succeeded":
+        _task_metrics(out, ax, event_id, data)
     if data.sensor_run_id is not None:
         _advance(out, ax, event_id, data)
     matches = ax.spec.by_lifecycle.get((data.task, data.phase))
@@ -1328,6 +1342,47 @@ def _lifecycle(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:
             event_id=event_id,
             run_id=sensor_run_id(event_id, sensor.name),
             why=why,
+        )
+
+
+def _task_metrics(out: _Out, ax: _AxonState, event_id: str, data: LifecycleData) -> None:
+    """Record what a Succeeded run reported for the Metric conditions that name its task.
+
+    The run's lifecycle event carries the metrics its version registered, so a condition with
+    `task` always reads the latest Succeeded run's values, recorded before any trigger of this
+    same event fires (a Lifecycle trigger on that task sees them).
+    """
+    targets = ax.spec.by_task_metrics.get(data.task, ())
+    if not targets:
+        return
+    reported = data.outputs.get("metrics")
+    metrics = reported if isinstance(reported, dict) else {}
+    for target in targets:
+        cond = cast(_Cond, target.cond)
+        values: dict[str, float] = {}
+        shown = []
+        for key in sorted(cond.keys):
+            name = cond.metric_names.get(key, key)
+            value = metrics.get(name)
+            if (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
+                values[key] = float(value)
+                shown.append(f"{name}={_num(float(value))}")
+                continue
+            shown.append(f"{name} not reported")
+        ax.sensor_state(target.sensor.name).conditions[target.name] = values
+        out.decide(
+            ax,
+            event_id,
+            target.sensor.name,
+            None,
+            matched=False,
+            fired=False,
+            reason=f"value for condition {target.name!r} recorded from task {data.task} "
+            f"run {data.run_id} ({', '.join(shown)})",
         )
 
 

@@ -429,6 +429,23 @@ class ImageBuild(_Model):
     dockerfile: Dockerfile | None = Field(None, description="Build with a Dockerfile.")
     s2i: S2I | None = Field(None, description="Build with source-to-image.")
     tag: str | None = Field(None, description="Image tag; derived from the sources when unset.")
+    check_image_exists: bool = Field(
+        False,
+        alias="checkImageExists",
+        description="Skip the build when the image's tag is already in the registry (Kubernetes "
+        "backend); the local backend builds no images, so it has no effect there.",
+    )
+    volumes: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Kubernetes volumes of the build pod (e.g. a Secret with credentials the "
+        "build needs); passed through to the kaniko Job, ignored by the local backend.",
+    )
+    volume_mounts: list[dict[str, Any]] = Field(
+        default_factory=list,
+        alias="volumeMounts",
+        description="Where `volumes` are mounted in the build pod ({name, mountPath}); "
+        "ignored by the local backend.",
+    )
 
     @model_validator(mode="after")
     def _one_method(self) -> ImageBuild:
@@ -487,40 +504,154 @@ class MetricDecl(_Model):
 class CategoricalRange(_Model):
     """Values of a categorical hyper-parameter."""
 
-    values: list[ScalarStr] = Field(description="The allowed values.")
+    values: list[ScalarStr] = Field(min_length=1, description="The allowed values (at least one).")
+    default_value: ScalarStr | None = Field(
+        None, description="The value of the first trial; one of `values`."
+    )
+
+    @model_validator(mode="after")
+    def _default_is_a_value(self) -> CategoricalRange:
+        if self.default_value is not None and self.default_value not in self.values:
+            raise ValueError(
+                f"default_value {self.default_value!r} is not one of the values {self.values}"
+            )
+        return self
+
+
+def _number(value: str, what: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{what} {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what} {value!r} is not a finite number")
+    return number
 
 
 class NumericalRange(_Model):
     """Range of a numerical hyper-parameter (Myelin writes the bounds as strings)."""
 
-    lower: ScalarStr = Field(description="Lower bound.")
-    upper: ScalarStr = Field(description="Upper bound.")
-    default_value: ScalarStr | None = Field(None, description="Default value.")
-    log: bool = Field(False, description="Sample on a log scale.")
+    lower: ScalarStr = Field(description="Lower bound (inclusive).")
+    upper: ScalarStr = Field(description="Upper bound (inclusive).")
+    default_value: ScalarStr | None = Field(
+        None, description="The value of the first trial; inside [lower, upper]."
+    )
+    log: bool = Field(False, description="Sample on a log scale (needs lower > 0).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> NumericalRange:
+        low, high = _number(self.lower, "lower"), _number(self.upper, "upper")
+        if low > high:
+            raise ValueError(f"lower {self.lower} is greater than upper {self.upper}; swap them")
+        if self.log and low <= 0:
+            raise ValueError(f"log: true needs lower > 0 (it is {self.lower})")
+        if self.default_value is not None:
+            default = _number(self.default_value, "default_value")
+            if not low <= default <= high:
+                raise ValueError(
+                    f"default_value {self.default_value} is outside [{self.lower}, {self.upper}]"
+                )
+        return self
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(lower, upper) as numbers."""
+        return float(self.lower), float(self.upper)
+
+
+HpParamType = Literal["Categorical", "UniformFloat", "UniformInteger"]
 
 
 class HpParam(_Model):
     """One hyper-parameter to tune."""
 
-    name: str = Field(description="Parameter name.")
-    type: Literal["Categorical", "UniformFloat", "UniformInteger", "Ordinal", "Constant"] = Field(
-        description="Parameter kind."
+    name: str = Field(description="Parameter name; trials get it as `--NAME VALUE`.")
+    type: HpParamType = Field(
+        description="Categorical (one of categorical.values), UniformFloat or UniformInteger "
+        "(numerical.lower..upper)."
     )
     categorical: CategoricalRange | None = Field(None, description="Values (Categorical).")
     numerical: NumericalRange | None = Field(None, description="Range (Uniform*).")
 
+    @model_validator(mode="after")
+    def _range_fits_type(self) -> HpParam:
+        if self.type == "Categorical":
+            if self.categorical is None:
+                raise ValueError(f"parameter {self.name!r} is Categorical: give categorical.values")
+            if self.numerical is not None:
+                raise ValueError(f"parameter {self.name!r} is Categorical: remove numerical")
+            return self
+        if self.numerical is None:
+            raise ValueError(
+                f"parameter {self.name!r} is {self.type}: give numerical.lower and upper"
+            )
+        if self.categorical is not None:
+            raise ValueError(f"parameter {self.name!r} is {self.type}: remove categorical")
+        if self.type == "UniformInteger":
+            for what, value in (
+                ("lower", self.numerical.lower),
+                ("upper", self.numerical.upper),
+                ("default_value", self.numerical.default_value),
+            ):
+                if value is not None and not float(value).is_integer():
+                    raise ValueError(
+                        f"parameter {self.name!r} is UniformInteger: {what} {value} is not "
+                        "a whole number"
+                    )
+        return self
+
+
+Optimiser = Literal["RandomSearch", "HyperBand", "BOHB"]
+
 
 class HpTuning(_Model):
-    """Hyper-parameter search settings (Myelin's HyperBand/BOHB)."""
+    """A hyper-parameter search: each trial is one run of the train task with its own settings."""
 
     concurrency: int = Field(1, ge=1, description="Trials run at the same time.")
-    min_budget: float | None = Field(None, alias="minBudget", description="Smallest budget.")
-    max_budget: float | None = Field(None, alias="maxBudget", description="Largest budget.")
-    num_iteration: int | None = Field(
-        None, ge=1, alias="numIteration", description="Optimiser iterations."
+    min_budget: float | None = Field(
+        None,
+        gt=0,
+        alias="minBudget",
+        description="Smallest budget a trial gets (HyperBand, BOHB); trials read it as "
+        "`--budget` and decide what it means (epochs, samples, trees).",
     )
-    optimiser: str = Field("HyperBand", description="Search algorithm (HyperBand, BOHB, ...).")
-    params: list[HpParam] = Field(default_factory=list, description="The search space.")
+    max_budget: float | None = Field(
+        None, gt=0, alias="maxBudget", description="Largest budget (HyperBand, BOHB)."
+    )
+    num_iteration: int = Field(
+        10,
+        ge=1,
+        alias="numIteration",
+        description="RandomSearch: the number of trials; HyperBand and BOHB: the number of "
+        "successive-halving brackets.",
+    )
+    optimiser: Optimiser = Field(
+        "HyperBand",
+        description="RandomSearch (random sampling at maxBudget), HyperBand (random sampling, "
+        "successive halving over budgets minBudget..maxBudget) or BOHB (a model-based TPE "
+        "sampler with HyperBand's budgets).",
+    )
+    params: list[HpParam] = Field(min_length=1, description="The search space.")
+
+    @model_validator(mode="after")
+    def _budgets(self) -> HpTuning:
+        if self.optimiser != "RandomSearch" and (
+            self.min_budget is None or self.max_budget is None
+        ):
+            raise ValueError(f"optimiser {self.optimiser} needs minBudget and maxBudget")
+        if (
+            self.min_budget is not None
+            and self.max_budget is not None
+            and self.min_budget > self.max_budget
+        ):
+            raise ValueError(
+                f"minBudget {self.min_budget:g} is greater than maxBudget {self.max_budget:g}"
+            )
+        names = [p.name for p in self.params]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"parameter {twice[0]!r} is given twice; names must be unique")
+        return self
 
 
 class TrainTask(TaskBody):
@@ -545,6 +676,15 @@ class TrainTask(TaskBody):
         alias="tfJobSpec",
         description="Kubeflow TFJob spec for distributed training (passed through).",
     )
+
+    @model_validator(mode="after")
+    def _tuning_needs_loss(self) -> TrainTask:
+        if self.hp_tuning is not None and not self.loss_metric:
+            raise ValueError(
+                "hpTuning needs lossMetric: the metric each trial reports and the search "
+                "minimises (or maximises with lossMetricSelector: greater)"
+            )
+        return self
 
 
 class DeployTask(TaskBody):
@@ -577,6 +717,41 @@ class SparkSpec(_Model):
         None, alias="mainApplicationFile", description="Application jar or Python file."
     )
     arguments: list[str] = Field(default_factory=list, description="Application arguments.")
+    application_file: str | None = Field(
+        None,
+        alias="applicationFile",
+        description="Myelin's name for mainApplicationFile (give one of them).",
+    )
+    args: list[str] = Field(
+        default_factory=list, description="Myelin's name for arguments (appended to them)."
+    )
+    properties_config_map: str | None = Field(
+        None,
+        alias="propertiesConfigMap",
+        description="A ConfigMap holding the properties instead of `properties`.",
+    )
+    properties_config_map_key: str | None = Field(
+        None, alias="propertiesConfigMapKey", description="The key of propertiesConfigMap."
+    )
+    deploy_mode: Literal["cluster", "client"] | None = Field(
+        None, alias="deployMode", description="spark-submit deploy mode (default cluster)."
+    )
+
+    @model_validator(mode="after")
+    def _one_application(self) -> SparkSpec:
+        if self.application_file is not None and self.main_application_file is not None:
+            raise ValueError("give mainApplicationFile or applicationFile, not both")
+        return self
+
+    @property
+    def application(self) -> str | None:
+        """The application jar or Python file, whichever name the Axon used."""
+        return self.main_application_file or self.application_file
+
+    @property
+    def all_arguments(self) -> list[str]:
+        """Application arguments under either name, `arguments` first."""
+        return [*self.arguments, *self.args]
 
 
 class SparkTask(TaskBody):
@@ -614,6 +789,17 @@ class Task(_Model):
     deploy: DeployTask | None = Field(None, description="A model server.")
     spark: SparkTask | None = Field(None, description="A Spark application.")
     tf_job: TfJobTask | None = Field(None, alias="tfJob", description="A Kubeflow TFJob.")
+    inputs: Any = Field(
+        None,
+        description="Myelin's task inputs; accepted and not used: ranvier gives every task the "
+        "Axon's artifacts and shared store (workingDir, imageBuild, DATA_PATH).",
+    )
+    sidecars: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Myelin's sidecar containers of the task's pod; accepted and not run (the "
+        "local backend runs one process per task; the Kubernetes backend does not render "
+        "them yet).",
+    )
 
     @model_validator(mode="after")
     def _one_body(self) -> Task:
@@ -738,6 +924,11 @@ class MetricCondition(_Model):
     name: str = Field(description="Condition name, unique in its sensor.")
     type: Literal["Metric"] = Field("Metric", description="Condition type.")
     condition: str = Field(description='Condition, e.g. "{{accuracy}} > 0.5".')
+    task: str | None = Field(
+        None,
+        description="A train task: its `{{metric}}` templates read the metrics its latest "
+        "Succeeded run reported (metrics.json or the SDK) instead of the metric watcher.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -896,6 +1087,13 @@ ActionKind = Literal["resourceExecutor", "trainer", "deployer"]
 class ActionSpec(_Model):
     """One action of a sensor step: exactly one of resourceExecutor, trainer, deployer."""
 
+    step_env: list[EnvVar] = Field(
+        default_factory=list,
+        alias="env",
+        description="Extra environment variables of the action, written next to it as Myelin's "
+        "docs do (merged with the ones inside it; these come first).",
+    )
+
     resource_executor: TaskRef | None = Field(
         None, alias="resourceExecutor", description="Run a container or spark task."
     )
@@ -937,9 +1135,9 @@ class ActionSpec(_Model):
 
     @property
     def env(self) -> list[EnvVar]:
-        """The action's extra environment variables."""
+        """The action's extra environment variables (next to it, then inside it)."""
         body = self.resource_executor or self.trainer or self.deployer
-        return body.env if body is not None else []
+        return [*self.step_env, *(body.env if body is not None else [])]
 
 
 def _step_tag(value: Any) -> str:
@@ -970,6 +1168,13 @@ class MaxRuns(_Model):
         return value
 
 
+class SensorParameter(_Model):
+    """A parameter of a sensor, as Myelin's docs list it."""
+
+    name: str = Field(description="Parameter name.")
+    value: ScalarStr | None = Field(None, description="Its value.")
+
+
 class Sensor(_Model):
     """When to run what: triggers (any), conditions (all), then steps in order."""
 
@@ -991,6 +1196,11 @@ class Sensor(_Model):
     )
     max_runs: MaxRuns | None = Field(
         None, alias="maxRuns", description="Bound on runs started in a time window."
+    )
+    parameters: list[SensorParameter] = Field(
+        default_factory=list,
+        description="Myelin's sensor parameters; accepted and not used (use spec.parameters "
+        "and an action's env to pass values to tasks).",
     )
 
     @property

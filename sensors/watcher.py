@@ -139,7 +139,8 @@ def plan_axon(stored: StoredAxon, default_url: str | None) -> WatchPlan | None:
                     texts.append(trigger.resolve)
                 watches += _watches(sensor.name, trigger.name, texts)
         for condition in sensor.conditions:
-            watches += _watches(sensor.name, condition.name, [condition.condition])
+            if condition.task is None:  # with a task, its runs' reported metrics answer
+                watches += _watches(sensor.name, condition.name, [condition.condition])
     if not watches:
         return None
     settings = stored.axon.spec.metrics

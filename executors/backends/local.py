@@ -45,6 +45,7 @@ from events.errors import RanvierError
 from events.model import ActionRequest, LifecycleData, format_time, new_id, utcnow
 from events.subjects import token
 from executors.backends.base import lifecycle
+from executors.hpo import HPO_PARAM, handover
 from executors.registry import read_metrics
 from sensors.spec import Artifact, Axon, EnvVar, Task, format_duration
 
@@ -179,8 +180,8 @@ class LostRun:
     def to_lifecycle(self) -> LifecycleData | None:
         """The Failed lifecycle payload, or None if the record predates stored requests."""
         request = self.record.action()
-        if request is None:
-            return None
+        if request is None or HPO_PARAM in request.params:
+            return None  # a study's trial: the study runs it again as a new attempt
         outputs: dict[str, Any] = {"log": self.record.log_path}
         if self.record.version is not None:
             outputs.update(version=self.record.version, model_path=self.record.model_path)
@@ -545,14 +546,20 @@ class LocalBackend:
         )
         if self.nats_url:
             env["RANVIER_NATS_URL"] = self.nats_url
+        if task.train is not None and task.train.loss_metric:
+            env["LOSS_METRIC"] = task.train.loss_metric
         env.update(task_env)
         env.update(action_env)
+        trial = handover(request)  # a study's trial: its configuration, as Myelin hands it over
+        extra_argv = trial[0] if trial is not None else []
+        if trial is not None:
+            env.update(trial[1])
         (data / task.name).mkdir(parents=True, exist_ok=True)
         model_path.mkdir(parents=True, exist_ok=True)
         log_path = self.log_path(name, task.name, run_id, namespace)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         return _Plan(
-            argv=task_argv([*body.command, *body.args], self.python),
+            argv=task_argv([*body.command, *body.args, *extra_argv], self.python),
             cwd=cwd,
             env=env,
             timeout=body.timeout,

@@ -128,6 +128,22 @@ def _short(run_id: object) -> str:
     return text[-8:] if len(text) > 12 else text
 
 
+def study_progress(study: dict[str, Any]) -> str:
+    """`3/8 trials (1 failed), best val_mse=0.0165 (trial 5, v6)`: a study's progress."""
+    trials = study.get("trials") or []
+    failed = sum(t.get("phase") == "Failed" for t in trials)
+    text = f"{study.get('done', 0)}/{study.get('planned', '?')} trials"
+    if failed:
+        text += f" ({failed} failed)"
+    best = study.get("best")
+    if best:
+        text += (
+            f", best {study.get('loss_metric')}={best.get('loss'):g} "
+            f"(trial {best.get('number')}, v{best.get('version')})"
+        )
+    return text
+
+
 def progress_lines(status: dict[str, Any]) -> dict[str, str]:
     """One line per sensor run and task run, keyed so that a change of state is a new line."""
     lines: dict[str, str] = {}
@@ -148,6 +164,11 @@ def progress_lines(status: dict[str, Any]) -> dict[str, str]:
             lines[f"t/{run['id']}"] = (
                 f"task {task['name']} run {_short(run['id'])} {run['phase']}{extra}{message}"
             )
+    for study in status.get("studies", []):
+        lines[f"h/{study.get('run_id')}"] = (
+            f"study {study.get('task')} {study.get('optimiser')} {study.get('phase')}: "
+            + study_progress(study)
+        )
     return lines
 
 
@@ -179,6 +200,33 @@ def status_table(status: dict[str, Any], *, wide: bool = False) -> Table:
             metrics = ", ".join(f"{k}={v:g}" for k, v in sorted(version["metrics"].items()))
             table.add_row(
                 "model", model["task"], _short(version["run_id"]), f"v{version['version']}", metrics
+            )
+    for study in status.get("studies", []):
+        table.add_row(
+            "study",
+            str(study.get("task")),
+            _short(study.get("run_id")),
+            str(study.get("phase")),
+            f"{study.get('optimiser')}: {study_progress(study)}",
+        )
+        if not wide:
+            continue
+        for trial in study.get("trials") or []:
+            params = ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in sorted((trial.get("params") or {}).items())
+            )
+            loss = trial.get("loss")
+            budget = trial.get("budget")
+            shown = [f"budget {budget:g}" if isinstance(budget, int | float) else "", params]
+            shown.append(f"{study.get('loss_metric')}={loss:g}" if loss is not None else "")
+            shown.append(str(trial.get("message") or ""))
+            table.add_row(
+                "trial",
+                f"{study.get('task')} #{trial.get('number')}",
+                _short(trial.get("run_id")),
+                str(trial.get("phase")),
+                "; ".join(p for p in shown if p),
             )
     for deployment in status["deployments"]:
         table.add_row("deploy", str(deployment["deployer"]), "-", "-", str(deployment.get("url")))

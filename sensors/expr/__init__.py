@@ -50,6 +50,7 @@ from sensors.expr.nodes import (
     RangeSelector,
     Selector,
     String,
+    bare_template,
     evaluate,
 )
 from sensors.expr.parser import parse_condition
@@ -78,6 +79,7 @@ __all__ = [
     "RangeSelector",
     "Selector",
     "String",
+    "bare_template",
     "evaluate",
     "format_duration",
     "parse_condition",

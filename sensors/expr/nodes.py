@@ -300,3 +300,15 @@ INFIX: dict[str, int] = {
     "*": PREC_MUL,
     "/": PREC_MUL,
 }
+
+
+def bare_template(query: Query) -> str | None:
+    """The metric name of a bare `{{name}}` query (no matchers, no offset), else None.
+
+    A Metric condition with a `task` reads the metrics that task reported by name, and only
+    this form names one metric without asking for series, ranges or aggregation.
+    """
+    expr = query.expr
+    if isinstance(expr, Selector) and expr.templated and not expr.matchers and expr.offset is None:
+        return expr.name
+    return None
