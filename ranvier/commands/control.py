@@ -521,17 +521,15 @@ def up(
             hint="stop it with `ranvier down`, or use another --state-dir",
         )
     goal: Goal | None = until.value if until is not None else None
+    if not settings.nats_url:  # here, so that an older state dir is reported on this terminal
+        server_credentials(root, settings.given_credentials)
+    secure_state_dir(root)
     if detach:
         argv = ["up", str(file.resolve()), "--state-dir", str(root), "--backend", backend]
         argv += ["--detached-child"] + (["--until", goal] if goal else [])
         if replicas is not None:
             argv += ["--replicas", str(replicas)]
-        if not settings.nats_url:
-            # made here, so that a state dir from an older ranvier is reported on this terminal
-            server_credentials(root, settings.given_credentials)
-        secure_state_dir(root)
         raise typer.Exit(_detach(argv, root, goal, timeout, _connection_env(connection)))
-    secure_state_dir(root)
     _write_json(root / PID_FILE, {"pid": os.getpid()})
     try:
         plan = _UpRun(
