@@ -38,12 +38,12 @@ async def test_credentials_stay_out_of_argv_and_are_required(
     assert "--config" in cmdline(srv)
     conf = tmp_path / "store" / CONFIG_FILE
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
-    async with Bus.connect(ConnectOptions(servers=[srv.url], **client)) as bus:
+    async with Bus.connect(ConnectOptions.model_validate({"servers": [srv.url], **client})) as bus:
         ack = await bus.publish(MetricData(axon="a", name="m", value=1).to_event(source="t"))
         assert ack.seq == 1
     for wrong in ({}, {"token": "nope"}, {"user": "ana", "password": "nope"}):
         with pytest.raises(AuthError, match="authorization failed at nats://127") as caught:
-            async with Bus.connect(ConnectOptions(servers=[srv.url], **wrong)):
+            async with Bus.connect(ConnectOptions.model_validate({"servers": [srv.url], **wrong})):
                 pass
         assert SECRET not in str(caught.value)
 
