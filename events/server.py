@@ -11,6 +11,10 @@ passed as nats-server's `-1`, "pick a random port"). The log is drained by a thr
 server's whole life, so a chatty server never blocks on a full pipe, and its tail is kept for
 error messages.
 
+Credentials (a token, a user and password, nkey users) go in a config file written 0600 in the
+store, never on the command line: `ps` shows every process's argv to every user. An
+authenticated cluster's routes need the same secret, so its cluster settings go there too.
+
 `Supervisor` keeps one running: `ranvier up` owns its server, so when the child dies (a crash,
 the OOM killer, a stray SIGKILL) it is started again on the same port and store, after a
 backoff, and every client's reconnect finds it where it was. A server that keeps dying is not
@@ -37,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -52,6 +57,7 @@ log = structlog.get_logger(__name__)
 
 BINARY: Final = "nats-server"
 CONFIG_FILE: Final = "ranvier-nats.conf"
+ROUTE_USER: Final = "ranvier-route"
 START_TIMEOUT: Final = 20.0
 STOP_TIMEOUT: Final = 10.0
 MAX_CRASHES: Final = 5
@@ -210,6 +216,11 @@ class EmbeddedServer(_Started):
         return f"{scheme}://{self.host}:{self.port}"
 
     @property
+    def cluster_port(self) -> int | None:
+        """The port other cluster members route to (None outside a cluster)."""
+        return self._cluster[1] if self._cluster else None
+
+    @property
     def pid(self) -> int | None:
         """The child's process id while it runs."""
         return self._proc.pid if self._proc is not None else None
@@ -236,7 +247,7 @@ class EmbeddedServer(_Started):
             argv += ["--tls", "--tlscert", str(self._tls[0]), "--tlskey", str(self._tls[1])]
         if self.name is not None:
             argv += ["--server_name", self.name]
-        if self._cluster is not None:
+        if self._cluster is not None and not self.authenticated:
             cluster_name, cluster_port = self._cluster
             argv += ["--cluster_name", cluster_name]
             argv += ["--cluster", f"nats://{self.host}:{cluster_port}"]
@@ -269,7 +280,24 @@ class EmbeddedServer(_Started):
         if self._user is not None:
             user, password = _quoted(self._user), _quoted(self._password or "")
             lines.append(f"authorization {{ user: {user}, password: {password} }}")
+        if self._cluster is not None and self.authenticated:
+            lines.append(self._cluster_config())
         return "".join(line + "\n" for line in lines)
+
+    def _cluster_config(self) -> str:
+        """The cluster block of an authenticated server: its routes need credentials too (a
+        stranger joining as a route would see every message), and route URLs carry them, so
+        the whole block is in the private config file rather than in argv."""
+        assert self._cluster is not None
+        name, port = self._cluster
+        secret = self._token or self._password or ""
+        auth = f"authorization {{ user: {_quoted(ROUTE_USER)}, password: {_quoted(secret)} }}"
+        userinfo = f"{ROUTE_USER}:{urllib.parse.quote(secret, safe='')}@"
+        routes = ", ".join(_quoted(r.replace("://", f"://{userinfo}", 1)) for r in self._routes)
+        return (
+            f"cluster {{ name: {_quoted(name)}, listen: {_quoted(f'{self.host}:{port}')}, "
+            f"{auth}, routes: [{routes}] }}"
+        )
 
     def start(self, timeout: float = START_TIMEOUT) -> str:
         """Start the server and block until it accepts clients; returns its URL."""
