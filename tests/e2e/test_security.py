@@ -27,7 +27,7 @@ import nats.errors
 import pytest
 
 from events.server import EmbeddedServer
-from tests.e2e.kit import clean_env, ranvier
+from tests.e2e.kit import clean_env, ranvier, state_token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -103,8 +103,7 @@ def test_up_is_reachable_only_with_the_state_dirs_token(tmp_path: Path) -> None:
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         url = (state / "nats.url").read_text().strip()
-        creds = json.loads((state / "credentials.json").read_text())
-        token = creds["token"]
+        token = state_token(state)
         assert len(token) >= 40
         assert asyncio.run(connects(url)) is False
         assert asyncio.run(connects(url, token="not-the-token")) is False
