@@ -8,7 +8,9 @@
   reaches it with that alone;
 - a state dir from an older ranvier (0755, a store, no credentials) is tightened, given a token
   and reported in one log line;
-- `ranvier server` beyond loopback refuses to start without credentials, unless `--insecure`.
+- `ranvier server` beyond loopback refuses to start without credentials, unless `--insecure`;
+- `ranvier up -d --nats-url nats://TOKEN@...` hands the URL to its background process through
+  the environment, not its argv.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import nats.errors
 import pytest
 
 from events.server import EmbeddedServer
+from tests.conftest import MakeServer
 from tests.e2e.kit import clean_env, ranvier, state_token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -193,3 +196,26 @@ def test_server_beyond_loopback_needs_credentials_or_insecure(tmp_path: Path) ->
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def test_up_detached_on_a_server_of_its_own_keeps_the_token_out_of_argv(
+    make_nats_server: MakeServer, tmp_path: Path
+) -> None:
+    token = "flag-given-token-0123456789"  # a test server's token, not a credential
+    server = make_nats_server(token=token)
+    given = server.url.replace("nats://", f"nats://{token}@")
+    axon = tmp_path / "axon.yaml"
+    axon.write_text(AXON)
+    state = tmp_path / "state"
+    up = ranvier("up", str(axon), "-d", "--until", "succeeded", "--nats-url", given, state=state)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert token not in every_argv()
+        assert not (state / "credentials.json").exists()  # nothing embedded, nothing kept
+        seen = json.loads((state / "default" / "probe" / "data" / "env.json").read_text())
+        assert seen["RANVIER_NATS_URL"] == given  # what the task published with
+        for name in ("up.json", "up.log"):
+            assert token not in (state / name).read_text(), name
+    finally:
+        down = ranvier("down", state=state)
+        assert down.returncode == 0, down.stderr
