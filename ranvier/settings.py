@@ -208,7 +208,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RANVIER_", extra="ignore", frozen=True)
 
-    nats_url: str | None = Field(None, description="NATS URL(s), comma-separated.")
+    nats_url: str | None = Field(
+        None,
+        repr=False,  # it may carry a token (nats://TOKEN@host:port)
+        description="NATS URL(s), comma-separated; credentials may ride in the user part.",
+    )
     state_dir: Path = Field(Path(".ranvier"), description="Where ranvier keeps local state.")
     user: str | None = Field(None, description="NATS user (with password).")
     password: SecretStr | None = Field(None, description="NATS password.")
