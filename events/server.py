@@ -11,6 +11,10 @@ passed as nats-server's `-1`, "pick a random port"). The log is drained by a thr
 server's whole life, so a chatty server never blocks on a full pipe, and its tail is kept for
 error messages.
 
+Credentials (a token, a user and password, nkey users) go in a config file written 0600 in the
+store, never on the command line: `ps` shows every process's argv to every user. An
+authenticated cluster's routes need the same secret, so its cluster settings go there too.
+
 `Supervisor` keeps one running: `ranvier up` owns its server, so when the child dies (a crash,
 the OOM killer, a stray SIGKILL) it is started again on the same port and store, after a
 backoff, and every client's reconnect finds it where it was. A server that keeps dying is not
@@ -37,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -51,6 +56,8 @@ from events.errors import RanvierError
 log = structlog.get_logger(__name__)
 
 BINARY: Final = "nats-server"
+CONFIG_FILE: Final = "ranvier-nats.conf"
+ROUTE_USER: Final = "ranvier-route"
 START_TIMEOUT: Final = 20.0
 STOP_TIMEOUT: Final = 10.0
 MAX_CRASHES: Final = 5
@@ -76,6 +83,28 @@ class PortTakenError(ServerError):
 
 class ServerGaveUp(ServerError):
     """The supervised nats-server crashed too often to be started again."""
+
+
+def _quoted(value: str) -> str:
+    """A string as a double-quoted nats-server config value (JSON escapes, which it reads)."""
+    return json.dumps(value)
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write `text` to `path` readable by its owner only (0600), atomically: the file never
+    exists with wider permissions, nor half-written. Returns `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(tmp, 0o600)  # O_CREAT's mode is masked by the umask, never widened
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def find_nats_server() -> Path:
@@ -187,6 +216,11 @@ class EmbeddedServer(_Started):
         return f"{scheme}://{self.host}:{self.port}"
 
     @property
+    def cluster_port(self) -> int | None:
+        """The port other cluster members route to (None outside a cluster)."""
+        return self._cluster[1] if self._cluster else None
+
+    @property
     def pid(self) -> int | None:
         """The child's process id while it runs."""
         return self._proc.pid if self._proc is not None else None
@@ -209,15 +243,11 @@ class EmbeddedServer(_Started):
             "--port",
             str(self.requested_port or -1),
         ]
-        if self._user is not None:
-            argv += ["--user", self._user, "--pass", self._password or ""]
-        if self._token is not None:
-            argv += ["--auth", self._token]
         if self._tls is not None:
             argv += ["--tls", "--tlscert", str(self._tls[0]), "--tlskey", str(self._tls[1])]
         if self.name is not None:
             argv += ["--server_name", self.name]
-        if self._cluster is not None:
+        if self._cluster is not None and not self.authenticated:
             cluster_name, cluster_port = self._cluster
             argv += ["--cluster_name", cluster_name]
             argv += ["--cluster", f"nats://{self.host}:{cluster_port}"]
@@ -227,22 +257,47 @@ class EmbeddedServer(_Started):
             argv += ["--http_port", str(self.requested_monitor_port or -1)]
         conf = self.config_text()
         if conf:
-            # Settings without a flag go in a small config file in the store; flags still win.
-            path = self.store_dir / "ranvier-nats.conf"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(conf, encoding="utf-8")
-            argv += ["--config", str(path)]
+            argv += ["--config", str(write_private(self.store_dir / CONFIG_FILE, conf))]
         return argv + list(self._extra_args)
 
+    @property
+    def authenticated(self) -> bool:
+        """True when clients must present credentials (a token, a user, or an nkey)."""
+        return bool(self._token or self._user or self._nkey_users)
+
     def config_text(self) -> str:
-        """nats-server config for the options that have no command-line flag."""
+        """nats-server config for what has no flag, and for the credentials, which must never
+        be in argv (`ps` shows every process's argv to every user): the file is written 0600.
+        """
         lines = []
         if self._max_payload is not None:
             lines.append(f"max_payload: {self._max_payload}")
         if self._nkey_users:
-            users = ", ".join(f'{{nkey: "{key}"}}' for key in self._nkey_users)
+            users = ", ".join(f"{{nkey: {_quoted(key)}}}" for key in self._nkey_users)
             lines.append(f"authorization {{ users = [{users}] }}")
+        if self._token is not None:
+            lines.append(f"authorization {{ token: {_quoted(self._token)} }}")
+        if self._user is not None:
+            user, password = _quoted(self._user), _quoted(self._password or "")
+            lines.append(f"authorization {{ user: {user}, password: {password} }}")
+        if self._cluster is not None and self.authenticated:
+            lines.append(self._cluster_config())
         return "".join(line + "\n" for line in lines)
+
+    def _cluster_config(self) -> str:
+        """The cluster block of an authenticated server: its routes need credentials too (a
+        stranger joining as a route would see every message), and route URLs carry them, so
+        the whole block is in the private config file rather than in argv."""
+        assert self._cluster is not None
+        name, port = self._cluster
+        secret = self._token or self._password or ""
+        auth = f"authorization {{ user: {_quoted(ROUTE_USER)}, password: {_quoted(secret)} }}"
+        userinfo = f"{ROUTE_USER}:{urllib.parse.quote(secret, safe='')}@"
+        routes = ", ".join(_quoted(r.replace("://", f"://{userinfo}", 1)) for r in self._routes)
+        return (
+            f"cluster {{ name: {_quoted(name)}, listen: {_quoted(f'{self.host}:{port}')}, "
+            f"{auth}, routes: [{routes}] }}"
+        )
 
     def start(self, timeout: float = START_TIMEOUT) -> str:
         """Start the server and block until it accepts clients; returns its URL."""

@@ -127,6 +127,8 @@ class RoleOptions:
     state_dir: Path
     backend: str = "local"
     nats_url: str | None = None
+    task_nats_url: str | None = None
+    """What local tasks get as `RANVIER_NATS_URL`: `nats_url` with its credentials, if any."""
     concurrency: int = 16
     router_host: str = "127.0.0.1"
     router_port: int = 0
@@ -236,7 +238,9 @@ def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[st
                 backend, deployer, _ = kubernetes_roles(bus, options)
             else:
                 backend = make_backend(
-                    options.backend, state_dir=options.state_dir, nats_url=options.nats_url
+                    options.backend,
+                    state_dir=options.state_dir,
+                    nats_url=options.task_nats_url or options.nats_url,
                 )
                 deployer = make_deployer(bus, options.state_dir)
             roles[name] = runner = ExecutorRunner(

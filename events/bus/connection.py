@@ -224,7 +224,9 @@ def _auth_error(options: ConnectOptions) -> AuthError:
         used = "no credentials"
     return AuthError(
         f"authorization failed at {options.url} with {used}",
-        hint="check --user/--password, --token or --creds (or RANVIER_USER, ...)",
+        hint="check --user/--password, --token or --creds (or RANVIER_USER, ...); the server "
+        "of `ranvier up` or `ranvier server` takes the token kept in its --state-dir, which "
+        "commands run with that --state-dir present by themselves",
     )
 
 

@@ -84,6 +84,9 @@ class RevisionMismatch(BusError):
         self.expected = expected
 
 
+_USERINFO: Final = re.compile(r"^([a-z]+://)?[^@/]*@", re.IGNORECASE)
+
+
 class ConnectOptions(BaseModel):
     """How to reach and authenticate to NATS (the CLI and settings map onto this)."""
 
@@ -109,8 +112,9 @@ class ConnectOptions(BaseModel):
 
     @property
     def url(self) -> str:
-        """The servers as one comma-separated string, for messages."""
-        return ",".join(self.servers)
+        """The servers as one comma-separated string, for messages (without any credentials
+        a URL carries in its user part: messages end up in logs)."""
+        return ",".join(_USERINFO.sub(r"\1", server) for server in self.servers)
 
 
 class StreamLimits(BaseModel):

@@ -70,9 +70,11 @@ _PYTHONS: Final = frozenset({"python", "python3"})
 def task_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """What tasks inherit of the executor's environment: all of it but ranvier's credentials.
 
-    The credential settings (`CREDENTIAL_VARIABLES`) and any other `RANVIER_*` variable whose
-    name says it holds a secret (PASSWORD, TOKEN, SECRET, CREDS, NKEY, SEED, KEY) are dropped;
-    the rest (`RANVIER_DEMO_TINY`, `RANVIER_CACHE`, `RANVIER_LOG_LEVEL`, ...) passes through.
+    The credential settings (`CREDENTIAL_VARIABLES`), any other `RANVIER_*` variable whose
+    name says it holds a secret (PASSWORD, TOKEN, SECRET, CREDS, NKEY, SEED, KEY) and a
+    `RANVIER_NATS_URL` with credentials in it (`nats://TOKEN@host:port`) are dropped; the rest
+    (`RANVIER_DEMO_TINY`, `RANVIER_CACHE`, `RANVIER_LOG_LEVEL`, ...) passes through. A task
+    gets the bus's URL, with what it needs to connect, from the backend alone.
     """
     return {
         k: v
@@ -80,6 +82,7 @@ def task_environment(environ: Mapping[str, str]) -> dict[str, str]:
         if not (
             k in CREDENTIAL_VARIABLES
             or (k.startswith("RANVIER_") and _SECRET_WORDS.search(k.removeprefix("RANVIER_")))
+            or (k == "RANVIER_NATS_URL" and "@" in v)
         )
     }
 

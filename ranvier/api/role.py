@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -22,25 +21,17 @@ import structlog
 import uvicorn
 
 from events.bus import Bus
+from events.server import write_private
 from executors.serving.server import bind_socket, url_of
 from ranvier.api.routes import create_app
 from ranvier.app import AppError
+from ranvier.settings import is_loopback
 
 log = structlog.get_logger(__name__)
 
 TOKEN_ENV: Final = "RANVIER_API_TOKEN"
 TOKEN_FILE: Final = "api.token"
 URL_FILE: Final = "api.url"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def api_token(host: str, state_dir: Path, environ: dict[str, str] | None = None) -> str:
@@ -58,11 +49,7 @@ def api_token(host: str, state_dir: Path, environ: dict[str, str] | None = None)
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / TOKEN_FILE
     token = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(token + "\n")
-    tmp.replace(path)
+    write_private(path, token + "\n")
     return token
 
 

@@ -27,7 +27,7 @@ from events.bus import Bus, ConnectError
 from events.errors import RanvierError
 from events.model import EventError
 from events.server import EmbeddedServer
-from ranvier.settings import Settings
+from ranvier.settings import Settings, server_credentials
 from sensors.axons import AxonStore
 
 T = TypeVar("T")
@@ -293,10 +293,13 @@ async def connect_or_start(
 
 
 async def on_own_server(settings: Settings, body: Callable[[Bus], Awaitable[None]]) -> None:
-    """Run `body` against an embedded server started on the state dir's store."""
+    """Run `body` against an embedded server started on the state dir's store (with the state
+    dir's credentials: it listens on loopback, where other accounts may connect)."""
+    credentials = server_credentials(settings.state_dir)
+    options = settings.connect_options().model_copy(update=credentials.client_update())
     async with (
-        EmbeddedServer(store_dir=settings.store_dir) as srv,
-        Bus.connect(settings.connect_options().model_copy(update={"servers": [srv.url]})) as bus,
+        EmbeddedServer(store_dir=settings.store_dir, **credentials.server_kwargs()) as srv,
+        Bus.connect(options.model_copy(update={"servers": [srv.url]})) as bus,
     ):
         await body(bus)
 

@@ -73,7 +73,14 @@ from ranvier.commands.common import (
     run_command,
     with_connection,
 )
-from ranvier.settings import Settings, remove_url_file, write_url_file
+from ranvier.settings import (
+    Credentials,
+    Settings,
+    remove_url_file,
+    secure_state_dir,
+    server_credentials,
+    write_url_file,
+)
 from sensors.axons import AxonStore, StoredAxon
 from sensors.leases import DEFAULT_TTL
 from sensors.loader import load_axon
@@ -362,20 +369,28 @@ async def _up_roles(plan: _UpRun) -> int:
     settings = plan.settings
     server: EmbeddedServer | None = None
     url, _ = settings.resolve_url()
+    credentials: Credentials | None = None
     if not settings.nats_url:
-        server = EmbeddedServer(store_dir=settings.store_dir)
+        credentials = server_credentials(settings.state_dir, settings.given_credentials)
+        server = EmbeddedServer(store_dir=settings.store_dir, **credentials.server_kwargs())
         url = await asyncio.to_thread(server.start)
         write_url_file(settings.url_file, url)
     plan.report(pid=os.getpid(), state="starting", url=url)
     try:
         options = settings.connect_options()
-        if server is not None:
-            options = options.model_copy(update={"servers": [url]})
+        task_url = settings.task_url()
+        if server is not None and credentials is not None:
+            options = options.model_copy(update={"servers": [url], **credentials.client_update()})
+            task_url = credentials.in_url(url)
         async with Bus.connect(options, limits=settings.stream_limits()) as bus:
             # One engine, under one name: after a crash, the next `up` takes its partitions
             # back at once instead of waiting for the leases to expire.
             role_options = RoleOptions(
-                settings.state_dir, backend=plan.backend, nats_url=url, replica_id="up"
+                settings.state_dir,
+                backend=plan.backend,
+                nats_url=url,
+                task_nats_url=task_url,
+                replica_id="up",
             )
             roles = build_roles(bus, available_roles(), role_options)
             from ranvier.api.role import ApiRole  # only `up` and `run` need the API's imports
@@ -460,9 +475,34 @@ def _console_ready(plan: _UpRun, url: str) -> None:
     sys.stdout.flush()
 
 
-def _detach(argv: list[str], state_dir: Path, goal: Goal | None, timeout: float | None) -> int:
-    """Start `ranvier up` in the background and wait until it is up (or its goal reached)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+def _connection_env(connection: Connection) -> dict[str, str]:
+    """The connection flags given, as the `RANVIER_*` variables a detached `up` reads: they may
+    hold credentials, which must never be in a process's argv (`ps` shows it to every user)."""
+    given = {
+        "RANVIER_NATS_URL": connection.nats_url,
+        "RANVIER_USER": connection.user,
+        "RANVIER_PASSWORD": connection.password,
+        "RANVIER_TOKEN": connection.token,
+        "RANVIER_CREDS_FILE": connection.creds,
+        "RANVIER_NKEY_SEED": connection.nkey,
+        "RANVIER_TLS_CA_FILE": connection.tls_ca,
+    }
+    return {
+        name: str(value.resolve() if isinstance(value, Path) else value)
+        for name, value in given.items()
+        if value is not None
+    }
+
+
+def _detach(
+    argv: list[str],
+    state_dir: Path,
+    goal: Goal | None,
+    timeout: float | None,
+    env: dict[str, str] | None = None,
+) -> int:
+    """Start `ranvier up` in the background and wait until it is up (or its goal reached);
+    `env` is added to its environment (settings that must stay out of its argv)."""
     status_path = state_dir / STATUS_FILE
     status_path.unlink(missing_ok=True)
     logfile = state_dir / LOG_FILE
@@ -473,7 +513,11 @@ def _detach(argv: list[str], state_dir: Path, goal: Goal | None, timeout: float 
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "RANVIER_LOG_LEVEL": os.environ.get("RANVIER_LOG_LEVEL", "info")},
+            env={
+                **os.environ,
+                "RANVIER_LOG_LEVEL": os.environ.get("RANVIER_LOG_LEVEL", "info"),
+                **(env or {}),
+            },
         )
     _write_json(state_dir / PID_FILE, {"pid": proc.pid})
     wanted = ("reached", "failed") if goal else ("running", "reached", "failed")
@@ -542,15 +586,15 @@ def up(
             hint="stop it with `ranvier down`, or use another --state-dir",
         )
     goal: Goal | None = until.value if until is not None else None
+    if not settings.nats_url:  # here, so that an older state dir is reported on this terminal
+        server_credentials(root, settings.given_credentials)
+    secure_state_dir(root)
     if detach:
         argv = ["up", str(file.resolve()), "--state-dir", str(root), "--backend", backend]
         argv += ["--detached-child"] + (["--until", goal] if goal else [])
-        if connection.nats_url:
-            argv += ["--nats-url", connection.nats_url]
         if replicas is not None:
             argv += ["--replicas", str(replicas)]
-        raise typer.Exit(_detach(argv, root, goal, timeout))
-    root.mkdir(parents=True, exist_ok=True)
+        raise typer.Exit(_detach(argv, root, goal, timeout, _connection_env(connection)))
     _write_json(root / PID_FILE, {"pid": os.getpid()})
     try:
         plan = _UpRun(
@@ -731,6 +775,7 @@ def run(
             settings.state_dir.resolve(),
             backend=backend,
             nats_url=url,
+            task_nats_url=settings.task_url(),
             concurrency=concurrency,
             prometheus_url=prometheus_url,
             telemetry=telemetry,

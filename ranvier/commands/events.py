@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Annotated, Final
 
+import structlog
 import typer
 from pydantic import ValidationError
 
@@ -38,7 +39,16 @@ from ranvier.commands.common import (
     run_command,
     with_connection,
 )
-from ranvier.settings import Settings, remove_url_file, write_url_file
+from ranvier.settings import (
+    Credentials,
+    Settings,
+    is_loopback,
+    remove_url_file,
+    server_credentials,
+    write_url_file,
+)
+
+log = structlog.get_logger(__name__)
 
 SOURCE: Final = "ranvier/cli"
 EVENT_KINDS: Final = ("lifecycle", "metric", "rest", "calendar", "axon", "tick")
@@ -195,27 +205,30 @@ def server(
             "and keep ranvier's streams and buckets on all of them [RANVIER_REPLICAS].",
         ),
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Accept clients without credentials (by default they need the token kept in "
+            "the state dir, or the --token/--user given).",
+        ),
+    ] = False,
 ) -> None:
     """Run an embedded NATS server with JetStream in the foreground (Ctrl-C stops it)."""
-    settings = Settings.from_flags(state_dir=state_dir, replicas=replicas)
+    settings = Settings.from_flags(
+        state_dir=state_dir, replicas=replicas, user=user, password=password, token=token
+    )
+    credentials = _server_credentials(settings, host=host, insecure=insecure)
     if (settings.replicas or 1) > 1:
         _serve_cluster(
-            settings,
-            store=store or settings.store_dir,
-            port=port,
-            host=host,
-            user=user,
-            password=password,
-            token=token,
+            settings, store=store or settings.store_dir, port=port, host=host, auth=credentials
         )
         return
     srv = EmbeddedServer(
         store_dir=store or settings.store_dir,
         port=port,
         host=host,
-        user=user,
-        password=password,
-        token=token,
+        **credentials.server_kwargs(),
     )
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -238,15 +251,36 @@ def server(
             raise RanvierError(f"nats-server exited with code {code}: {last}")
 
 
+def _server_credentials(settings: Settings, *, host: str, insecure: bool) -> Credentials:
+    """What `ranvier server` makes clients present: the token or user given, else the state
+    dir's token (made on the first start); nothing with `--insecure`. Beyond loopback it needs
+    credentials given, or `--insecure`: the clients on other machines must be told them."""
+    given = settings.given_credentials
+    if insecure:
+        if not given.empty:
+            raise RanvierError(
+                "--insecure accepts clients without credentials, yet credentials were given",
+                hint="drop --insecure, or --token/--user (RANVIER_TOKEN, RANVIER_USER)",
+            )
+        log.warning("nats.insecure", host=host)
+        return Credentials()
+    if not is_loopback(host) and given.empty:
+        raise RanvierError(
+            f"refusing to listen on {host} without credentials: anyone who can reach it "
+            "could run commands as you",
+            hint="give --token (or --user and --password) and TLS in front of it, "
+            "or --insecure to accept anyone",
+        )
+    return server_credentials(settings.state_dir, given)
+
+
 def _serve_cluster(
     settings: Settings,
     *,
     store: Path,
     port: int,
     host: str,
-    user: str | None,
-    password: str | None,
-    token: str | None,
+    auth: Credentials,
 ) -> None:
     """`ranvier server --replicas N`: N servers as one local cluster, the topology at N copies.
 
@@ -254,15 +288,13 @@ def _serve_cluster(
     one replica a client that does not say otherwise starts them with.
     """
     size = settings.replicas or 1
-    cluster = NatsCluster(
-        store_dir=store, size=size, host=host, port=port, user=user, password=password, token=token
-    )
+    cluster = NatsCluster(store_dir=store, size=size, host=host, port=port, **auth.server_kwargs())
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     async def topology() -> None:
-        options = ConnectOptions(servers=cluster.urls, user=user, password=password, token=token)
+        options = ConnectOptions(servers=cluster.urls, **auth.server_kwargs())
         async with Bus.connect(options, limits=settings.stream_limits()):
             pass
 

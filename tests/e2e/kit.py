@@ -6,6 +6,7 @@ Every test runs the CLI as a child process in a fresh state dir, with none of th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def state_token(state: Path) -> str:
+    """The token `ranvier up` / `ranvier server` keep in their state dir, for a test's own
+    connection to their server (the CLI reads it from there by itself)."""
+    token: str = json.loads((state / "credentials.json").read_text(encoding="utf-8"))["token"]
+    return token
 
 
 def clean_env() -> dict[str, str]:

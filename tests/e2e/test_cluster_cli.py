@@ -25,7 +25,7 @@ import pytest
 from events import subjects
 from events.bus import Bus, ConnectOptions
 from events.server import NatsCluster, free_ports
-from tests.e2e.kit import clean_env, ranvier
+from tests.e2e.kit import clean_env, ranvier, state_token
 from tests.integration.cluster_kit import cluster_options
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -44,8 +44,8 @@ spec:
 """
 
 
-def cluster_options_for(urls: list[str]) -> ConnectOptions:
-    return ConnectOptions(servers=urls, request_timeout=5.0)
+def cluster_options_for(urls: list[str], token: str | None = None) -> ConnectOptions:
+    return ConnectOptions(servers=urls, request_timeout=5.0, token=token)
 
 
 def replicas(cluster: NatsCluster) -> dict[str, int]:
@@ -152,7 +152,8 @@ def test_server_with_replicas_runs_a_local_cluster(tmp_path: Path) -> None:
         assert "to RANVIER_EVENTS seq 1" in published.stdout
 
         async def counts() -> set[int]:
-            async with Bus.connect(cluster_options_for(urls), ensure=False) as bus:
+            options = cluster_options_for(urls, state_token(state))
+            async with Bus.connect(options, ensure=False) as bus:
                 return {int(i.config.num_replicas or 1) for i in await bus.js.streams_info()}
 
         assert asyncio.run(counts()) == {3}

@@ -44,7 +44,7 @@ from sensors.replay import decision_line
 from sensors.runtime import caught_up as engine_caught_up
 from tests.doc_blocks import header_blocks
 from tests.e2e import kit
-from tests.e2e.kit import REPO
+from tests.e2e.kit import REPO, state_token
 from tests.integration.prometheus_kit import PrometheusServer, prometheus
 
 __all__ = ["prometheus"]  # the fixture, imported for pytest to find
@@ -166,7 +166,12 @@ async def retrain_loop(tmp_path: Path, source: str, prom: PrometheusServer | Non
         assert shown.returncode == 0, shown.stderr
         url = json.loads(shown.stdout)["fixedUrl"]
         nats_url = (state / "nats.url").read_text(encoding="utf-8").strip()
-        options = ConnectOptions(servers=[nats_url], connect_timeout=5.0, request_timeout=5.0)
+        options = ConnectOptions(
+            servers=[nats_url],
+            token=state_token(state),
+            connect_timeout=5.0,
+            request_timeout=5.0,
+        )
         async with Bus.connect(options) as bus, httpx.AsyncClient(timeout=30.0) as http:
             await run_checks(Pipeline(bus, http, prom), url)
             await replayed_as_live(bus, axon, tmp_path, state=state, env=env)

@@ -25,7 +25,7 @@ import pytest
 from events import subjects
 from events.bus import OUTAGE_ERRORS, Bus, ConnectOptions, kv_key
 from tests.e2e import kit
-from tests.e2e.kit import REPO, alive
+from tests.e2e.kit import REPO, alive, state_token
 from tests.e2e.test_retrain_on_feedback import (
     FEEDBACK,
     NAME,
@@ -126,7 +126,11 @@ async def test_three_server_crashes_then_a_retrain_happens_once(tmp_path: Path) 
         url = endpoint(NAME, state)
         nats_url = (state / "nats.url").read_text(encoding="utf-8").strip()
         options = ConnectOptions(
-            servers=[nats_url], connect_timeout=2.0, request_timeout=2.0, reconnect_wait=0.1
+            servers=[nats_url],
+            token=state_token(state),
+            connect_timeout=2.0,
+            request_timeout=2.0,
+            reconnect_wait=0.1,
         )
         async with Bus.connect(options) as bus, httpx.AsyncClient(timeout=10.0) as http:
             pipe = Pipeline(bus, http, None)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from ranvier.api import views
-from ranvier.api.role import is_loopback
+from ranvier.settings import is_loopback
 from sensors.loader import load_axon_text
 
 AXON = load_axon_text(
