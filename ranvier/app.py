@@ -121,6 +121,8 @@ class RoleOptions:
     concurrency: int = 16
     router_host: str = "127.0.0.1"
     router_port: int = 0
+    router_public_url: str | None = None
+    """The router's URL for clients (recorded as `router.url`); None: the bound address."""
     prometheus_url: str | None = None
     telemetry: Telemetry | None = None
     kube_api_url: str | None = None
@@ -241,7 +243,12 @@ def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[st
             cluster = cluster_watcher(bus, options) if options.backend == "kubernetes" else None
             roles[name] = WatcherRole(bus, options.telemetry, options.prometheus_url, cluster)
         elif name == "router":
-            roles[name] = RouterRole(bus, options.router_host, options.router_port)
+            roles[name] = RouterRole(
+                bus,
+                options.router_host,
+                options.router_port,
+                public_url=options.router_public_url,
+            )
         else:
             raise AppError(f"unknown role {name!r}", hint=f"choose {', '.join(ROLES)} or all")
     return roles

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ from ranvier.commands.common import (
     run_command,
     with_connection,
 )
+from ranvier.health import Heartbeat, add_role_checks
 from ranvier.settings import Settings, remove_url_file, write_url_file
 from sensors.axons import AxonStore, StoredAxon
 from sensors.leases import DEFAULT_TTL
@@ -535,6 +537,18 @@ def down(
 # run --role
 
 
+def checked_public_url(url: str) -> str:
+    """`--public-url` as given, once it is an absolute http(s) URL (else a clear error)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise AppError(
+            f"--public-url {url!r} is not an http(s) URL",
+            hint="give the URL clients reach the router at, e.g. "
+            "http://ranvier-router.ranvier-system.svc",
+        )
+    return url.rstrip("/")
+
+
 @with_connection
 def run(
     *,
@@ -549,11 +563,44 @@ def run(
     connection: Connection,
     metrics_port: Annotated[
         int | None,
-        typer.Option("--metrics-port", help="Serve the roles' own /metrics on this port."),
+        typer.Option(
+            "--metrics-port",
+            envvar="RANVIER_METRICS_PORT",
+            help="Serve the roles' own /metrics, and the /healthz and /readyz probes, on this "
+            "port.",
+        ),
     ] = None,
     metrics_host: Annotated[
-        str, typer.Option("--metrics-host", help="Address /metrics listens on.")
+        str,
+        typer.Option(
+            "--metrics-host", envvar="RANVIER_METRICS_HOST", help="Address /metrics listens on."
+        ),
     ] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", envvar="RANVIER_ROUTER_HOST", help="Router: the address it listens on."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            envvar="RANVIER_ROUTER_PORT",
+            min=0,
+            max=65535,
+            help="Router: the port it listens on (0: a free one).",
+        ),
+    ] = 0,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-url",
+            envvar="RANVIER_ROUTER_PUBLIC_URL",
+            help="Router: the URL clients reach it at (e.g. its Service's DNS name), recorded "
+            "for `ranvier endpoint`; default: the address it listens on.",
+        ),
+    ] = None,
     prometheus_url: Annotated[
         str | None,
         typer.Option(
@@ -645,6 +692,8 @@ def run(
             elif name not in names:
                 names.append(name)
     settings = connection.settings(replicas=replicas)
+    if public_url is not None:
+        public_url = checked_public_url(public_url)
 
     async def go() -> None:
         url, _ = settings.resolve_url()
@@ -662,16 +711,20 @@ def run(
             registry_insecure=registry_insecure,
             replica_id=replica_id,
             lease_ttl=lease_ttl,
+            router_host=host,
+            router_port=port,
+            router_public_url=public_url,
         )
         connect = settings.connect_options(name=f"ranvier-{'-'.join(names)}")
         limits = settings.stream_limits().model_copy(update={"partitions": partitions})
         async with Bus.connect(connect, limits=limits) as bus:
             roles = build_roles(bus, names, options)
-            served = (
-                telemetry.serve(metrics_port, metrics_host)
-                if telemetry is not None and metrics_port is not None
-                else None
-            )
+            served = None
+            if telemetry is not None and metrics_port is not None:
+                heartbeat = Heartbeat()
+                add_role_checks(telemetry, bus, roles, heartbeat)
+                served = telemetry.serve(metrics_port, metrics_host)
+                roles = {**roles, "heartbeat": heartbeat}
             stop = asyncio.Event()
             try:
                 with stop_on_signals(stop):

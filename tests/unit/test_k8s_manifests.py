@@ -132,3 +132,34 @@ def test_scaled_out_roles_have_replicas_and_disruption_budgets() -> None:
     assert budgets["nats"]["spec"]["maxUnavailable"] == 1
     base = yaml.safe_load((MANIFESTS / "base" / "kustomization.yaml").read_text())
     assert "disruption-budgets.yaml" in base["resources"]
+
+
+def _arg(container: dict[str, Any], flag: str) -> str | None:
+    args = container["args"]
+    return str(args[args.index(flag) + 1]) if flag in args else None
+
+
+def test_probes_are_http_on_the_metrics_port_and_the_router_ports_agree() -> None:
+    for name, deployment in _deployments().items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert str(ports["metrics"]) == _arg(container, "--metrics-port"), name
+        assert _arg(container, "--metrics-host") == "0.0.0.0", name
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(ports["metrics"]), name
+        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, name
+    (router,) = _deployments()["ranvier-router"]["spec"]["template"]["spec"]["containers"]
+    (service,) = [
+        d
+        for d in documents(MANIFESTS / "base" / "control-plane.yaml")
+        if d["kind"] == "Service" and d["metadata"]["name"] == "ranvier-router"
+    ]
+    (port,) = service["spec"]["ports"]
+    ports = {p["name"]: p["containerPort"] for p in router["ports"]}
+    assert str(ports[port["targetPort"]]) == _arg(router, "--port")
+    assert _arg(router, "--host") == "0.0.0.0"
+    meta = service["metadata"]
+    host = f"{meta['name']}.{meta['namespace']}.svc"
+    expected = f"http://{host}" if port["port"] == 80 else f"http://{host}:{port['port']}"
+    assert _arg(router, "--public-url") == expected
