@@ -220,14 +220,13 @@ class KubernetesDeployer:
         )
 
     async def undeploy_axon(self, namespace: str, name: str) -> None:
-        """Take a deleted Axon out of the router and drop its deployment records.
-
-        Its Deployments and Services go with the Axon's owner object (`delete_axon`).
-        """
+        """Take a deleted Axon out of the router, drop its deployment records and delete what
+        it created on the cluster (Jobs, Deployments, Services, its anchor)."""
         await self.bus.kv_delete(MODELS_BUCKET, router_key(namespace, name))
         prefix = kv_key("deploy", namespace, name)
         for key in await self.bus.kv_keys(MODELS_BUCKET, f"{prefix}.>"):
             await self.bus.kv_delete(MODELS_BUCKET, key)
+        await self.backend.delete_axon(namespace, name)
 
     async def shutdown(self) -> None:
         """Nothing to stop: model servers are the cluster's Deployments and keep serving."""

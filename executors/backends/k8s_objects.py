@@ -1030,20 +1030,37 @@ def _structural(node: Any, defs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def axon_crd(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """The Axon CRD (`axons.ranvier.dev`) embedding the Axon JSON Schema's `spec`."""
+MYELIN_GROUPS: Final = ("myelinproj.io", "myelin.io")
+
+# What `kubectl get axons` shows, from the `.status` the Axon controller writes.
+PRINTER_COLUMNS: Final = (
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Generation", "type": "integer", "jsonPath": ".status.observedGeneration"},
+    {
+        "name": "Valid",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Valid")].status',
+    },
+    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+)
+
+
+def axon_crd(schema: Mapping[str, Any], group: str = GROUP) -> dict[str, Any]:
+    """The Axon CRD (`axons.<group>`: ours, or one of Myelin's) embedding the Axon JSON Schema's
+    `spec`, with the status subresource and printer columns the Axon controller fills."""
     defs = schema.get("$defs", {})
     spec = _structural(schema["properties"]["spec"], defs)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{PLURAL}.{GROUP}",
+            "name": f"{PLURAL}.{group}",
             "labels": {MANAGED_BY: MANAGER},
             "annotations": {"ranvier.dev/generated-from": "manifests/schema/axon.schema.json"},
         },
         "spec": {
-            "group": GROUP,
+            "group": group,
             "scope": "Namespaced",
             "names": {
                 "kind": KIND,
@@ -1075,6 +1092,7 @@ def axon_crd(schema: Mapping[str, Any]) -> dict[str, Any]:
                         }
                     },
                     "subresources": {"status": {}},
+                    "additionalPrinterColumns": [dict(c) for c in PRINTER_COLUMNS],
                 }
             ],
         },

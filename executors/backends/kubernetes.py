@@ -579,19 +579,53 @@ class KubernetesBackend:
         """Nothing is lost by an executor restart: Jobs keep running, the watcher reports them."""
         return []
 
-    async def delete_axon(self, axon: Axon) -> None:
-        """Delete the anchor ConfigMap; the garbage collector deletes what it owns."""
-        name = k8s.anchor_name(axon.metadata.name)
-        try:
-            await self._call(
+    async def delete_axon(self, namespace: str, axon: str) -> list[str]:
+        """Delete what an Axon created: its Jobs, Deployments, Services and anchor ConfigMap
+        (whose garbage collection takes the store's claim along). Objects are found by the
+        Axon's label and checked here too, so a server that ignores selectors deletes nothing
+        else; each deletion is idempotent (another executor may have done it). Returns the
+        `Kind/name`s deleted."""
+        selector = f"{k8s.MANAGED_BY}={k8s.MANAGER},{k8s.L_AXON}={k8s.label_value(axon)}"
+        kinds: tuple[tuple[str, Callable[..., Any], Callable[..., Any]], ...] = (
+            ("Job", self._batch.list_namespaced_job, self._batch.delete_namespaced_job),
+            (
+                "Deployment",
+                self._apps.list_namespaced_deployment,
+                self._apps.delete_namespaced_deployment,
+            ),
+            ("Service", self._core.list_namespaced_service, self._core.delete_namespaced_service),
+            (
+                "ConfigMap",
+                self._core.list_namespaced_config_map,
                 self._core.delete_namespaced_config_map,
-                name,
-                axon.metadata.namespace,
-                propagation_policy="Background",
-            )
-        except Exception as exc:
-            if self._status(exc) != 404:
-                raise self._api_error(exc, f"deleting ConfigMap {name}") from None
+            ),
+        )
+        deleted: list[str] = []
+        for kind, list_fn, delete_fn in kinds:
+            try:
+                listed = await self._call(list_fn, namespace, label_selector=selector)
+            except Exception as exc:
+                if self._status(exc) == 404:
+                    continue
+                raise self._api_error(exc, f"listing {kind}s of Axon {namespace}/{axon}") from None
+            for item in listed.get("items") or []:
+                meta = item.get("metadata") or {}
+                labels = meta.get("labels") or {}
+                if labels.get(k8s.L_AXON) != k8s.label_value(axon) or (
+                    labels.get(k8s.MANAGED_BY) != k8s.MANAGER
+                ):
+                    continue
+                try:
+                    await self._call(
+                        delete_fn, meta["name"], namespace, propagation_policy="Background"
+                    )
+                except Exception as exc:
+                    if self._status(exc) != 404:
+                        raise self._api_error(exc, f"deleting {kind} {meta['name']}") from None
+                    continue
+                deleted.append(f"{kind}/{meta['name']}")
+        log.info("k8s.axon_deleted", namespace=namespace, axon=axon, deleted=deleted)
+        return deleted
 
 
 def _as_list(value: Any) -> list[Any]:

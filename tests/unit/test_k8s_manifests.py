@@ -25,7 +25,7 @@ def documents(path: Path) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(MANIFESTS)))
 def test_manifests_validate_strictly(path: Path) -> None:
     for doc in documents(path):
-        if doc["kind"] == "Kustomization":
+        if doc["kind"] in ("Kustomization", "Component"):
             for resource in doc.get("resources", []):
                 assert (path.parent / resource).exists(), f"{path}: {resource} does not exist"
             continue
@@ -41,6 +41,31 @@ def test_the_crd_is_generated_from_the_checked_in_schema(
     assert crd == axon_crd(checked_in), "regenerate: ranvier k8s crd > manifests/crd/axon.yaml"
     assert main(["k8s", "crd"]) == 0
     assert capsys.readouterr().out == (MANIFESTS / "crd" / "axon.yaml").read_text()
+    for group in ("myelinproj.io", "myelin.io"):
+        assert main(["k8s", "crd", "--group", group]) == 0
+        path = MANIFESTS / "crd" / "myelin" / f"axon.{group}.yaml"
+        assert capsys.readouterr().out == path.read_text(), f"regenerate {path}"
+        (myelin,) = documents(path)
+        assert myelin["spec"]["group"] == group
+        assert myelin["spec"]["versions"] == crd["spec"]["versions"]
+    (component,) = documents(MANIFESTS / "crd" / "myelin" / "kustomization.yaml")
+    assert component["kind"] == "Component"
+    assert component["resources"] == ["axon.myelinproj.io.yaml", "axon.myelin.io.yaml"]
+
+
+def test_the_crd_prints_phase_endpoint_and_validity() -> None:
+    (crd,) = documents(MANIFESTS / "crd" / "axon.yaml")
+    (version,) = crd["spec"]["versions"]
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Phase"] == ".status.phase"
+    assert columns["Endpoint"] == ".status.endpoint"
+    assert "Valid" in columns["Valid"]
+    assert version["subresources"] == {"status": {}}
+
+
+def test_the_unknown_crd_group_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["k8s", "crd", "--group", "example.com"]) == 1
+    assert "no Axon CRD for group 'example.com'" in capsys.readouterr().err
 
 
 def _nodes(node: Any) -> list[dict[str, Any]]:
