@@ -457,6 +457,8 @@ class ExecutorRunner:
             record = TaskRun.from_json(raw[0]) if raw is not None else None
         if record is None:
             record = TaskRun.new(request, run_id or new_id(), self.executor_id)
+        if record.phase not in FINAL and run_id and await self._adopt(request, received, record):
+            return
         if record.phase not in FINAL:
             message = (
                 f"lost: the executor that claimed it ({record.executor or 'unknown'}) stopped "
@@ -470,6 +472,44 @@ class ExecutorRunner:
         log.info("executor.duplicate", action_key=key, run_id=record.id, phase=record.phase)
         await self._publish(record.lifecycle())
         await received.ack()
+
+    async def _adopt(self, request: ActionRequest, received: Received, record: TaskRun) -> bool:
+        """Take over a run whose executor stopped while the backend still runs it (a Job on
+        the cluster): wait for its end here, report it and ack. False when the backend cannot
+        adopt it (the local backend's processes died with their executor)."""
+        adopt = getattr(self.backend, "adopt", None)
+        if adopt is None:
+            return False
+        try:
+            loaded = await load_axon(
+                self.axons, request.namespace, request.axon, request.generation
+            )
+        except RunnerError:
+            return False
+        if loaded is None or loaded.deleted:
+            return False
+        key = request.idempotency_key
+        live = _Live(request, record, [received])
+        self._live[key] = live
+        keepalive = asyncio.create_task(self._keepalive(live))
+        try:
+            outcome = await adopt(request, loaded.axon, record.id)
+            if outcome is None:
+                return False
+            log.info("executor.adopted", action_key=key, run_id=record.id)
+            data = outcome.to_lifecycle(request).model_copy(update={"run_id": record.id})
+            if request.kind == "trainer":
+                await self._register_version(request, record.id, data)
+            await self._report(record, data)
+        except RanvierError as exc:
+            log.info("executor.adopt_failed", action_key=key, error=str(exc))
+            return False
+        finally:
+            keepalive.cancel()
+            self._live.pop(key, None)
+        for delivery in live.deliveries:
+            await delivery.ack()
+        return True
 
     async def _execute(self, live: _Live) -> Outcome:
         request, record = live.request, live.record

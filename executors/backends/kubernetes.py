@@ -370,6 +370,56 @@ class KubernetesBackend:
             outputs.update(await self.job_metrics(axon.metadata.namespace, name))
         return phase, message, outputs
 
+    async def adopt(self, request: ActionRequest, axon: Axon, run_id: str) -> RunOutcome | None:
+        """Follow to its end the Job of a run another executor started and did not finish
+        (it was killed); None when there is no such Job (nothing to adopt: the run is lost).
+
+        The Job keeps running whoever watches it; what the stopped executor would have
+        reported at the end (phase, model version, a trainer's metrics) is read from the Job
+        and its pod, so the run finishes once, reported by its new executor.
+        """
+        if request.kind == "deployer":
+            return None  # a deploy is re-planned, not adopted: it is quick and idempotent
+        try:
+            task = k8s.check_runnable(axon, request.kind, request.task)
+        except k8s.RenderError:
+            return None
+        ns = axon.metadata.namespace
+        name = k8s.job_name(axon.metadata.name, task.name, run_id)
+        try:
+            job = await self._call(self._batch.read_namespaced_job, name, ns)
+        except Exception as exc:
+            if self._status(exc) == 404:
+                return None
+            raise self._api_error(exc, f"reading Job {ns}/{name}") from None
+        meta = job.get("metadata") or {}
+        started = utcnow()
+        live = _Live(request, ns, jobs=[name])
+        self._live[run_id] = live
+        log.info("k8s.adopted", job=name, run_id=run_id, task=task.name)
+        try:
+            phase, message = await self._wait_job(ns, name, live)
+        finally:
+            self._live.pop(run_id, None)
+        outputs: dict[str, Any] = {"job": name}
+        image = (meta.get("annotations") or {}).get(k8s.A_IMAGE)
+        if image:
+            outputs["image"] = image
+        version = (meta.get("labels") or {}).get(k8s.L_MODEL_VERSION)
+        if version is not None:
+            run = k8s.Run(request, run_id, model_version=str(version))
+            number = int(version) if str(version).isdigit() else version
+            outputs.update(version=number, model_path=k8s.model_path(task, run))
+        if task.kind == "train" and phase == "Succeeded":
+            outputs.update(await self.job_metrics(ns, name))
+        return RunOutcome(
+            run_id,
+            "Succeeded" if phase == "Succeeded" else "Failed",
+            message,
+            outputs=outputs,
+            started=started,
+        )
+
     async def job_metrics(self, namespace: str, job: str) -> dict[str, Any]:
         """A finished trainer Job's metrics, from its pod's termination message.
 
