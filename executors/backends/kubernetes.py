@@ -621,9 +621,11 @@ class KubernetesBackend:
         return ids
 
     async def shutdown(self, reason: str = "cancelled: executor shut down") -> None:
-        """Stop every live run (unfinished Jobs are deleted) and refuse new ones."""
+        """Refuse new runs; the live ones are left running on the cluster. The runner stops
+        waiting for them without acking their actions, so another executor (or this one,
+        restarted) adopts their Jobs when the actions come back (`adopt`)."""
+        del reason  # nothing is cancelled
         self._closed = True
-        await asyncio.gather(*(self.cancel(rid, reason) for rid in list(self._live)))
 
     async def recover(self) -> list[Lost]:
         """Nothing is lost by an executor restart: Jobs keep running, the watcher reports them."""

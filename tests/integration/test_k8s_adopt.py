@@ -1,5 +1,5 @@
-"""An executor SIGKILLed while its Job runs: the next executor adopts the Job, the run finishes
-once, and the Job is not deleted.
+"""An executor SIGKILLed (or SIGTERMed) while its Job runs: the next executor adopts the Job,
+the run finishes once, and the Job is not deleted.
 
 Real processes: `ranvier run --role executor --backend kubernetes` twice (the first one killed
 with SIGKILL while its trainer Job runs), the engine and watcher roles in the test process, a
@@ -100,6 +100,9 @@ class Executor:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._reader.join(timeout=5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
 
 
 def _environ() -> dict[str, str]:
@@ -114,9 +117,16 @@ def executors() -> Iterator[list[Executor]]:
         one.stop()
 
 
-async def test_a_killed_executors_job_is_adopted_and_its_run_finishes_once(
-    bus: Bus, nats_server: EmbeddedServer, env: Env, tmp_path: Path, executors: list[Executor]
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+async def test_a_stopped_executors_job_is_adopted_and_its_run_finishes_once(  # noqa: PLR0917 - fixtures
+    how: str,
+    bus: Bus,
+    nats_server: EmbeddedServer,
+    env: Env,
+    tmp_path: Path,
+    executors: list[Executor],
 ) -> None:
+    """SIGKILL: a crash. SIGTERM: a rolling update; the Job is left running, not deleted."""
     options = RoleOptions(
         tmp_path / "plane",
         backend="kubernetes",
@@ -135,8 +145,12 @@ async def test_a_killed_executors_job_is_adopted_and_its_run_finishes_once(
         await set_job_status(env, job["metadata"]["name"], RUNNING)
         await eventually(lambda: _phases(bus, "Running"), "the first executor reported Running")
 
-        first.proc.kill()  # SIGKILL: no hand-over, nothing cleaned up
-        first.proc.wait()
+        if how == "SIGKILL":
+            first.proc.kill()  # no hand-over, nothing cleaned up
+        else:
+            first.proc.terminate()
+        code = await asyncio.to_thread(first.proc.wait, 60)
+        assert code in (0, -9), "".join(first.lines)
         second = Executor(nats_server.url, env, tmp_path / "b")
         executors.append(second)
         # the action is redelivered after its ack wait; the second executor takes the Job over
