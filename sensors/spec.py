@@ -568,15 +568,37 @@ class DeployTask(TaskBody):
 
 
 class SparkSpec(_Model):
-    """spark-submit settings."""
+    """spark-submit settings, in Myelin's names or the Spark operator's."""
 
-    properties: str | None = Field(None, description="spark-defaults style properties.")
+    properties: str | None = Field(
+        None, description="spark-defaults style properties (`key value` per line)."
+    )
     class_: str | None = Field(None, alias="class", description="Main class.")
+    main_class: str | None = Field(
+        None, alias="mainClass", description="Main class (the Spark operator's name for class)."
+    )
     jars: list[str] = Field(default_factory=list, description="Jars to add.")
     main_application_file: str | None = Field(
         None, alias="mainApplicationFile", description="Application jar or Python file."
     )
+    application_file: str | None = Field(
+        None,
+        alias="applicationFile",
+        description="Application jar or Python file (Myelin's name for mainApplicationFile).",
+    )
     arguments: list[str] = Field(default_factory=list, description="Application arguments.")
+    args: list[str] = Field(
+        default_factory=list, description="Application arguments (Myelin's name for arguments)."
+    )
+    spark_conf: dict[str, ScalarStr] = Field(
+        default_factory=dict, alias="sparkConf", description="Spark configuration properties."
+    )
+    spark_version: str | None = Field(
+        None, alias="sparkVersion", description="Spark version of the image (operator field)."
+    )
+    type: Literal["Java", "Python", "Scala", "R"] | None = Field(
+        None, description="Application language (default: Python for a .py file, else Scala)."
+    )
 
 
 class SparkTask(TaskBody):
