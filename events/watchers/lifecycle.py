@@ -100,6 +100,38 @@ def job_phase(obj: Mapping[str, Any]) -> tuple[Phase, str]:
     return "Pending", ""
 
 
+_SPARK_STATES: dict[str, Phase] = {
+    "COMPLETED": "Succeeded",
+    "FAILED": "Failed",
+    "SUBMISSION_FAILED": "Failed",
+    "RUNNING": "Running",
+    "SUCCEEDING": "Running",
+    "FAILING": "Running",
+}
+
+
+def spark_phase(obj: Mapping[str, Any]) -> tuple[Phase, str]:
+    """The phase of a SparkApplication from the operator's `status.applicationState.state`
+    (COMPLETED; FAILED or SUBMISSION_FAILED; RUNNING and its way to an end; else Pending)."""
+    state = ((obj.get("status") or {}).get("applicationState") or {}) or {}
+    phase = _SPARK_STATES.get(str(state.get("state") or "").upper(), "Pending")
+    message = str(state.get("errorMessage") or "") if phase == "Failed" else ""
+    return phase, message or ("spark application failed" if phase == "Failed" else "")
+
+
+def tfjob_phase(obj: Mapping[str, Any]) -> tuple[Phase, str]:
+    """The phase of a TFJob from the training operator's conditions (Succeeded, Failed,
+    Running; Created or none: Pending)."""
+    conds = _conditions(obj.get("status") or {})
+    if _true(conds.get("Failed")):
+        return "Failed", _why(conds["Failed"]) or "tfjob failed"
+    if _true(conds.get("Succeeded")):
+        return "Succeeded", ""
+    if _true(conds.get("Running")) or _true(conds.get("Restarting")):
+        return "Running", ""
+    return "Pending", ""
+
+
 def deployment_phase(obj: Mapping[str, Any]) -> tuple[Phase, str]:
     """The phase of a model server's Deployment: Succeeded once every replica is available."""
     status = obj.get("status") or {}
@@ -523,6 +555,8 @@ __all__ = [
     "observe",
     "phase_of",
     "run_event_id",
+    "spark_phase",
+    "tfjob_phase",
     "to_lifecycle",
     "transitions",
 ]

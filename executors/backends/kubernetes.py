@@ -36,7 +36,13 @@ import structlog
 
 from events.errors import RanvierError
 from events.model import ActionRequest, LifecycleData, Phase, new_id, utcnow
-from events.watchers.lifecycle import MERGE_PATCH, deployment_phase, job_phase
+from events.watchers.lifecycle import (
+    MERGE_PATCH,
+    deployment_phase,
+    job_phase,
+    spark_phase,
+    tfjob_phase,
+)
 from executors.backends import k8s_objects as k8s
 from executors.backends.base import Lost, lifecycle
 from executors.backends.local import RunOutcome
@@ -88,6 +94,8 @@ class _Live:
     request: ActionRequest
     namespace: str
     jobs: list[str] = field(default_factory=list)
+    operated: list[tuple[str, str]] = field(default_factory=list)
+    """(kind, name) of the SparkApplications and TFJobs the run created."""
     cancel_reason: str | None = None
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -351,18 +359,25 @@ class KubernetesBackend:
                 )
             )
         run = k8s.Run(request, run_id, model_version=None if version is None else str(version))
-        job = k8s.task_job(axon, task, run, image, settings=self.settings, owner=owner)
-        name = job["metadata"]["name"]
+        job = k8s.task_object(axon, task, run, image, settings=self.settings, owner=owner)
+        name, kind = job["metadata"]["name"], job["kind"]
         if live.cancelled.is_set():
             return "Failed", live.cancel_reason or "cancelled", {}
-        await self._create(job)
-        live.jobs.append(name)
+        if kind == "Job":
+            await self._create(job)
+            live.jobs.append(name)
+        else:
+            await self._create_operated(job)
+            live.operated.append((kind, name))
         if live.cancel_reason is not None:  # cancelled while the Job was being created
             await self._delete_jobs(live)
             return "Failed", live.cancel_reason, {}
         if on_running is not None:
-            await on_running(KubeStarted(run_id, "Job", (name,), axon.metadata.namespace, image))
-        phase, message = await self._wait_job(axon.metadata.namespace, name, live)
+            await on_running(KubeStarted(run_id, kind, (name,), axon.metadata.namespace, image))
+        if kind == "Job":
+            phase, message = await self._wait_job(axon.metadata.namespace, name, live)
+        else:
+            phase, message = await self._wait_operated(axon.metadata.namespace, kind, name, live)
         outputs: dict[str, Any] = {"job": name, "image": image}
         if version is not None:
             outputs.update(version=version, model_path=k8s.model_path(task, run))
@@ -569,6 +584,49 @@ class KubernetesBackend:
             self._batch.read_namespaced_job_status, namespace, name, live, job_phase
         )
 
+    def _operated_api(self, kind: str) -> tuple[str, str, str]:
+        """(group, version, plural) of an operator's kind."""
+        if kind == k8s.SPARK_KIND:
+            group, version = k8s.SPARK_API.split("/")
+            return group, version, k8s.SPARK_PLURAL
+        group, version = k8s.TFJOB_API.split("/")
+        return group, version, k8s.TFJOB_PLURAL
+
+    async def _create_operated(self, obj: Mapping[str, Any]) -> None:
+        """Create a SparkApplication or TFJob; one that exists already is fine (a retry)."""
+        kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+        group, version, plural = self._operated_api(kind)
+        try:
+            await self._call(
+                self._custom.create_namespaced_custom_object, group, version, ns, plural, dict(obj)
+            )
+        except Exception as exc:
+            status = self._status(exc)
+            if status == 404:
+                raise ClusterError(
+                    f"creating {kind} {ns}/{name}: the cluster does not know {kind}",
+                    hint="install the Spark operator (kubeflow/spark-operator)"
+                    if kind == k8s.SPARK_KIND
+                    else "install the Kubeflow training operator (kubeflow/training-operator)",
+                ) from None
+            if status != 409:
+                raise self._api_error(exc, f"creating {kind} {ns}/{name}") from None
+        else:
+            log.info("k8s.created", kind=kind, namespace=ns, name=name)
+
+    async def _wait_operated(
+        self, namespace: str, kind: str, name: str, live: _Live
+    ) -> tuple[Phase, str]:
+        group, version, plural = self._operated_api(kind)
+
+        def read(name: str, namespace: str, **kwargs: Any) -> Any:
+            return self._custom.get_namespaced_custom_object(
+                group, version, namespace, plural, name, **kwargs
+            )
+
+        phase_of = spark_phase if kind == k8s.SPARK_KIND else tfjob_phase
+        return await self._poll(read, namespace, name, live, phase_of)
+
     async def _wait_deployment(self, namespace: str, name: str, live: _Live) -> tuple[Phase, str]:
         return await self._poll(
             self._apps.read_namespaced_deployment_status, namespace, name, live, deployment_phase
@@ -593,7 +651,23 @@ class KubernetesBackend:
         return True
 
     async def _delete_jobs(self, live: _Live) -> None:
-        """Delete a cancelled run's Jobs (not shared builds); gone already is fine."""
+        """Delete a cancelled run's Jobs (not shared builds), SparkApplications and TFJobs;
+        gone already is fine."""
+        for kind, name in list(live.operated):
+            group, version, plural = self._operated_api(kind)
+            try:
+                await self._call(
+                    self._custom.delete_namespaced_custom_object,
+                    group,
+                    version,
+                    live.namespace,
+                    plural,
+                    name,
+                    propagation_policy="Background",
+                )
+            except Exception as exc:
+                if self._status(exc) != 404:
+                    log.warning("k8s.cancel_failed", name=name, error=str(exc))
         for name in list(live.jobs):
             if "-build-" in name:
                 continue  # a build is shared by concurrent runs of the same image
@@ -676,6 +750,35 @@ class KubernetesBackend:
                         raise self._api_error(exc, f"deleting {kind} {meta['name']}") from None
                     continue
                 deleted.append(f"{kind}/{meta['name']}")
+        for kind in (k8s.SPARK_KIND, k8s.TFJOB_KIND):
+            group, version, plural = self._operated_api(kind)
+            try:
+                listed = await self._call(
+                    self._custom.list_namespaced_custom_object,
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    label_selector=selector,
+                )
+            except Exception as exc:
+                if self._status(exc) == 404:
+                    continue  # the operator is not installed: nothing of this kind
+                raise self._api_error(exc, f"listing {kind}s of Axon {namespace}/{axon}") from None
+            for item in listed.get("items") or []:
+                meta = item.get("metadata") or {}
+                if (meta.get("labels") or {}).get(k8s.L_AXON) != k8s.label_value(axon):
+                    continue
+                with contextlib.suppress(Exception):  # gone already, or being deleted
+                    await self._call(
+                        self._custom.delete_namespaced_custom_object,
+                        group,
+                        version,
+                        namespace,
+                        plural,
+                        meta["name"],
+                    )
+                    deleted.append(f"{kind}/{meta['name']}")
         log.info("k8s.axon_deleted", namespace=namespace, axon=axon, deleted=deleted)
         return deleted
 
