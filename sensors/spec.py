@@ -429,6 +429,20 @@ class ImageBuild(_Model):
     dockerfile: Dockerfile | None = Field(None, description="Build with a Dockerfile.")
     s2i: S2I | None = Field(None, description="Build with source-to-image.")
     tag: str | None = Field(None, description="Image tag; derived from the sources when unset.")
+    check_image_exists: bool = Field(
+        True,
+        alias="checkImageExists",
+        description="Skip the build when the image is already in the registry (false: always "
+        "build).",
+    )
+    volume_mounts: list[dict[str, Any]] = Field(
+        default_factory=list,
+        alias="volumeMounts",
+        description="Kubernetes volumeMounts of the build container (e.g. a secret it reads).",
+    )
+    volumes: list[dict[str, Any]] = Field(
+        default_factory=list, description="Kubernetes volumes of the build pod (for volumeMounts)."
+    )
 
     @model_validator(mode="after")
     def _one_method(self) -> ImageBuild:

@@ -1105,13 +1105,13 @@ def build_job(
             f"--destination={image}",
             "--cache=true",
         ],
-        "volumeMounts": mounts,
+        "volumeMounts": [*mounts, *copy.deepcopy(build.volume_mounts)],
     }
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "initContainers": [clone],
         "containers": [kaniko],
-        "volumes": volumes,
+        "volumes": [*volumes, *copy.deepcopy(build.volumes)],
     }
     if axon.spec.service_account_name:
         pod["serviceAccountName"] = axon.spec.service_account_name

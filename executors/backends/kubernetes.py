@@ -279,7 +279,7 @@ class KubernetesBackend:
         build = task.body.image_build
         if build is None:
             return image
-        if self.check_image_exists and await self.image_exists(image):
+        if self.check_image_exists and build.check_image_exists and await self.image_exists(image):
             log.info("k8s.image_exists", task=task.name, image=image)
             return image
         job = k8s.build_job(axon, task, self.settings, owner)  # RenderError for s2i

@@ -222,3 +222,40 @@ spec:
 """
     with pytest.raises(k8s.RenderError, match=message):
         k8s.render_axon(load_axon_text(text, "x.yaml"), SETTINGS)
+
+
+def test_myelin_image_build_extras_reach_the_build_job() -> None:
+    text = """
+apiVersion: myelinproj.io/v1alpha1
+kind: Axon
+metadata: {name: build}
+spec:
+  artifacts:
+    - {name: src, path: /src, git: {repo: "https://example.com/r.git", revision: main}}
+  tasks:
+    - name: Agg
+      spark:
+        imageBuild:
+          checkImageExists: false
+          repositoryName: agg
+          artifact: src
+          buildLocation: /src/agg
+          dockerfile: {path: Dockerfile}
+          volumeMounts: [{name: key, mountPath: /src/agg/secrets}]
+          volumes: [{name: key, secret: {secretName: gcs-key}}]
+        sparkSpec: {class: a.B, jars: [local:///opt/app.jar]}
+  sensors:
+    - {name: go, tasks: [{resourceExecutor: {task: Agg}}]}
+"""
+    axon = load_axon_text(text, "build.yaml")
+    task = axon.spec.task("Agg")
+    assert task is not None
+    assert task.body.image_build is not None
+    assert task.body.image_build.check_image_exists is False
+    (build,) = [
+        o for o in k8s.render_axon(axon, SETTINGS)[0] if o["metadata"]["name"].find("-build-") > 0
+    ]
+    validate(build)
+    pod = build["spec"]["template"]["spec"]
+    assert {"name": "key", "secret": {"secretName": "gcs-key"}} in pod["volumes"]
+    assert {"name": "key", "mountPath": "/src/agg/secrets"} in pod["containers"][0]["volumeMounts"]
