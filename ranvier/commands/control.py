@@ -964,13 +964,24 @@ def logs(
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
     namespace: Namespace = "default",
+    kube_api_url: Annotated[
+        str | None,
+        typer.Option(
+            "--kube-api-url",
+            envvar="RANVIER_KUBE_API_URL",
+            help="Runs on Kubernetes: the API server (plain HTTP, e.g. kubectl proxy); "
+            "default: KUBECONFIG, else the pod's service account.",
+        ),
+    ] = None,
     connection: Connection,
 ) -> None:
-    """Print a task run's log (stdout and stderr of its process)."""
+    """Print a task run's log (stdout and stderr of its process, or its pods' on Kubernetes)."""
     settings = connection.settings()
 
     async def body(bus: Bus) -> None:
         run = _pick_run(await _task_runs(bus, namespace, axon, task), run_id, axon, task)
+        if not run.log_path and await _cluster_log(run, follow, kube_api_url):
+            return
         if not run.log_path:
             raise AppError(f"run {run.id} of {task} has no log ({run.phase}: {run.message})")
         path = Path(run.log_path)
@@ -989,6 +1000,29 @@ def logs(
             _copy(source, sink)
 
     run_command(_read_only(settings, body))
+
+
+async def _cluster_log(run: TaskRun, follow: bool, kube_api_url: str | None) -> bool:
+    """Print the pod logs of a run on Kubernetes; False when the run ran elsewhere."""
+    from executors.backends.kubernetes import (  # slow: only for runs on a cluster
+        api_client_for,
+        run_log_chunks,
+        run_object,
+    )
+
+    found = run_object(run.outputs)
+    if found is None:
+        return False
+    kind, name = found
+    api = api_client_for(api_url=kube_api_url)
+    shown: str | None = None
+    async for pod, chunk in run_log_chunks(api, run.namespace, kind, name, follow=follow):
+        if pod != shown:
+            typer.echo(f"==> pod {pod} <==", err=True)
+            shown = pod
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+    return True
 
 
 def register(app: typer.Typer) -> None:
