@@ -28,6 +28,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -705,6 +706,51 @@ class KubernetesBackend:
         """Nothing is lost by an executor restart: Jobs keep running, the watcher reports them."""
         return []
 
+    async def delete_unrouted_servers(
+        self, namespace: str, axon: str, routed: set[str], *, older_than: float
+    ) -> list[str]:
+        """Delete the model-server Deployments (and their Services) of an Axon whose name is
+        not in `routed` and that were created more than `older_than` seconds ago (a younger
+        one may belong to a deploy that has not written its routes yet). The names deleted."""
+        selector = (
+            f"{k8s.MANAGED_BY}={k8s.MANAGER},{k8s.L_AXON}={k8s.label_value(axon)},"
+            f"{k8s.L_ROLE}={k8s.ROLE_SERVER}"
+        )
+        try:
+            listed = await self._call(
+                self._apps.list_namespaced_deployment, namespace, label_selector=selector
+            )
+        except Exception as exc:
+            raise self._api_error(exc, f"listing the servers of Axon {namespace}/{axon}") from None
+        now = utcnow()
+        deleted: list[str] = []
+        for item in listed.get("items") or []:
+            meta = item.get("metadata") or {}
+            labels = meta.get("labels") or {}
+            name = str(meta.get("name"))
+            if (
+                labels.get(k8s.L_AXON) != k8s.label_value(axon)
+                or labels.get(k8s.L_ROLE) != k8s.ROLE_SERVER
+                or name in routed
+            ):
+                continue
+            created = _timestamp(meta.get("creationTimestamp"))
+            if created is None or (now - created).total_seconds() < older_than:
+                continue
+            for delete in (
+                self._apps.delete_namespaced_deployment,
+                self._core.delete_namespaced_service,
+            ):
+                try:
+                    await self._call(delete, name, namespace, propagation_policy="Background")
+                except Exception as exc:
+                    if self._status(exc) != 404:
+                        raise self._api_error(exc, f"deleting server {name}") from None
+            deleted.append(name)
+        if deleted:
+            log.info("k8s.servers_collected", namespace=namespace, axon=axon, deleted=deleted)
+        return deleted
+
     async def delete_axon(self, namespace: str, axon: str) -> list[str]:
         """Delete what an Axon created: its Jobs, Deployments, Services and anchor ConfigMap
         (whose garbage collection takes the store's claim along). Objects are found by the
@@ -856,6 +902,16 @@ async def run_log_chunks(
                 yield pod, chunk
         finally:
             stream.release_conn()
+
+
+def _timestamp(value: object) -> datetime | None:
+    """An API server timestamp (`2025-01-01T00:00:00Z`) as an aware datetime, else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _as_list(value: Any) -> list[Any]:
