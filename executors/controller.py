@@ -213,16 +213,16 @@ class AxonController:
             self.watching.add(group)
             items = listed.get("items") or []
             present = {_key(group, item) for item in items}
-            for key in [k for k in self.known if k[0] == group and k not in present]:
-                await self._deleted(self.known[key])
-            for item in items:
-                await self._seen(group, item)
             version = (listed.get("metadata") or {}).get("resourceVersion")
             try:
+                for key in [k for k in self.known if k[0] == group and k not in present]:
+                    await self._deleted(self.known[key])
+                for item in items:
+                    await self._seen(group, item)
                 await self._watch(group, version)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # the bus or the API server away: list again and go on
                 bound.info("axon_controller.watch_dropped", error=_reason(exc))
                 await asyncio.sleep(self.retry_delay)
 
@@ -320,7 +320,10 @@ class AxonController:
             "Submitted",
             f"generation {generation} submitted (stored {stored.generation})",
         )
-        await self._refresh(known)
+        try:
+            await self._refresh(known)
+        except Exception as exc:  # submitted all the same: the status loop writes it later
+            log.warning("axon_controller.status_failed", axon=known.name, error=_reason(exc))
 
     async def _deleted(self, known: _Known) -> None:
         self.known.pop((known.group, known.namespace, known.name), None)
