@@ -379,7 +379,7 @@ class KubernetesBackend:
             phase, message = await self._wait_job(axon.metadata.namespace, name, live)
         else:
             phase, message = await self._wait_operated(axon.metadata.namespace, kind, name, live)
-        outputs: dict[str, Any] = {"job": name, "image": image}
+        outputs: dict[str, Any] = {kind.lower(): name, "image": image}
         if version is not None:
             outputs.update(version=version, model_path=k8s.model_path(task, run))
         if task.kind == "train" and phase == "Succeeded":
@@ -402,22 +402,42 @@ class KubernetesBackend:
             return None
         ns = axon.metadata.namespace
         name = k8s.job_name(axon.metadata.name, task.name, run_id)
+        kind = (
+            k8s.SPARK_KIND
+            if task.kind == "spark"
+            else k8s.TFJOB_KIND
+            if k8s.is_tf_job(task)
+            else "Job"
+        )
         try:
-            job = await self._call(self._batch.read_namespaced_job, name, ns)
+            if kind == "Job":
+                job = await self._call(self._batch.read_namespaced_job, name, ns)
+            else:
+                group, api_version, plural = self._operated_api(kind)
+                job = await self._call(
+                    self._custom.get_namespaced_custom_object, group, api_version, ns, plural, name
+                )
         except Exception as exc:
             if self._status(exc) == 404:
                 return None
-            raise self._api_error(exc, f"reading Job {ns}/{name}") from None
+            raise self._api_error(exc, f"reading {kind} {ns}/{name}") from None
         meta = job.get("metadata") or {}
         started = utcnow()
-        live = _Live(request, ns, jobs=[name])
+        live = _Live(request, ns)
+        if kind == "Job":
+            live.jobs.append(name)
+        else:
+            live.operated.append((kind, name))
         self._live[run_id] = live
-        log.info("k8s.adopted", job=name, run_id=run_id, task=task.name)
+        log.info("k8s.adopted", kind=kind, name=name, run_id=run_id, task=task.name)
         try:
-            phase, message = await self._wait_job(ns, name, live)
+            if kind == "Job":
+                phase, message = await self._wait_job(ns, name, live)
+            else:
+                phase, message = await self._wait_operated(ns, kind, name, live)
         finally:
             self._live.pop(run_id, None)
-        outputs: dict[str, Any] = {"job": name}
+        outputs: dict[str, Any] = {kind.lower(): name}
         image = (meta.get("annotations") or {}).get(k8s.A_IMAGE)
         if image:
             outputs["image"] = image
@@ -426,7 +446,7 @@ class KubernetesBackend:
             run = k8s.Run(request, run_id, model_version=str(version))
             number = int(version) if str(version).isdigit() else version
             outputs.update(version=number, model_path=k8s.model_path(task, run))
-        if task.kind == "train" and phase == "Succeeded":
+        if task.kind == "train" and kind == "Job" and phase == "Succeeded":
             outputs.update(await self.job_metrics(ns, name))
         return RunOutcome(
             run_id,

@@ -78,6 +78,12 @@ def created(env: Env, kind: str) -> list[dict[str, Any]]:
     return env.objects(kind)
 
 
+def reported(env: Env, kind: str) -> str | None:
+    (obj,) = env.objects(kind)
+    found = (obj["metadata"].get("annotations") or {}).get("ranvier.dev/reported")
+    return str(found) if found is not None else None
+
+
 async def test_spark_then_tfjob_run_to_the_end_from_their_status(
     bus: Bus, nats_server: EmbeddedServer, env: Env, tmp_path: Path
 ) -> None:
@@ -92,6 +98,8 @@ async def test_spark_then_tfjob_run_to_the_end_from_their_status(
         await set_status(env, SPARK, name, {"applicationState": {"state": "RUNNING"}})
         await set_status(env, SPARK, name, {"applicationState": {"state": "COMPLETED"}})
 
+        # the watcher role follows the operators' objects too (and marks what it reported)
+        await plane.until(lambda: reported(env, "SparkApplication") == "Succeeded", "reported")
         (tfjob,) = await plane.until(lambda: created(env, "TFJob"), "TFJob")
         validate(tfjob)
         done = {"conditions": [{"type": "Succeeded", "status": "True", "reason": "TFJobSucceeded"}]}
