@@ -7,6 +7,8 @@ metrics port, and records the Service's URL, which `ranvier endpoint` then print
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -20,7 +22,10 @@ import httpx
 import pytest
 import yaml
 
+from events.bus import Bus
 from events.server import EmbeddedServer, free_ports
+from events.subjects import MODELS_BUCKET
+from executors.serving.kv_table import ROUTER_URL_KEY, RouterRole
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +178,23 @@ def test_readyz_fails_with_the_reason_when_nats_is_gone(
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_a_router_with_a_public_url_records_it_and_leaves_it_when_it_stops(
+    bus: Bus,
+) -> None:
+    router = RouterRole(bus, "127.0.0.1", 0, public_url="http://ranvier-router.ns.svc/")
+    task = asyncio.create_task(router.run())
+    async with asyncio.timeout(30):
+        await router.listening.wait()
+    found = await bus.kv_get(MODELS_BUCKET, ROUTER_URL_KEY)
+    assert found is not None
+    assert json.loads(found[0]) == {"url": "http://ranvier-router.ns.svc"}
+    assert router.table_loaded
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # the other replicas still serve the Service: its URL stays recorded
+    after = await bus.kv_get(MODELS_BUCKET, ROUTER_URL_KEY)
+    assert after is not None
+    assert json.loads(after[0]) == {"url": "http://ranvier-router.ns.svc"}
