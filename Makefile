@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 
-.PHONY: test demo install lint typecheck layers unit schema bench clean
+.PHONY: test demo install lint typecheck layers unit schema bench clean image
 
 $(BIN)/ranvier: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,19 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/bus.py --quick
+
+# The control-plane and model-server image (Dockerfile) with whichever engine is installed.
+IMAGE ?= ranvier:dev
+image:
+	@engine=$$(command -v docker || command -v podman || command -v buildah); \
+	if [ -z "$$engine" ]; then \
+		echo "make image: no container engine found; install docker, podman or buildah" >&2; \
+		exit 1; \
+	fi; \
+	case "$$engine" in \
+		*buildah) "$$engine" bud -t $(IMAGE) . ;; \
+		*) "$$engine" build -t $(IMAGE) . ;; \
+	esac
 
 clean:
 	rm -rf $(VENV) .ranvier .ranvier-demo .pytest_cache .mypy_cache .ruff_cache

@@ -24,15 +24,17 @@ the same id, which JetStream's duplicate window drops.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
 import structlog
 
-from events.bus import Bus, RevisionMismatch, kv_key
+from events.bus import Bus, BusError, RevisionMismatch, kv_key
 from events.errors import RanvierError
 from events.model import ActionRequest, LifecycleData, new_id, utcnow
 from events.subjects import MODELS_BUCKET, RUNS_BUCKET
@@ -52,7 +54,7 @@ from executors.deploy_flow import (
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry, ModelVersion
 from executors.runner import TaskRun, lifecycle_event_id, task_run_key
-from executors.serving.routing import RoutingError
+from executors.serving.routing import RoutingError, RoutingTable
 from sensors.spec import Axon
 
 log = structlog.get_logger(__name__)
@@ -118,13 +120,73 @@ class VersionCounter:
 # The deployer
 
 
-class KubernetesDeployer:
-    """The runner's deployer on a cluster: Deployments + Services, then the router's table."""
+DEFAULT_SCALE_DOWN_AFTER: Final = 120.0
 
-    def __init__(self, bus: Bus, backend: KubernetesBackend) -> None:
+
+class KubernetesDeployer:
+    """The runner's deployer on a cluster: Deployments + Services, then the router's table.
+
+    After a deploy, model servers that no route needs any more (a version rolled out of the
+    rolloutSpec) are deleted once `scale_down_after` seconds have passed, so requests already
+    sent to them finish; the routes are read again at that moment, so a newer deploy that
+    routes to a server again keeps it.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        backend: KubernetesBackend,
+        *,
+        scale_down_after: float = DEFAULT_SCALE_DOWN_AFTER,
+    ) -> None:
         self.bus = bus
         self.backend = backend
         self.registry = ModelRegistry(BusKeyValue(bus, MODELS_BUCKET))
+        self.scale_down_after = scale_down_after
+        self._collecting: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    async def routed_servers(self, namespace: str, axon: str) -> set[str]:
+        """The server (Service) names the Axon's router part sends traffic to now."""
+        found = await self.bus.kv_get(MODELS_BUCKET, router_key(namespace, axon))
+        if found is None:
+            return set()
+        table = RoutingTable.model_validate_json(found[0])
+        hosts = {
+            urllib.parse.urlsplit(b.url).hostname or ""
+            for d in table.deployers
+            for m in d.models
+            for b in m.backends
+        }
+        return {h.split(".", 1)[0] for h in hosts if h}
+
+    async def collect_unrouted(self, namespace: str, axon: str) -> list[str]:
+        """Delete the Axon's servers no route needs (older than the grace period)."""
+        routed = await self.routed_servers(namespace, axon)
+        return await self.backend.delete_unrouted_servers(
+            namespace, axon, routed, older_than=self.scale_down_after
+        )
+
+    def _collect_later(self, namespace: str, axon: str) -> None:
+        key = (namespace, axon)
+        previous = self._collecting.get(key)
+        if previous is not None:
+            previous.cancel()  # the newest deploy's grace period counts
+
+        async def later() -> None:
+            await asyncio.sleep(self.scale_down_after)
+            try:
+                await self.collect_unrouted(namespace, axon)
+            except (RanvierError, BusError) as exc:
+                log.warning("deploy.collect_failed", axon=axon, error=str(exc))
+
+        task = asyncio.create_task(later(), name=f"collect-{namespace}-{axon}")
+        self._collecting[key] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._collecting.get(key) is done:
+                del self._collecting[key]
+
+        task.add_done_callback(forget)
 
     async def deploy(
         self,
@@ -139,7 +201,12 @@ class KubernetesDeployer:
         started = utcnow()
         run_id = run_id or new_id()
         bound = log.bind(run_id=run_id, axon=request.axon, deployer=request.task)
-        objects = _Objects(self.backend, axon_dir, on_running)
+        objects = _Objects(
+            self.backend,
+            axon_dir,
+            on_running,
+            retire=lambda: self._collect_later(request.namespace, request.axon),
+        )
         try:
             deployer = deployer_spec(request, axon)
             plan = await plan_deploy(
@@ -161,17 +228,19 @@ class KubernetesDeployer:
         )
 
     async def undeploy_axon(self, namespace: str, name: str) -> None:
-        """Take a deleted Axon out of the router and drop its deployment records.
-
-        Its Deployments and Services go with the Axon's owner object (`delete_axon`).
-        """
+        """Take a deleted Axon out of the router, drop its deployment records and delete what
+        it created on the cluster (Jobs, Deployments, Services, its anchor)."""
         await self.bus.kv_delete(MODELS_BUCKET, router_key(namespace, name))
         prefix = kv_key("deploy", namespace, name)
         for key in await self.bus.kv_keys(MODELS_BUCKET, f"{prefix}.>"):
             await self.bus.kv_delete(MODELS_BUCKET, key)
+        await self.backend.delete_axon(namespace, name)
 
     async def shutdown(self) -> None:
-        """Nothing to stop: model servers are the cluster's Deployments and keep serving."""
+        """Model servers are the cluster's Deployments and keep serving; pending collections
+        are dropped (the next deploy of each Axon schedules its own)."""
+        for task in list(self._collecting.values()):
+            task.cancel()
 
     async def recover(self) -> list[object]:
         """Nothing to restart: Deployments, Services and the router table outlive the executor."""
@@ -195,11 +264,14 @@ class _Objects:
         backend: KubernetesBackend,
         axon_dir: Path,
         on_running: Callable[[Started], Awaitable[None]] | None,
+        *,
+        retire: Callable[[], None],
     ) -> None:
         self.backend = backend
         self.axon_dir = axon_dir
         self.on_running = on_running
         self.servers: list[dict[str, Any]] = []
+        self._retire = retire
 
     async def launch(self, plan: DeployPlan) -> Urls:
         """Apply the objects of every routed version and wait until they serve."""
@@ -236,8 +308,9 @@ class _Objects:
         return {}
 
     async def retire(self, plan: DeployPlan) -> int:
-        """Nothing stopped here: Deployments of versions no longer routed stay until the Axon
-        goes (with its owner object)."""
+        """Servers no longer routed are deleted after the deployer's grace period (requests
+        already sent to them finish): scheduled here, none stopped at once."""
+        self._retire()
         return 0
 
 

@@ -470,6 +470,8 @@ class ExecutorRunner:
             and await self._resume_study(request, received, record, found[1])
         ):
             return
+        if record.phase not in FINAL and run_id and await self._adopt(request, received, record):
+            return
         if record.phase not in FINAL:
             message = (
                 f"lost: the executor that claimed it ({record.executor or 'unknown'}) stopped "
@@ -484,6 +486,16 @@ class ExecutorRunner:
         await self._publish(record.lifecycle())
         await received.ack()
 
+    async def _still_submitted(self, request: ActionRequest) -> LoadedAxon | None:
+        """The Axon (at the request's generation) while it is still submitted, else None."""
+        try:
+            loaded = await load_axon(
+                self.axons, request.namespace, request.axon, request.generation
+            )
+        except RunnerError:
+            return None
+        return None if loaded is None or loaded.deleted else loaded
+
     async def _resume_study(
         self, request: ActionRequest, received: Received, record: TaskRun, claim_revision: int
     ) -> bool:
@@ -491,13 +503,8 @@ class ExecutorRunner:
         this executor now runs it. Any other unfinished run is lost, as the caller reports."""
         if request.kind != "trainer":
             return False
-        try:
-            loaded = await load_axon(
-                self.axons, request.namespace, request.axon, request.generation
-            )
-        except RunnerError:
-            return False
-        if loaded is None or loaded.deleted or not is_study(loaded.axon, request):
+        loaded = await self._still_submitted(request)
+        if loaded is None or not is_study(loaded.axon, request):
             return False
         claim = {
             "run_id": record.id,
@@ -521,6 +528,39 @@ class ExecutorRunner:
         live = _Live(request, record, [received])
         self._live[request.idempotency_key] = live
         await self._run_claimed(live)
+        return True
+
+    async def _adopt(self, request: ActionRequest, received: Received, record: TaskRun) -> bool:
+        """Take over a run whose executor stopped while the backend still runs it (a Job on
+        the cluster): wait for its end here, report it and ack. False when the backend cannot
+        adopt it (the local backend's processes died with their executor)."""
+        adopt = getattr(self.backend, "adopt", None)
+        if adopt is None:
+            return False
+        loaded = await self._still_submitted(request)
+        if loaded is None:
+            return False
+        key = request.idempotency_key
+        live = _Live(request, record, [received])
+        self._live[key] = live
+        keepalive = asyncio.create_task(self._keepalive(live))
+        try:
+            outcome = await adopt(request, loaded.axon, record.id)
+            if outcome is None:
+                return False
+            log.info("executor.adopted", action_key=key, run_id=record.id)
+            data = outcome.to_lifecycle(request).model_copy(update={"run_id": record.id})
+            if request.kind == "trainer":
+                await self._register_version(request, record.id, data)
+            await self._report(record, data)
+        except RanvierError as exc:
+            log.info("executor.adopt_failed", action_key=key, error=str(exc))
+            return False
+        finally:
+            keepalive.cancel()
+            self._live.pop(key, None)
+        for delivery in live.deliveries:
+            await delivery.ack()
         return True
 
     async def _execute(self, live: _Live) -> Outcome:

@@ -132,6 +132,8 @@ class RoleOptions:
     concurrency: int = 16
     router_host: str = "127.0.0.1"
     router_port: int = 0
+    router_public_url: str | None = None
+    """The router's URL for clients (recorded as `router.url`); None: the bound address."""
     prometheus_url: str | None = None
     telemetry: Telemetry | None = None
     kube_api_url: str | None = None
@@ -171,11 +173,14 @@ class WatcherRole:
         telemetry: Telemetry | None,
         prometheus_url: str | None,
         cluster: Any | None = None,
+        controller: Any | None = None,
     ) -> None:
-        """`cluster`: a `LifecycleWatcher` for the kubernetes backend (async context manager)."""
+        """`cluster`: a `LifecycleWatcher` for the kubernetes backend (async context manager);
+        `controller`: the `AxonController` that submits Axon custom objects."""
         self.calendar = CalendarWatcher(bus, calendar_provider(AxonStore(bus)))
         self.metrics = MetricsWatcher(bus, prometheus_url=prometheus_url, telemetry=telemetry)
         self.cluster = cluster
+        self.controller = controller
 
     async def run(self) -> None:
         """Run the watchers; one failing stops (cancels) the others."""
@@ -185,6 +190,8 @@ class WatcherRole:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.calendar.run())
                 group.create_task(self.metrics.run())
+                if self.controller is not None:
+                    group.create_task(self.controller.run())
 
 
 def kubernetes_roles(bus: Bus, options: RoleOptions) -> tuple[Any, Any, Any]:
@@ -222,6 +229,25 @@ def cluster_watcher(bus: Bus, options: RoleOptions) -> Any:
     )
 
 
+def axon_controller(bus: Bus, options: RoleOptions) -> Any:
+    """The Axon controller of the watcher role (kubernetes backend only): Axon custom objects
+    are submitted, their status kept current from what `get axon` reads."""
+    from executors.backends.kubernetes import api_client_for
+    from executors.controller import AxonController
+
+    async def status_of(stored: StoredAxon) -> dict[str, Any]:
+        return await axon_status(bus, stored)
+
+    return AxonController(
+        api_client_for(api_url=options.kube_api_url),
+        bus,
+        status_of,
+        namespace=options.kube_namespace,
+        resync=max(0.1, options.kube_poll_interval),
+        retry_delay=min(1.0, options.kube_poll_interval),
+    )
+
+
 def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[str, Any]:
     """The role objects for `names` (each has `async run()`); errors name what is missing."""
     roles: dict[str, Any] = {}
@@ -253,10 +279,21 @@ def build_roles(bus: Bus, names: Sequence[str], options: RoleOptions) -> dict[st
             if options.telemetry is not None:
                 options.telemetry.add_stats("executor", _executor_stats(runner))
         elif name == "watcher":
-            cluster = cluster_watcher(bus, options) if options.backend == "kubernetes" else None
-            roles[name] = WatcherRole(bus, options.telemetry, options.prometheus_url, cluster)
+            on_cluster = options.backend == "kubernetes"
+            roles[name] = WatcherRole(
+                bus,
+                options.telemetry,
+                options.prometheus_url,
+                cluster_watcher(bus, options) if on_cluster else None,
+                axon_controller(bus, options) if on_cluster else None,
+            )
         elif name == "router":
-            roles[name] = RouterRole(bus, options.router_host, options.router_port)
+            roles[name] = RouterRole(
+                bus,
+                options.router_host,
+                options.router_port,
+                public_url=options.router_public_url,
+            )
         elif name == "api":
             from ranvier.api.role import ApiRole  # it imports this module
 

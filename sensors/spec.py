@@ -430,10 +430,10 @@ class ImageBuild(_Model):
     s2i: S2I | None = Field(None, description="Build with source-to-image.")
     tag: str | None = Field(None, description="Image tag; derived from the sources when unset.")
     check_image_exists: bool = Field(
-        False,
+        True,
         alias="checkImageExists",
-        description="Skip the build when the image's tag is already in the registry (Kubernetes "
-        "backend); the local backend builds no images, so it has no effect there.",
+        description="Skip the build when the image's tag is already in the registry (false: "
+        "always build); Kubernetes backend only: the local backend builds no images.",
     )
     volumes: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -443,7 +443,7 @@ class ImageBuild(_Model):
     volume_mounts: list[dict[str, Any]] = Field(
         default_factory=list,
         alias="volumeMounts",
-        description="Where `volumes` are mounted in the build pod ({name, mountPath}); "
+        description="Where `volumes` are mounted in the build container ({name, mountPath}); "
         "ignored by the local backend.",
     )
 
@@ -708,22 +708,36 @@ class DeployTask(TaskBody):
 
 
 class SparkSpec(_Model):
-    """spark-submit settings."""
+    """spark-submit settings, in Myelin's names or the Spark operator's."""
 
-    properties: str | None = Field(None, description="spark-defaults style properties.")
+    properties: str | None = Field(
+        None, description="spark-defaults style properties (`key value` per line)."
+    )
     class_: str | None = Field(None, alias="class", description="Main class.")
+    main_class: str | None = Field(
+        None, alias="mainClass", description="Main class (the Spark operator's name for class)."
+    )
     jars: list[str] = Field(default_factory=list, description="Jars to add.")
     main_application_file: str | None = Field(
         None, alias="mainApplicationFile", description="Application jar or Python file."
     )
-    arguments: list[str] = Field(default_factory=list, description="Application arguments.")
     application_file: str | None = Field(
         None,
         alias="applicationFile",
-        description="Myelin's name for mainApplicationFile (give one of them).",
+        description="Application jar or Python file (Myelin's name for mainApplicationFile).",
     )
+    arguments: list[str] = Field(default_factory=list, description="Application arguments.")
     args: list[str] = Field(
-        default_factory=list, description="Myelin's name for arguments (appended to them)."
+        default_factory=list, description="Application arguments (Myelin's name for arguments)."
+    )
+    spark_conf: dict[str, ScalarStr] = Field(
+        default_factory=dict, alias="sparkConf", description="Spark configuration properties."
+    )
+    spark_version: str | None = Field(
+        None, alias="sparkVersion", description="Spark version of the image (operator field)."
+    )
+    type: Literal["Java", "Python", "Scala", "R"] | None = Field(
+        None, description="Application language (default: Python for a .py file, else Scala)."
     )
     properties_config_map: str | None = Field(
         None,

@@ -43,7 +43,14 @@ from events.model import ActionRequest, LifecycleData, Phase
 log = structlog.get_logger(__name__)
 
 Publish = Callable[[LifecycleData], Awaitable[None]]
-Kind = Literal["Job", "Deployment"]
+Kind = Literal["Job", "Deployment", "SparkApplication", "TFJob"]
+
+# The operators' kinds: (group, version, plural). Their CRDs may not be installed; a watch of a
+# kind the API server does not know is retried rarely (`absent_retry`).
+OPERATED: Final[dict[str, tuple[str, str, str]]] = {
+    "SparkApplication": ("sparkoperator.k8s.io", "v1beta2", "sparkapplications"),
+    "TFJob": ("kubeflow.org", "v1", "tfjobs"),
+}
 
 MANAGED_SELECTOR: Final = "app.kubernetes.io/managed-by=ranvier"
 A_ACTION: Final = "ranvier.dev/action"
@@ -100,6 +107,38 @@ def job_phase(obj: Mapping[str, Any]) -> tuple[Phase, str]:
     return "Pending", ""
 
 
+_SPARK_STATES: dict[str, Phase] = {
+    "COMPLETED": "Succeeded",
+    "FAILED": "Failed",
+    "SUBMISSION_FAILED": "Failed",
+    "RUNNING": "Running",
+    "SUCCEEDING": "Running",
+    "FAILING": "Running",
+}
+
+
+def spark_phase(obj: Mapping[str, Any]) -> tuple[Phase, str]:
+    """The phase of a SparkApplication from the operator's `status.applicationState.state`
+    (COMPLETED; FAILED or SUBMISSION_FAILED; RUNNING and its way to an end; else Pending)."""
+    state = ((obj.get("status") or {}).get("applicationState") or {}) or {}
+    phase = _SPARK_STATES.get(str(state.get("state") or "").upper(), "Pending")
+    message = str(state.get("errorMessage") or "") if phase == "Failed" else ""
+    return phase, message or ("spark application failed" if phase == "Failed" else "")
+
+
+def tfjob_phase(obj: Mapping[str, Any]) -> tuple[Phase, str]:
+    """The phase of a TFJob from the training operator's conditions (Succeeded, Failed,
+    Running; Created or none: Pending)."""
+    conds = _conditions(obj.get("status") or {})
+    if _true(conds.get("Failed")):
+        return "Failed", _why(conds["Failed"]) or "tfjob failed"
+    if _true(conds.get("Succeeded")):
+        return "Succeeded", ""
+    if _true(conds.get("Running")) or _true(conds.get("Restarting")):
+        return "Running", ""
+    return "Pending", ""
+
+
 def deployment_phase(obj: Mapping[str, Any]) -> tuple[Phase, str]:
     """The phase of a model server's Deployment: Succeeded once every replica is available."""
     status = obj.get("status") or {}
@@ -124,7 +163,11 @@ def deployment_phase(obj: Mapping[str, Any]) -> tuple[Phase, str]:
 
 
 def phase_of(kind: Kind, obj: Mapping[str, Any]) -> tuple[Phase, str]:
-    """The phase of a Job or a Deployment."""
+    """The phase of a Job, a Deployment, a SparkApplication or a TFJob."""
+    if kind == "SparkApplication":
+        return spark_phase(obj)
+    if kind == "TFJob":
+        return tfjob_phase(obj)
     return job_phase(obj) if kind == "Job" else deployment_phase(obj)
 
 
@@ -248,13 +291,17 @@ class LifecycleWatcher:
         read_timeout: float = 330.0,
         retry_delay: float = 1.0,
         write_back: bool = True,
+        absent_retry: float = 30.0,
     ) -> None:
-        """`namespace` None watches all namespaces; `write_back` records reported phases."""
+        """`namespace` None watches all namespaces; `write_back` records reported phases;
+        `absent_retry`: seconds between looks for an operator kind the cluster does not know."""
         from kubernetes import client
 
         self._api_client = api_client
         self._batch = client.BatchV1Api(api_client)
         self._apps = client.AppsV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
+        self.absent_retry = absent_retry
         self.publish = publish
         self.namespace = namespace
         self.label_selector = label_selector
@@ -285,6 +332,8 @@ class LifecycleWatcher:
         self._tasks = [
             asyncio.create_task(self._loop("Job"), name="lifecycle-watch-jobs"),
             asyncio.create_task(self._loop("Deployment"), name="lifecycle-watch-deployments"),
+            asyncio.create_task(self._loop("SparkApplication"), name="lifecycle-watch-spark"),
+            asyncio.create_task(self._loop("TFJob"), name="lifecycle-watch-tfjobs"),
         ]
 
     async def stop(self) -> None:
@@ -306,6 +355,18 @@ class LifecycleWatcher:
     # -- list + watch ------------------------------------------------------------------------
 
     def _list_fn(self, kind: Kind) -> Callable[..., Any]:
+        if kind in OPERATED:
+            group, version, plural = OPERATED[kind]
+            custom, namespace = self._custom, self.namespace
+
+            def operated(*_: Any, **kwargs: Any) -> Any:  # the namespace is bound here
+                if namespace is None:
+                    return custom.list_cluster_custom_object(group, version, plural, **kwargs)
+                return custom.list_namespaced_custom_object(
+                    group, version, namespace, plural, **kwargs
+                )
+
+            return operated
         if kind == "Job":
             if self.namespace is None:
                 return self._batch.list_job_for_all_namespaces
@@ -335,6 +396,10 @@ class LifecycleWatcher:
                 if self._stopping.is_set():
                     break
                 status = getattr(exc, "status", None)
+                if status == 404 and kind in OPERATED:  # the operator is not installed
+                    bound.info("lifecycle.kind_absent")
+                    await asyncio.sleep(self.absent_retry)
+                    continue
                 error = f"{status} {getattr(exc, 'reason', '')}" if status else str(exc)
                 bound.info("lifecycle.watch_dropped", error=error or type(exc).__name__)
                 await asyncio.sleep(self.retry_delay)
@@ -500,12 +565,26 @@ class LifecycleWatcher:
     async def _write_back(self, kind: Kind, seen: Observed, phase: Phase) -> None:
         _, namespace, name = seen.key
         body = {"metadata": {"annotations": {A_REPORTED: phase}}}
-        patch = (
-            self._batch.patch_namespaced_job
-            if kind == "Job"
-            else self._apps.patch_namespaced_deployment
-        )
         try:
+            if kind in OPERATED:
+                group, version, plural = OPERATED[kind]
+                await asyncio.to_thread(
+                    self._custom.patch_namespaced_custom_object,
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    name,
+                    body,
+                    _preload_content=False,
+                    _content_type=MERGE_PATCH,
+                )
+                return
+            patch = (
+                self._batch.patch_namespaced_job
+                if kind == "Job"
+                else self._apps.patch_namespaced_deployment
+            )
             await asyncio.to_thread(
                 patch, name, namespace, body, _preload_content=False, _content_type=MERGE_PATCH
             )
@@ -523,6 +602,8 @@ __all__ = [
     "observe",
     "phase_of",
     "run_event_id",
+    "spark_phase",
+    "tfjob_phase",
     "to_lifecycle",
     "transitions",
 ]

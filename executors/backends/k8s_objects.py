@@ -28,6 +28,7 @@ action request, so the lifecycle watcher can report a run without asking the exe
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -37,7 +38,7 @@ from typing import Any, Final
 
 from events.errors import RanvierError
 from events.model import ActionRequest
-from sensors.spec import Artifact, Axon, EnvVar, ImageBuild, Task, TaskBody
+from sensors.spec import Artifact, Axon, EnvVar, ImageBuild, SparkSpec, Task, TaskBody
 
 # The Axon custom resource (manifests/crd).
 GROUP: Final = "ranvier.dev"
@@ -626,12 +627,11 @@ def check_runnable(axon: Axon, kind: str, task_name: str) -> Task:
         raise RenderError(
             f"no task named {task_name!r} in axon {axon.metadata.name!r} (tasks: {names})"
         )
-    if task.kind in ("spark", "tfJob") or (task.train is not None and task.train.tf_job_spec):
-        raise RenderError(
-            f"task {task.name!r} is a {task.kind} task, which needs the Spark or Kubeflow "
-            f"operator; the kubernetes backend runs container, train and deploy tasks"
-        )
-    wanted = {"resourceExecutor": ("container",), "trainer": ("train",), "deployer": ("deploy",)}
+    wanted = {
+        "resourceExecutor": ("container", "spark", "tfJob"),
+        "trainer": ("train", "tfJob"),
+        "deployer": ("deploy",),
+    }
     if task.kind not in wanted.get(kind, ()):
         raise RenderError(f"task {task.name!r} is a {task.kind} task; {kind} cannot run it")
     if task.body.image is None and task.body.image_build is None:
@@ -672,6 +672,251 @@ def task_job(
         "metadata": _meta(name, axon, owner, labels, annotations),
         "spec": spec,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Spark applications and TFJobs (the Spark and Kubeflow training operators run them)
+
+SPARK_API: Final = "sparkoperator.k8s.io/v1beta2"
+SPARK_KIND: Final = "SparkApplication"
+SPARK_PLURAL: Final = "sparkapplications"
+TFJOB_API: Final = "kubeflow.org/v1"
+TFJOB_KIND: Final = "TFJob"
+TFJOB_PLURAL: Final = "tfjobs"
+DEFAULT_SPARK_VERSION: Final = "3.5.1"
+TF_CONTAINER: Final = "tensorflow"  # the container the training operator runs TensorFlow in
+
+
+def is_tf_job(task: Task) -> bool:
+    """Whether a task runs as a TFJob: a tfJob task, or a train task with a tfJobSpec."""
+    return task.kind == "tfJob" or (task.train is not None and bool(task.train.tf_job_spec))
+
+
+_PROPERTY: Final = re.compile(r"(\S+?)(?:\s*=\s*|\s+)(.*)$")
+
+
+def spark_conf(spec: SparkSpec) -> dict[str, str]:
+    """Myelin's `properties` (spark-defaults lines: `key value` or `key=value`), then
+    `sparkConf` over them."""
+    conf: dict[str, str] = {}
+    for raw in (spec.properties or "").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        found = _PROPERTY.match(line)
+        key, value = (found.group(1), found.group(2)) if found else (line, "")
+        conf[key.strip()] = value.strip()
+    conf.update({k: str(v) for k, v in spec.spark_conf.items()})
+    return conf
+
+
+def spark_application(
+    axon: Axon,
+    task: Task,
+    run: Run,
+    image: str,
+    *,
+    settings: RenderSettings,
+    owner: Owner | None,
+) -> dict[str, Any]:
+    """The SparkApplication of one spark run (cluster mode, the task's image for every pod).
+
+    Myelin names the application in `jars` (its last entry) when it has no `applicationFile`;
+    the other jars become dependencies. The driver and executors get the task's environment and
+    the Axon's store, as a Job's pod does.
+    """
+    assert task.spark is not None
+    spark = task.spark.spark_spec or SparkSpec()
+    app_file = spark.main_application_file or spark.application_file
+    jars = list(spark.jars)
+    if app_file is None and jars:
+        app_file = jars.pop()
+    if app_file is None:
+        raise RenderError(
+            f"spark task {task.name!r} names no application",
+            hint="add sparkSpec.applicationFile (a jar or .py file), or the application jar "
+            "to sparkSpec.jars",
+        )
+    language = spark.type or ("Python" if app_file.endswith(".py") else "Scala")
+    main_class = spark.main_class or spark.class_
+    if language in ("Scala", "Java") and main_class is None:
+        raise RenderError(
+            f"spark task {task.name!r} runs a {language} application but names no main class",
+            hint="add sparkSpec.class (e.g. org.example.Main)",
+        )
+    pod = _pod_spec(
+        axon, task, run, image, settings, model_path=model_path(task, run), restart="Never"
+    )
+    (container,) = pod["containers"]
+    labels = run_labels(axon, task.name, run, ROLE_TASK)
+    conf = spark_conf(spark)
+    roles: dict[str, Any] = {
+        "labels": dict(labels),
+        "env": container["env"],
+        "volumeMounts": container["volumeMounts"],
+    }
+    driver: dict[str, Any] = {**roles, "initContainers": pod["initContainers"]}
+    if axon.spec.service_account_name:
+        driver["serviceAccount"] = axon.spec.service_account_name
+    instances = conf.get("spark.executor.instances", "1")
+    spec: dict[str, Any] = {
+        "type": language,
+        "mode": "cluster",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "mainApplicationFile": app_file,
+        "sparkVersion": spark.spark_version or DEFAULT_SPARK_VERSION,
+        "restartPolicy": {"type": "Never"},
+        "driver": driver,
+        "executor": {
+            **copy.deepcopy(roles),
+            "instances": int(instances) if instances.isdigit() else 1,
+        },
+        "volumes": pod["volumes"],
+    }
+    if language == "Python":
+        spec["pythonVersion"] = "3"
+    if main_class is not None:
+        spec["mainClass"] = main_class
+    arguments = [*spark.arguments, *spark.args, *task.body.args]
+    if arguments:
+        spec["arguments"] = arguments
+    if conf:
+        spec["sparkConf"] = conf
+    if jars:
+        spec["deps"] = {"jars": jars}
+    if pod.get("nodeSelector"):
+        spec["nodeSelector"] = pod["nodeSelector"]
+    if pod.get("imagePullSecrets"):
+        spec["imagePullSecrets"] = [s["name"] for s in pod["imagePullSecrets"]]
+    if task.body.timeout is not None:
+        spec["timeToLiveSeconds"] = JOB_TTL
+    name = job_name(axon.metadata.name, task.name, run.run_id)
+    annotations = {**run_annotations(axon, task.name, run), A_IMAGE: image}
+    return {
+        "apiVersion": SPARK_API,
+        "kind": SPARK_KIND,
+        "metadata": _meta(name, axon, owner, labels, annotations),
+        "spec": spec,
+    }
+
+
+def _tf_container(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
+    """The user's TensorFlow container filled in from the task (image, env, store, command)."""
+    out = dict(theirs)
+    out["name"] = theirs.get("name") or TF_CONTAINER
+    out.setdefault("image", mine["image"])
+    out["env"] = _merge_env(
+        copy.deepcopy(list(mine.get("env") or [])), list(theirs.get("env") or [])
+    )
+    out["volumeMounts"] = [
+        *copy.deepcopy(mine.get("volumeMounts", [])),
+        *(theirs.get("volumeMounts") or []),
+    ]
+    for key in ("command", "args", "workingDir", "resources"):
+        if key in mine and key not in out:
+            out[key] = copy.deepcopy(mine[key])
+    return out
+
+
+def tf_job(
+    axon: Axon,
+    task: Task,
+    run: Run,
+    image: str,
+    *,
+    settings: RenderSettings,
+    owner: Owner | None,
+) -> dict[str, Any]:
+    """The TFJob of one run of a tfJob task (or a train task with a tfJobSpec).
+
+    `tfReplicaSpecs` (PS, Worker, Chief, ...) keep what the user wrote; each replica's
+    `tensorflow` container gets the task's image (unless it names one), environment, command
+    and the Axon's store, as a Job's pod does. Myelin's top-level `cleanPodPolicy` moves to
+    `runPolicy`, where the v1 API has it.
+    """
+    raw: Mapping[str, Any]
+    if task.train is not None:
+        raw = task.train.tf_job_spec or {}
+    else:
+        assert task.tf_job is not None
+        raw = task.tf_job.tf_job_spec
+    replicas = raw.get("tfReplicaSpecs")
+    if not isinstance(replicas, Mapping) or not replicas:
+        raise RenderError(
+            f"task {task.name!r}: tfJobSpec has no tfReplicaSpecs",
+            hint="add tfJobSpec.tfReplicaSpecs, e.g. {Worker: {replicas: 2}}",
+        )
+    pod = _pod_spec(
+        axon, task, run, image, settings, model_path=model_path(task, run), restart="Never"
+    )
+    (mine,) = pod["containers"]
+    labels = run_labels(axon, task.name, run, ROLE_TASK)
+    specs: dict[str, Any] = {}
+    for role, given in replicas.items():
+        replica = dict(given) if isinstance(given, Mapping) else {}
+        template = dict(replica.get("template") or {})
+        theirs = dict(template.get("spec") or {})
+        containers = list(theirs.get("containers") or [{"name": TF_CONTAINER}])
+        spec = {
+            **copy.deepcopy(
+                {k: v for k, v in pod.items() if k not in ("containers", "restartPolicy")}
+            ),
+            **theirs,
+            "containers": [
+                _tf_container(mine, c) if c.get("name", TF_CONTAINER) == TF_CONTAINER else c
+                for c in containers
+            ],
+            "initContainers": [
+                *copy.deepcopy(pod["initContainers"]),
+                *(theirs.get("initContainers") or []),
+            ],
+            "volumes": [*copy.deepcopy(pod["volumes"]), *(theirs.get("volumes") or [])],
+        }
+        meta = dict(template.get("metadata") or {})
+        meta["labels"] = {**labels, **(meta.get("labels") or {})}
+        specs[str(role)] = {
+            **replica,
+            "replicas": int(replica.get("replicas", 1)),
+            "restartPolicy": replica.get("restartPolicy", "Never"),
+            "template": {"metadata": meta, "spec": spec},
+        }
+    policy = dict(raw.get("runPolicy") or {})
+    if "cleanPodPolicy" in raw:
+        policy.setdefault("cleanPodPolicy", raw["cleanPodPolicy"])
+    policy.setdefault("backoffLimit", 0)
+    if task.body.timeout is not None:
+        policy.setdefault("activeDeadlineSeconds", max(1, round(task.body.timeout)))
+    body: dict[str, Any] = {
+        **{k: v for k, v in raw.items() if k not in ("cleanPodPolicy", "runPolicy")},
+        "runPolicy": policy,
+        "tfReplicaSpecs": specs,
+    }
+    name = job_name(axon.metadata.name, task.name, run.run_id)
+    annotations = {**run_annotations(axon, task.name, run), A_IMAGE: image}
+    return {
+        "apiVersion": TFJOB_API,
+        "kind": TFJOB_KIND,
+        "metadata": _meta(name, axon, owner, labels, annotations),
+        "spec": body,
+    }
+
+
+def task_object(
+    axon: Axon,
+    task: Task,
+    run: Run,
+    image: str,
+    *,
+    settings: RenderSettings,
+    owner: Owner | None,
+) -> dict[str, Any]:
+    """What one run of a non-deploy task creates: a Job, a SparkApplication or a TFJob."""
+    if task.kind == "spark":
+        return spark_application(axon, task, run, image, settings=settings, owner=owner)
+    if is_tf_job(task):
+        return tf_job(axon, task, run, image, settings=settings, owner=owner)
+    return task_job(axon, task, run, image, settings=settings, owner=owner)
 
 
 def server_objects(
@@ -860,13 +1105,13 @@ def build_job(
             f"--destination={image}",
             "--cache=true",
         ],
-        "volumeMounts": mounts,
+        "volumeMounts": [*mounts, *copy.deepcopy(build.volume_mounts)],
     }
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "initContainers": [clone],
         "containers": [kaniko],
-        "volumes": volumes,
+        "volumes": [*volumes, *copy.deepcopy(build.volumes)],
     }
     if axon.spec.service_account_name:
         pod["serviceAccountName"] = axon.spec.service_account_name
@@ -894,7 +1139,7 @@ def build_job(
 
 def render_request(axon: Axon, task: Task) -> ActionRequest:
     """The action a render shows for a task (the first sensor action that runs it, if any)."""
-    kind = {"container": "resourceExecutor", "train": "trainer", "deploy": "deployer"}[task.kind]
+    kind = RENDER_ACTIONS[task.kind]
     for sensor in axon.spec.sensors:
         for step_index, step in enumerate(sensor.steps):
             for index, action in enumerate(step):
@@ -924,6 +1169,16 @@ def render_request(axon: Axon, task: Task) -> ActionRequest:
     )
 
 
+# The action `ranvier k8s render` shows each task kind run by.
+RENDER_ACTIONS: Final = {
+    "container": "resourceExecutor",
+    "spark": "resourceExecutor",
+    "train": "trainer",
+    "tfJob": "trainer",
+    "deploy": "deployer",
+}
+
+
 def render_axon(
     axon: Axon, settings: RenderSettings, *, existing_images: frozenset[str] = frozenset()
 ) -> tuple[list[dict[str, Any]], list[str]]:
@@ -941,7 +1196,7 @@ def render_axon(
     builds: dict[str, dict[str, Any]] = {}
     runs: list[dict[str, Any]] = []
     notes: list[str] = []
-    kinds = {"container": "resourceExecutor", "train": "trainer", "deploy": "deployer"}
+    kinds = RENDER_ACTIONS
     for task in axon.spec.tasks:
         if task.kind not in kinds:
             notes.append(f"task {task.name!r} ({task.kind}) is not run by the kubernetes backend")
@@ -959,11 +1214,13 @@ def render_axon(
                 job = build_job(axon, task, settings, owner)
                 builds.setdefault(job["metadata"]["name"], job)
         request = render_request(axon, task)
-        run = Run(request, "render", model_version="1" if task.kind != "container" else None)
+        run = Run(
+            request, "render", model_version="1" if task.kind in ("train", "deploy") else None
+        )
         if task.kind == "deploy":
             runs.extend(server_objects(axon, task, run, image, settings=settings, owner=owner))
         else:
-            runs.append(task_job(axon, task, run, image, settings=settings, owner=owner))
+            runs.append(task_object(axon, task, run, image, settings=settings, owner=owner))
     return [*head, *builds.values(), *runs], notes
 
 
@@ -1030,20 +1287,37 @@ def _structural(node: Any, defs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def axon_crd(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """The Axon CRD (`axons.ranvier.dev`) embedding the Axon JSON Schema's `spec`."""
+MYELIN_GROUPS: Final = ("myelinproj.io", "myelin.io")
+
+# What `kubectl get axons` shows, from the `.status` the Axon controller writes.
+PRINTER_COLUMNS: Final = (
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Generation", "type": "integer", "jsonPath": ".status.observedGeneration"},
+    {
+        "name": "Valid",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Valid")].status',
+    },
+    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+)
+
+
+def axon_crd(schema: Mapping[str, Any], group: str = GROUP) -> dict[str, Any]:
+    """The Axon CRD (`axons.<group>`: ours, or one of Myelin's) embedding the Axon JSON Schema's
+    `spec`, with the status subresource and printer columns the Axon controller fills."""
     defs = schema.get("$defs", {})
     spec = _structural(schema["properties"]["spec"], defs)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{PLURAL}.{GROUP}",
+            "name": f"{PLURAL}.{group}",
             "labels": {MANAGED_BY: MANAGER},
             "annotations": {"ranvier.dev/generated-from": "manifests/schema/axon.schema.json"},
         },
         "spec": {
-            "group": GROUP,
+            "group": group,
             "scope": "Namespaced",
             "names": {
                 "kind": KIND,
@@ -1075,6 +1349,7 @@ def axon_crd(schema: Mapping[str, Any]) -> dict[str, Any]:
                         }
                     },
                     "subresources": {"status": {}},
+                    "additionalPrinterColumns": [dict(c) for c in PRINTER_COLUMNS],
                 }
             ],
         },

@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,7 +37,13 @@ import structlog
 
 from events.errors import RanvierError
 from events.model import ActionRequest, LifecycleData, Phase, new_id, utcnow
-from events.watchers.lifecycle import MERGE_PATCH, deployment_phase, job_phase
+from events.watchers.lifecycle import (
+    MERGE_PATCH,
+    deployment_phase,
+    job_phase,
+    spark_phase,
+    tfjob_phase,
+)
 from executors.backends import k8s_objects as k8s
 from executors.backends.base import Lost, lifecycle
 from executors.backends.local import RunOutcome
@@ -88,6 +95,8 @@ class _Live:
     request: ActionRequest
     namespace: str
     jobs: list[str] = field(default_factory=list)
+    operated: list[tuple[str, str]] = field(default_factory=list)
+    """(kind, name) of the SparkApplications and TFJobs the run created."""
     cancel_reason: str | None = None
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -271,7 +280,7 @@ class KubernetesBackend:
         build = task.body.image_build
         if build is None:
             return image
-        if self.check_image_exists and await self.image_exists(image):
+        if self.check_image_exists and build.check_image_exists and await self.image_exists(image):
             log.info("k8s.image_exists", task=task.name, image=image)
             return image
         job = k8s.build_job(axon, task, self.settings, owner)  # RenderError for s2i
@@ -351,24 +360,101 @@ class KubernetesBackend:
                 )
             )
         run = k8s.Run(request, run_id, model_version=None if version is None else str(version))
-        job = k8s.task_job(axon, task, run, image, settings=self.settings, owner=owner)
-        name = job["metadata"]["name"]
+        job = k8s.task_object(axon, task, run, image, settings=self.settings, owner=owner)
+        name, kind = job["metadata"]["name"], job["kind"]
         if live.cancelled.is_set():
             return "Failed", live.cancel_reason or "cancelled", {}
-        await self._create(job)
-        live.jobs.append(name)
+        if kind == "Job":
+            await self._create(job)
+            live.jobs.append(name)
+        else:
+            await self._create_operated(job)
+            live.operated.append((kind, name))
         if live.cancel_reason is not None:  # cancelled while the Job was being created
             await self._delete_jobs(live)
             return "Failed", live.cancel_reason, {}
         if on_running is not None:
-            await on_running(KubeStarted(run_id, "Job", (name,), axon.metadata.namespace, image))
-        phase, message = await self._wait_job(axon.metadata.namespace, name, live)
-        outputs: dict[str, Any] = {"job": name, "image": image}
+            await on_running(KubeStarted(run_id, kind, (name,), axon.metadata.namespace, image))
+        if kind == "Job":
+            phase, message = await self._wait_job(axon.metadata.namespace, name, live)
+        else:
+            phase, message = await self._wait_operated(axon.metadata.namespace, kind, name, live)
+        outputs: dict[str, Any] = {kind.lower(): name, "image": image}
         if version is not None:
             outputs.update(version=version, model_path=k8s.model_path(task, run))
         if task.kind == "train" and phase == "Succeeded":
             outputs.update(await self.job_metrics(axon.metadata.namespace, name))
         return phase, message, outputs
+
+    async def adopt(self, request: ActionRequest, axon: Axon, run_id: str) -> RunOutcome | None:
+        """Follow to its end the Job of a run another executor started and did not finish
+        (it was killed); None when there is no such Job (nothing to adopt: the run is lost).
+
+        The Job keeps running whoever watches it; what the stopped executor would have
+        reported at the end (phase, model version, a trainer's metrics) is read from the Job
+        and its pod, so the run finishes once, reported by its new executor.
+        """
+        if request.kind == "deployer":
+            return None  # a deploy is re-planned, not adopted: it is quick and idempotent
+        try:
+            task = k8s.check_runnable(axon, request.kind, request.task)
+        except k8s.RenderError:
+            return None
+        ns = axon.metadata.namespace
+        name = k8s.job_name(axon.metadata.name, task.name, run_id)
+        kind = (
+            k8s.SPARK_KIND
+            if task.kind == "spark"
+            else k8s.TFJOB_KIND
+            if k8s.is_tf_job(task)
+            else "Job"
+        )
+        try:
+            if kind == "Job":
+                job = await self._call(self._batch.read_namespaced_job, name, ns)
+            else:
+                group, api_version, plural = self._operated_api(kind)
+                job = await self._call(
+                    self._custom.get_namespaced_custom_object, group, api_version, ns, plural, name
+                )
+        except Exception as exc:
+            if self._status(exc) == 404:
+                return None
+            raise self._api_error(exc, f"reading {kind} {ns}/{name}") from None
+        meta = job.get("metadata") or {}
+        started = utcnow()
+        live = _Live(request, ns)
+        if kind == "Job":
+            live.jobs.append(name)
+        else:
+            live.operated.append((kind, name))
+        self._live[run_id] = live
+        log.info("k8s.adopted", kind=kind, name=name, run_id=run_id, task=task.name)
+        try:
+            if kind == "Job":
+                phase, message = await self._wait_job(ns, name, live)
+            else:
+                phase, message = await self._wait_operated(ns, kind, name, live)
+        finally:
+            self._live.pop(run_id, None)
+        outputs: dict[str, Any] = {kind.lower(): name}
+        image = (meta.get("annotations") or {}).get(k8s.A_IMAGE)
+        if image:
+            outputs["image"] = image
+        version = (meta.get("labels") or {}).get(k8s.L_MODEL_VERSION)
+        if version is not None:
+            run = k8s.Run(request, run_id, model_version=str(version))
+            number = int(version) if str(version).isdigit() else version
+            outputs.update(version=number, model_path=k8s.model_path(task, run))
+        if task.kind == "train" and kind == "Job" and phase == "Succeeded":
+            outputs.update(await self.job_metrics(ns, name))
+        return RunOutcome(
+            run_id,
+            "Succeeded" if phase == "Succeeded" else "Failed",
+            message,
+            outputs=outputs,
+            started=started,
+        )
 
     async def job_metrics(self, namespace: str, job: str) -> dict[str, Any]:
         """A finished trainer Job's metrics, from its pod's termination message.
@@ -519,6 +605,49 @@ class KubernetesBackend:
             self._batch.read_namespaced_job_status, namespace, name, live, job_phase
         )
 
+    def _operated_api(self, kind: str) -> tuple[str, str, str]:
+        """(group, version, plural) of an operator's kind."""
+        if kind == k8s.SPARK_KIND:
+            group, version = k8s.SPARK_API.split("/")
+            return group, version, k8s.SPARK_PLURAL
+        group, version = k8s.TFJOB_API.split("/")
+        return group, version, k8s.TFJOB_PLURAL
+
+    async def _create_operated(self, obj: Mapping[str, Any]) -> None:
+        """Create a SparkApplication or TFJob; one that exists already is fine (a retry)."""
+        kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+        group, version, plural = self._operated_api(kind)
+        try:
+            await self._call(
+                self._custom.create_namespaced_custom_object, group, version, ns, plural, dict(obj)
+            )
+        except Exception as exc:
+            status = self._status(exc)
+            if status == 404:
+                raise ClusterError(
+                    f"creating {kind} {ns}/{name}: the cluster does not know {kind}",
+                    hint="install the Spark operator (kubeflow/spark-operator)"
+                    if kind == k8s.SPARK_KIND
+                    else "install the Kubeflow training operator (kubeflow/training-operator)",
+                ) from None
+            if status != 409:
+                raise self._api_error(exc, f"creating {kind} {ns}/{name}") from None
+        else:
+            log.info("k8s.created", kind=kind, namespace=ns, name=name)
+
+    async def _wait_operated(
+        self, namespace: str, kind: str, name: str, live: _Live
+    ) -> tuple[Phase, str]:
+        group, version, plural = self._operated_api(kind)
+
+        def read(name: str, namespace: str, **kwargs: Any) -> Any:
+            return self._custom.get_namespaced_custom_object(
+                group, version, namespace, plural, name, **kwargs
+            )
+
+        phase_of = spark_phase if kind == k8s.SPARK_KIND else tfjob_phase
+        return await self._poll(read, namespace, name, live, phase_of)
+
     async def _wait_deployment(self, namespace: str, name: str, live: _Live) -> tuple[Phase, str]:
         return await self._poll(
             self._apps.read_namespaced_deployment_status, namespace, name, live, deployment_phase
@@ -543,7 +672,23 @@ class KubernetesBackend:
         return True
 
     async def _delete_jobs(self, live: _Live) -> None:
-        """Delete a cancelled run's Jobs (not shared builds); gone already is fine."""
+        """Delete a cancelled run's Jobs (not shared builds), SparkApplications and TFJobs;
+        gone already is fine."""
+        for kind, name in list(live.operated):
+            group, version, plural = self._operated_api(kind)
+            try:
+                await self._call(
+                    self._custom.delete_namespaced_custom_object,
+                    group,
+                    version,
+                    live.namespace,
+                    plural,
+                    name,
+                    propagation_policy="Background",
+                )
+            except Exception as exc:
+                if self._status(exc) != 404:
+                    log.warning("k8s.cancel_failed", name=name, error=str(exc))
         for name in list(live.jobs):
             if "-build-" in name:
                 continue  # a build is shared by concurrent runs of the same image
@@ -571,27 +716,222 @@ class KubernetesBackend:
         return ids
 
     async def shutdown(self, reason: str = "cancelled: executor shut down") -> None:
-        """Stop every live run (unfinished Jobs are deleted) and refuse new ones."""
+        """Refuse new runs; the live ones are left running on the cluster. The runner stops
+        waiting for them without acking their actions, so another executor (or this one,
+        restarted) adopts their Jobs when the actions come back (`adopt`)."""
+        del reason  # nothing is cancelled
         self._closed = True
-        await asyncio.gather(*(self.cancel(rid, reason) for rid in list(self._live)))
 
     async def recover(self) -> list[Lost]:
         """Nothing is lost by an executor restart: Jobs keep running, the watcher reports them."""
         return []
 
-    async def delete_axon(self, axon: Axon) -> None:
-        """Delete the anchor ConfigMap; the garbage collector deletes what it owns."""
-        name = k8s.anchor_name(axon.metadata.name)
+    async def delete_unrouted_servers(
+        self, namespace: str, axon: str, routed: set[str], *, older_than: float
+    ) -> list[str]:
+        """Delete the model-server Deployments (and their Services) of an Axon whose name is
+        not in `routed` and that were created more than `older_than` seconds ago (a younger
+        one may belong to a deploy that has not written its routes yet). The names deleted."""
+        selector = (
+            f"{k8s.MANAGED_BY}={k8s.MANAGER},{k8s.L_AXON}={k8s.label_value(axon)},"
+            f"{k8s.L_ROLE}={k8s.ROLE_SERVER}"
+        )
         try:
-            await self._call(
-                self._core.delete_namespaced_config_map,
-                name,
-                axon.metadata.namespace,
-                propagation_policy="Background",
+            listed = await self._call(
+                self._apps.list_namespaced_deployment, namespace, label_selector=selector
             )
         except Exception as exc:
-            if self._status(exc) != 404:
-                raise self._api_error(exc, f"deleting ConfigMap {name}") from None
+            raise self._api_error(exc, f"listing the servers of Axon {namespace}/{axon}") from None
+        now = utcnow()
+        deleted: list[str] = []
+        for item in listed.get("items") or []:
+            meta = item.get("metadata") or {}
+            labels = meta.get("labels") or {}
+            name = str(meta.get("name"))
+            if (
+                labels.get(k8s.L_AXON) != k8s.label_value(axon)
+                or labels.get(k8s.L_ROLE) != k8s.ROLE_SERVER
+                or name in routed
+            ):
+                continue
+            created = _timestamp(meta.get("creationTimestamp"))
+            if created is None or (now - created).total_seconds() < older_than:
+                continue
+            for delete in (
+                self._apps.delete_namespaced_deployment,
+                self._core.delete_namespaced_service,
+            ):
+                try:
+                    await self._call(delete, name, namespace, propagation_policy="Background")
+                except Exception as exc:
+                    if self._status(exc) != 404:
+                        raise self._api_error(exc, f"deleting server {name}") from None
+            deleted.append(name)
+        if deleted:
+            log.info("k8s.servers_collected", namespace=namespace, axon=axon, deleted=deleted)
+        return deleted
+
+    async def delete_axon(self, namespace: str, axon: str) -> list[str]:
+        """Delete what an Axon created: its Jobs, Deployments, Services and anchor ConfigMap
+        (whose garbage collection takes the store's claim along). Objects are found by the
+        Axon's label and checked here too, so a server that ignores selectors deletes nothing
+        else; each deletion is idempotent (another executor may have done it). Returns the
+        `Kind/name`s deleted."""
+        selector = f"{k8s.MANAGED_BY}={k8s.MANAGER},{k8s.L_AXON}={k8s.label_value(axon)}"
+        kinds: tuple[tuple[str, Callable[..., Any], Callable[..., Any]], ...] = (
+            ("Job", self._batch.list_namespaced_job, self._batch.delete_namespaced_job),
+            (
+                "Deployment",
+                self._apps.list_namespaced_deployment,
+                self._apps.delete_namespaced_deployment,
+            ),
+            ("Service", self._core.list_namespaced_service, self._core.delete_namespaced_service),
+            (
+                "ConfigMap",
+                self._core.list_namespaced_config_map,
+                self._core.delete_namespaced_config_map,
+            ),
+        )
+        deleted: list[str] = []
+        for kind, list_fn, delete_fn in kinds:
+            try:
+                listed = await self._call(list_fn, namespace, label_selector=selector)
+            except Exception as exc:
+                if self._status(exc) == 404:
+                    continue
+                raise self._api_error(exc, f"listing {kind}s of Axon {namespace}/{axon}") from None
+            for item in listed.get("items") or []:
+                meta = item.get("metadata") or {}
+                labels = meta.get("labels") or {}
+                if labels.get(k8s.L_AXON) != k8s.label_value(axon) or (
+                    labels.get(k8s.MANAGED_BY) != k8s.MANAGER
+                ):
+                    continue
+                try:
+                    await self._call(
+                        delete_fn, meta["name"], namespace, propagation_policy="Background"
+                    )
+                except Exception as exc:
+                    if self._status(exc) != 404:
+                        raise self._api_error(exc, f"deleting {kind} {meta['name']}") from None
+                    continue
+                deleted.append(f"{kind}/{meta['name']}")
+        for kind in (k8s.SPARK_KIND, k8s.TFJOB_KIND):
+            group, version, plural = self._operated_api(kind)
+            try:
+                listed = await self._call(
+                    self._custom.list_namespaced_custom_object,
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    label_selector=selector,
+                )
+            except Exception as exc:
+                if self._status(exc) == 404:
+                    continue  # the operator is not installed: nothing of this kind
+                raise self._api_error(exc, f"listing {kind}s of Axon {namespace}/{axon}") from None
+            for item in listed.get("items") or []:
+                meta = item.get("metadata") or {}
+                if (meta.get("labels") or {}).get(k8s.L_AXON) != k8s.label_value(axon):
+                    continue
+                with contextlib.suppress(Exception):  # gone already, or being deleted
+                    await self._call(
+                        self._custom.delete_namespaced_custom_object,
+                        group,
+                        version,
+                        namespace,
+                        plural,
+                        meta["name"],
+                    )
+                    deleted.append(f"{kind}/{meta['name']}")
+        log.info("k8s.axon_deleted", namespace=namespace, axon=axon, deleted=deleted)
+        return deleted
+
+
+# ---------------------------------------------------------------------------------------------
+# Pod logs of a run (`ranvier logs` on the kubernetes backend)
+
+# What a run's record names (its outputs' key) -> the label its pods carry, and their container.
+POD_SELECTORS: Final[dict[str, tuple[str, str | None]]] = {
+    "job": ("job-name", "main"),
+    "sparkapplication": ("sparkoperator.k8s.io/app-name", None),
+    "tfjob": ("training.kubeflow.org/job-name", "tensorflow"),
+}
+
+
+def run_object(outputs: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(kind key, name) of the cluster object a run's record names, or None (a local run)."""
+    for key in POD_SELECTORS:
+        value = outputs.get(key)
+        name = value[0] if isinstance(value, list) and value else value
+        if isinstance(name, str) and name:
+            return key, name
+    return None
+
+
+async def run_log_chunks(
+    api_client: Any, namespace: str, kind: str, name: str, *, follow: bool = False
+) -> AsyncIterator[tuple[str, bytes]]:
+    """(pod name, bytes) of the logs of a run's pods, pod by pod (a Spark run: its driver);
+    with `follow`, each pod's log until it ends. A ClusterError when no pod is left (finished
+    pods go with their Job after its TTL)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    label, container = POD_SELECTORS[kind]
+    try:
+        resp: Any = await asyncio.to_thread(
+            core.list_namespaced_pod,
+            namespace,
+            label_selector=f"{label}={name}",
+            _preload_content=False,
+        )
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise ClusterError(f"listing the pods of {name}: {exc.status} {exc.reason}") from None
+        resp = None  # no pods at all in the namespace
+    items = json.loads(resp.data).get("items") or [] if resp is not None else []
+    pods = sorted(
+        str(meta["name"])
+        for pod in items
+        if ((meta := pod.get("metadata") or {}).get("labels") or {}).get(label) == name
+        and (kind != "sparkapplication" or (meta.get("labels") or {}).get("spark-role") == "driver")
+    )
+    if not pods:
+        raise ClusterError(
+            f"no pods of {name} in namespace {namespace} are left",
+            hint="finished pods are removed with their Job (ttlSecondsAfterFinished)",
+        )
+    for pod in pods:
+        kwargs: dict[str, Any] = {"follow": follow, "_preload_content": False}
+        if container is not None:
+            kwargs["container"] = container
+        try:
+            stream: Any = await asyncio.to_thread(
+                core.read_namespaced_pod_log, pod, namespace, **kwargs
+            )
+        except client.ApiException as exc:
+            raise ClusterError(f"reading the log of pod {pod}: {exc.status} {exc.reason}") from None
+        chunks = stream.stream(4096, decode_content=True)
+        try:
+            while True:
+                chunk = await asyncio.to_thread(next, chunks, b"")
+                if not chunk:
+                    break
+                yield pod, chunk
+        finally:
+            stream.release_conn()
+
+
+def _timestamp(value: object) -> datetime | None:
+    """An API server timestamp (`2025-01-01T00:00:00Z`) as an aware datetime, else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -604,4 +944,6 @@ __all__ = [
     "KubeStarted",
     "KubernetesBackend",
     "api_client_for",
+    "run_log_chunks",
+    "run_object",
 ]

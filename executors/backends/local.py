@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -47,7 +48,7 @@ from events.subjects import token
 from executors.backends.base import lifecycle
 from executors.hpo import HPO_PARAM, handover
 from executors.registry import read_metrics
-from sensors.spec import Artifact, Axon, EnvVar, Task, format_duration
+from sensors.spec import Artifact, Axon, EnvVar, SparkSpec, Task, format_duration
 
 log = structlog.get_logger(__name__)
 
@@ -200,18 +201,59 @@ OnRunning = Callable[[RunStarted], Awaitable[None]]
 # What the local backend can run (pure)
 
 
-def unsupported_reason(axon: Axon, kind: str, task_name: str) -> str | None:
-    """Why the local backend cannot run action `kind` on task `task_name`, or None if it can."""
+SPARK_SUBMIT: Final = "spark-submit"
+
+
+def spark_submit_argv(axon: Axon, task: Task, spark_submit: str) -> list[str]:
+    """The spark-submit command of a spark task in local mode (`--master local[*]`): the same
+    application, class, jars, properties and arguments the SparkApplication would get."""
+    from executors.backends.k8s_objects import spark_conf
+
+    assert task.spark is not None
+    spark = task.spark.spark_spec or SparkSpec()
+    jars = list(spark.jars)
+    app_file = spark.main_application_file or spark.application_file or (jars.pop() if jars else "")
+    argv = [spark_submit, "--master", "local[*]", "--name", f"{axon.metadata.name}-{task.name}"]
+    main_class = spark.main_class or spark.class_
+    if main_class:
+        argv += ["--class", main_class]
+    if jars:
+        argv += ["--jars", ",".join(jars)]
+    for key, value in spark_conf(spark).items():
+        argv += ["--conf", f"{key}={value}"]
+    return [*argv, app_file, *spark.arguments, *spark.args, *task.body.args]
+
+
+def unsupported_reason(
+    axon: Axon, kind: str, task_name: str, *, spark_submit: str | None = None
+) -> str | None:
+    """Why the local backend cannot run action `kind` on task `task_name`, or None if it can.
+
+    `spark_submit`: the spark-submit found on PATH (spark tasks run with it in local mode).
+    """
     if kind == "deployer":
         return f"deployer {task_name!r} is served by the serving executor, not as a local process"
     task = axon.spec.task(task_name)
     if task is None:
         names = ", ".join(t.name for t in axon.spec.tasks)
         return f"no task named {task_name!r} in axon {axon.metadata.name!r} (tasks: {names})"
-    if task.kind in ("spark", "tfJob"):
+    if task.kind == "spark":
+        spark = task.spark.spark_spec if task.spark is not None else None
+        if spark is None or not (
+            spark.main_application_file or spark.application_file or spark.jars
+        ):
+            return f"spark task {task.name!r} names no application (sparkSpec.applicationFile)"
+        if spark_submit is None:
+            return (
+                f"spark task {task.name!r} runs locally with spark-submit, which is not on PATH; "
+                f"install Apache Spark (`pip install pyspark` brings spark-submit) or "
+                f"{_KUBERNETES}"
+            )
+        return None
+    if task.kind == "tfJob":
         return (
-            f"task {task.name!r} is a {task.kind} task, which the local backend cannot run; "
-            f"{_KUBERNETES}"
+            f"task {task.name!r} is a distributed TFJob, which needs the Kubeflow training "
+            f"operator; {_KUBERNETES}"
         )
     if task.kind == "train" and task.train is not None and task.train.tf_job_spec is not None:
         return f"task {task.name!r} is a distributed TFJob training (tfJobSpec); {_KUBERNETES}"
@@ -499,7 +541,9 @@ class LocalBackend:
         bound = log.bind(run_id=run_id, axon=request.axon, task=request.task, kind=request.kind)
         if self._closed:
             return RunOutcome(run_id, "Failed", "cancelled: executor shut down")
-        reason = unsupported_reason(axon, request.kind, request.task)
+        reason = unsupported_reason(
+            axon, request.kind, request.task, spark_submit=shutil.which(SPARK_SUBMIT)
+        )
         if reason is not None:
             bound.info("task.unsupported", reason=reason)
             return RunOutcome(run_id, "Failed", reason)
@@ -562,7 +606,9 @@ class LocalBackend:
         log_path = self.log_path(name, task.name, run_id, namespace)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         return _Plan(
-            argv=task_argv([*body.command, *body.args, *extra_argv], self.python),
+            argv=spark_submit_argv(axon, task, shutil.which(SPARK_SUBMIT) or SPARK_SUBMIT)
+            if task.kind == "spark"
+            else task_argv([*body.command, *body.args, *extra_argv], self.python),
             cwd=cwd,
             env=env,
             timeout=body.timeout,
@@ -965,6 +1011,7 @@ __all__ = [
     "env_name",
     "group_members",
     "lifecycle",
+    "spark_submit_argv",
     "stop_tree",
     "task_argv",
     "task_environment",

@@ -13,7 +13,10 @@ again and watches anew (`Router._follow`).
 
 `RouterRole` is what `ranvier run --role router` and `ranvier up` run: the router on a host and
 port, its base URL recorded under `router.url` so that the deployer and `ranvier endpoint` can
-tell users where their models are.
+tell users where their models are. In a cluster the address a router binds (0.0.0.0:8080 in a
+pod) is no use to anyone else, so it records its public URL instead (`--public-url`, the
+Service's DNS name in the manifests); every replica records the same one, so none removes it
+when it stops.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
-from typing import Final
+from typing import Any, Final
 
 import structlog
 import uvicorn
@@ -150,10 +153,14 @@ class RouterRole:
         *,
         on_listening: Callable[[str], None] | None = None,
         backend_timeout_s: float = 30.0,
+        public_url: str | None = None,
     ) -> None:
+        """`public_url`: the URL recorded for clients instead of the bound address."""
         self.bus = bus
         self.host = host
         self.port = port
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self._router: Any = None
         self.on_listening = on_listening
         self.backend_timeout_s = backend_timeout_s
         self.url: str | None = None
@@ -162,6 +169,7 @@ class RouterRole:
     async def run(self) -> None:
         """Serve until cancelled; then stop accepting, finish requests, forget the URL."""
         app = create_router_app(KvTableSource(self.bus), timeout=self.backend_timeout_s)
+        self._router = app.state.router
         sock = bind_socket(self.host, self.port)
         server = _QuietServer(
             uvicorn.Config(
@@ -181,11 +189,11 @@ class RouterRole:
                     await serving  # start-up failed: raise why
                     raise RuntimeError("router stopped during start-up")
                 await asyncio.sleep(0.01)
-            self.url = url_of(sock)
+            self.url = self.public_url or url_of(sock)
             await self.bus.kv_put(
                 MODELS_BUCKET, ROUTER_URL_KEY, json.dumps({"url": self.url}).encode()
             )
-            log.info("router.listening", url=self.url)
+            log.info("router.listening", url=self.url, bound=url_of(sock))
             self.listening.set()
             if self.on_listening is not None:
                 self.on_listening(self.url)
@@ -197,9 +205,15 @@ class RouterRole:
             sock.close()
             await self._forget_url()
 
+    @property
+    def table_loaded(self) -> bool:
+        """Whether the router serves a routing table (read by the `/readyz` probe)."""
+        return self._router is not None and self._router.compiled is not None
+
     async def _forget_url(self) -> None:
-        """Remove `router.url` if it still names this router (another may have replaced it)."""
-        if self.url is None:
+        """Remove `router.url` if it still names this router (another may have replaced it);
+        a public URL stays: it names the Service, which the other replicas still serve."""
+        if self.url is None or self.public_url is not None:
             return
         try:
             found = await self.bus.kv_get(MODELS_BUCKET, ROUTER_URL_KEY)

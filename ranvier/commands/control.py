@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ from ranvier.commands.common import (
     run_command,
     with_connection,
 )
+from ranvier.health import Heartbeat, add_role_checks
 from ranvier.settings import (
     Credentials,
     Settings,
@@ -644,6 +646,18 @@ def down(
 # run --role
 
 
+def checked_public_url(url: str) -> str:
+    """`--public-url` as given, once it is an absolute http(s) URL (else a clear error)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise AppError(
+            f"--public-url {url!r} is not an http(s) URL",
+            hint="give the URL clients reach the router at, e.g. "
+            "http://ranvier-router.ranvier-system.svc",
+        )
+    return url.rstrip("/")
+
+
 @with_connection
 def run(
     *,
@@ -659,11 +673,44 @@ def run(
     connection: Connection,
     metrics_port: Annotated[
         int | None,
-        typer.Option("--metrics-port", help="Serve the roles' own /metrics on this port."),
+        typer.Option(
+            "--metrics-port",
+            envvar="RANVIER_METRICS_PORT",
+            help="Serve the roles' own /metrics, and the /healthz and /readyz probes, on this "
+            "port.",
+        ),
     ] = None,
     metrics_host: Annotated[
-        str, typer.Option("--metrics-host", help="Address /metrics listens on.")
+        str,
+        typer.Option(
+            "--metrics-host", envvar="RANVIER_METRICS_HOST", help="Address /metrics listens on."
+        ),
     ] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", envvar="RANVIER_ROUTER_HOST", help="Router: the address it listens on."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            envvar="RANVIER_ROUTER_PORT",
+            min=0,
+            max=65535,
+            help="Router: the port it listens on (0: a free one).",
+        ),
+    ] = 0,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-url",
+            envvar="RANVIER_ROUTER_PUBLIC_URL",
+            help="Router: the URL clients reach it at (e.g. its Service's DNS name), recorded "
+            "for `ranvier endpoint`; default: the address it listens on.",
+        ),
+    ] = None,
     prometheus_url: Annotated[
         str | None,
         typer.Option(
@@ -767,6 +814,8 @@ def run(
             elif name not in names:
                 names.append(name)
     settings = connection.settings(replicas=replicas)
+    if public_url is not None:
+        public_url = checked_public_url(public_url)
 
     async def go() -> None:
         url, _ = settings.resolve_url()
@@ -787,16 +836,20 @@ def run(
             lease_ttl=lease_ttl,
             api_host=api_host,
             api_port=api_port,
+            router_host=host,
+            router_port=port,
+            router_public_url=public_url,
         )
         connect = settings.connect_options(name=f"ranvier-{'-'.join(names)}")
         limits = settings.stream_limits().model_copy(update={"partitions": partitions})
         async with Bus.connect(connect, limits=limits) as bus:
             roles = build_roles(bus, names, options)
-            served = (
-                telemetry.serve(metrics_port, metrics_host)
-                if telemetry is not None and metrics_port is not None
-                else None
-            )
+            served = None
+            if telemetry is not None and metrics_port is not None:
+                heartbeat = Heartbeat()
+                add_role_checks(telemetry, bus, roles, heartbeat)
+                served = telemetry.serve(metrics_port, metrics_host)
+                roles = {**roles, "heartbeat": heartbeat}
             stop = asyncio.Event()
             try:
                 with stop_on_signals(stop):
@@ -1044,14 +1097,25 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
     namespace: Namespace = "default",
     all_namespaces: AllNamespaces = False,
+    kube_api_url: Annotated[
+        str | None,
+        typer.Option(
+            "--kube-api-url",
+            envvar="RANVIER_KUBE_API_URL",
+            help="Runs on Kubernetes: the API server (plain HTTP, e.g. kubectl proxy); "
+            "default: KUBECONFIG, else the pod's service account.",
+        ),
+    ] = None,
     connection: Connection,
 ) -> None:
-    """Print a task run's log (stdout and stderr of its process)."""
+    """Print a task run's log (stdout and stderr of its process, or its pods' on Kubernetes)."""
     settings = connection.settings()
 
     async def body(bus: Bus) -> None:
         ns = await axon_namespace(bus, axon, namespace, all_namespaces)
         run = _pick_run(await task_runs(bus, ns, axon, task), run_id, axon, task)
+        if not run.log_path and await _cluster_log(run, follow, kube_api_url):
+            return
         if not run.log_path:
             raise AppError(f"run {run.id} of {task} has no log ({run.phase}: {run.message})")
         path = Path(run.log_path)
@@ -1095,6 +1159,29 @@ def open_console(
         import webbrowser
 
         webbrowser.open(url)
+
+
+async def _cluster_log(run: TaskRun, follow: bool, kube_api_url: str | None) -> bool:
+    """Print the pod logs of a run on Kubernetes; False when the run ran elsewhere."""
+    from executors.backends.kubernetes import (  # slow: only for runs on a cluster
+        api_client_for,
+        run_log_chunks,
+        run_object,
+    )
+
+    found = run_object(run.outputs)
+    if found is None:
+        return False
+    kind, name = found
+    api = api_client_for(api_url=kube_api_url)
+    shown: str | None = None
+    async for pod, chunk in run_log_chunks(api, run.namespace, kind, name, follow=follow):
+        if pod != shown:
+            typer.echo(f"==> pod {pod} <==", err=True)
+            shown = pod
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+    return True
 
 
 def register(app: typer.Typer) -> None:

@@ -73,7 +73,7 @@ async def test_a_job_runs_is_reported_and_is_owned(kubeconfig: str) -> None:
         await succeeded.wait()
     assert [e.phase for e in events if e.run_id == outcome.run_id][-1] == "Succeeded"
     job = outcome.outputs["job"]
-    await backend.delete_axon(axon)
+    await backend.delete_axon(axon.metadata.namespace, axon.metadata.name)
     from kubernetes import client
 
     batch = client.BatchV1Api(backend.api_client)

@@ -36,7 +36,9 @@ AVAILABLE = {"readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1}
 
 @attrs.define(kw_only=True)
 class Cluster(kmock.KubernetesEmulator):
-    """The emulator, plus the metadata a real API server stamps on writes."""
+    """The emulator, plus the metadata a real API server stamps on writes: uid, creation time,
+    resourceVersion, and `generation` (1 on create, +1 when a write outside the status
+    subresource changes the spec)."""
 
     _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
 
@@ -46,6 +48,17 @@ class Cluster(kmock.KubernetesEmulator):
             if request.action == kmock.action.CREATE:
                 meta["uid"] = str(uuid.uuid4())
                 meta["creationTimestamp"] = "2025-01-01T00:00:00Z"
+                meta["generation"] = 1
+            if request.action == kmock.action.UPDATE and request.subresource is None:
+                key: Any = (request.resource, request.namespace, request.name)
+                current = self.objects[key] if key in self.objects else None  # noqa: SIM401 - no .get
+                if current is not None and not current.deleted and "spec" in request.data:
+                    was = current.get("metadata", {}).get("generation") or 1
+                    changed = current.get("spec") != {
+                        **current.get("spec", {}),
+                        **request.data["spec"],
+                    }
+                    meta["generation"] = was + 1 if changed else was
             if request.action in (kmock.action.CREATE, kmock.action.UPDATE):
                 meta["resourceVersion"] = str(next(self._versions))
         return await super()._handle(request)
@@ -222,6 +235,17 @@ async def finished_pod(env: Env, job: dict[str, Any], message: str) -> None:
     await asyncio.to_thread(
         env.core.create_namespaced_pod, meta["namespace"], pod, _preload_content=False
     )
+
+
+AXON_GROUPS = ("ranvier.dev", "myelinproj.io", "myelin.io")
+
+
+def install_axon_crds(env: Env, *groups: str) -> None:
+    """Serve Axon objects of these API groups (as if their CRDs were installed)."""
+    for group in groups:
+        env.cluster.resources[f"{group}/v1alpha1/axons"] = kmock.ResourceInfo(
+            namespaced=True, kind="Axon"
+        )
 
 
 def by_role(env: Env, role: str) -> list[dict[str, Any]]:

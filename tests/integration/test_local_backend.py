@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -367,13 +368,19 @@ async def test_invalid_metrics_are_reported_not_raised(
         pytest.param(
             {"name": "S", "spark": {"image": "spark:3"}},
             "resourceExecutor",
-            ["spark task", "--backend kubernetes"],
-            id="spark",
+            ["spark task 'S' names no application"],
+            id="spark-without-application",
+        ),
+        pytest.param(
+            {"name": "S", "spark": {"sparkSpec": {"applicationFile": "job.py"}}},
+            "resourceExecutor",
+            ["spark-submit, which is not on PATH", "pip install pyspark", "--backend kubernetes"],
+            id="spark-without-spark-submit",
         ),
         pytest.param(
             {"name": "S", "tfJob": {"tfJobSpec": {"x": 1}}},
             "trainer",
-            ["tfJob task", "--backend kubernetes"],
+            ["distributed TFJob", "training operator", "--backend kubernetes"],
             id="tfjob",
         ),
         pytest.param(
@@ -402,19 +409,55 @@ async def test_invalid_metrics_are_reported_not_raised(
         ),
     ],
 )
-async def test_unsupported_kinds_fail_at_once(
+async def test_unsupported_kinds_fail_at_once(  # noqa: PLR0917 - parameters and fixtures
     backend: LocalBackend,
     axon_dir: Path,
     task: dict[str, Any],
     kind: ActionKind,
     fragments: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "no-spark-here"))  # no spark-submit to find
     outcome = await backend.run(request("S", kind), make_axon(task), axon_dir)
     assert outcome.phase == "Failed"
     for fragment in fragments:
         assert fragment in outcome.message
     assert outcome.exit_code is None
     assert not backend.workspace("demo", "team").exists()  # nothing was started
+
+
+async def test_a_spark_task_runs_with_spark_submit_in_local_mode(
+    backend: LocalBackend, axon_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "spark" / "bin"
+    bin_dir.mkdir(parents=True)
+    fake = bin_dir / "spark-submit"  # records its argv, as a stand-in for Apache Spark's
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        "out = os.path.join(os.environ['DATA_PATH'], 'argv.json')\n"
+        "open(out, 'w').write(json.dumps(sys.argv[1:]))\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    task = {
+        "name": "S",
+        "spark": {
+            "sparkSpec": {
+                "class": "org.example.Main",
+                "jars": ["deps.jar", "app.jar"],
+                "properties": "spark.executor.memory 1g\n",
+                "args": ["--day", "1"],
+            }
+        },
+    }
+    outcome = await backend.run(request("S", "resourceExecutor"), make_axon(task), axon_dir)
+    assert outcome.phase == "Succeeded", outcome.message
+    argv = json.loads((backend.workspace("demo", "team") / "data" / "argv.json").read_text())
+    assert argv == [
+        *("--master", "local[*]", "--name", "demo-S", "--class", "org.example.Main"),
+        *("--jars", "deps.jar", "--conf", "spark.executor.memory=1g", "app.jar", "--day", "1"),
+    ]
 
 
 def test_env_name() -> None:

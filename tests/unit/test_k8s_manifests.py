@@ -25,7 +25,7 @@ def documents(path: Path) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(MANIFESTS)))
 def test_manifests_validate_strictly(path: Path) -> None:
     for doc in documents(path):
-        if doc["kind"] == "Kustomization":
+        if doc["kind"] in ("Kustomization", "Component"):
             for resource in doc.get("resources", []):
                 assert (path.parent / resource).exists(), f"{path}: {resource} does not exist"
             continue
@@ -41,6 +41,31 @@ def test_the_crd_is_generated_from_the_checked_in_schema(
     assert crd == axon_crd(checked_in), "regenerate: ranvier k8s crd > manifests/crd/axon.yaml"
     assert main(["k8s", "crd"]) == 0
     assert capsys.readouterr().out == (MANIFESTS / "crd" / "axon.yaml").read_text()
+    for group in ("myelinproj.io", "myelin.io"):
+        assert main(["k8s", "crd", "--group", group]) == 0
+        path = MANIFESTS / "crd" / "myelin" / f"axon.{group}.yaml"
+        assert capsys.readouterr().out == path.read_text(), f"regenerate {path}"
+        (myelin,) = documents(path)
+        assert myelin["spec"]["group"] == group
+        assert myelin["spec"]["versions"] == crd["spec"]["versions"]
+    (component,) = documents(MANIFESTS / "crd" / "myelin" / "kustomization.yaml")
+    assert component["kind"] == "Component"
+    assert component["resources"] == ["axon.myelinproj.io.yaml", "axon.myelin.io.yaml"]
+
+
+def test_the_crd_prints_phase_endpoint_and_validity() -> None:
+    (crd,) = documents(MANIFESTS / "crd" / "axon.yaml")
+    (version,) = crd["spec"]["versions"]
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Phase"] == ".status.phase"
+    assert columns["Endpoint"] == ".status.endpoint"
+    assert "Valid" in columns["Valid"]
+    assert version["subresources"] == {"status": {}}
+
+
+def test_the_unknown_crd_group_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["k8s", "crd", "--group", "example.com"]) == 1
+    assert "no Axon CRD for group 'example.com'" in capsys.readouterr().err
 
 
 def _nodes(node: Any) -> list[dict[str, Any]]:
@@ -132,3 +157,34 @@ def test_scaled_out_roles_have_replicas_and_disruption_budgets() -> None:
     assert budgets["nats"]["spec"]["maxUnavailable"] == 1
     base = yaml.safe_load((MANIFESTS / "base" / "kustomization.yaml").read_text())
     assert "disruption-budgets.yaml" in base["resources"]
+
+
+def _arg(container: dict[str, Any], flag: str) -> str | None:
+    args = container["args"]
+    return str(args[args.index(flag) + 1]) if flag in args else None
+
+
+def test_probes_are_http_on_the_metrics_port_and_the_router_ports_agree() -> None:
+    for name, deployment in _deployments().items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert str(ports["metrics"]) == _arg(container, "--metrics-port"), name
+        assert _arg(container, "--metrics-host") == "0.0.0.0", name
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(ports["metrics"]), name
+        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, name
+    (router,) = _deployments()["ranvier-router"]["spec"]["template"]["spec"]["containers"]
+    (service,) = [
+        d
+        for d in documents(MANIFESTS / "base" / "control-plane.yaml")
+        if d["kind"] == "Service" and d["metadata"]["name"] == "ranvier-router"
+    ]
+    (port,) = service["spec"]["ports"]
+    ports = {p["name"]: p["containerPort"] for p in router["ports"]}
+    assert str(ports[port["targetPort"]]) == _arg(router, "--port")
+    assert _arg(router, "--host") == "0.0.0.0"
+    meta = service["metadata"]
+    host = f"{meta['name']}.{meta['namespace']}.svc"
+    expected = f"http://{host}" if port["port"] == 80 else f"http://{host}:{port['port']}"
+    assert _arg(router, "--public-url") == expected

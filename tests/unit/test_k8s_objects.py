@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 
@@ -17,6 +16,7 @@ from events.watchers.lifecycle import deployment_phase, job_phase, observe, tran
 from executors.backends import k8s_objects as k8s
 from ranvier.cli import main
 from sensors.loader import load_axon, load_axon_text
+from tests.unit.k8s_validation import validate as strictly_valid
 
 ROOT = Path(__file__).resolve().parents[2]
 GPT2 = ROOT / "examples" / "gpt2-shakespeare" / "axon.yaml"
@@ -62,7 +62,7 @@ spec:
 
 
 def validate(obj: dict[str, Any]) -> None:
-    kubernetes_validate.validate(obj, "1.30", strict=True)
+    strictly_valid(obj)
 
 
 @pytest.mark.parametrize(
