@@ -38,6 +38,7 @@ from typing import Any, Final
 
 from events.errors import RanvierError
 from events.model import ActionRequest
+from executors.hpo import handover
 from sensors.spec import Artifact, Axon, EnvVar, ImageBuild, SparkSpec, Task, TaskBody
 
 # The Axon custom resource (manifests/crd).
@@ -558,7 +559,8 @@ def _pod_spec(
     )
     container: dict[str, Any] = {"name": "main", "image": image, "env": env, "volumeMounts": mounts}
     command = list(body.command)
-    args = list(body.args)
+    trial = handover(run.request)  # a study's trial: `--config_id --budget --NAME VALUE`
+    args = [*body.args, *(trial[0] if trial is not None else ())]
     if not command and task.deploy is not None and task.deploy.model is not None:
         command = ["ranvier", "serve", task.deploy.model, "--model-path", model_path]
         args = ["--port", str(port or SERVER_PORT), *args]

@@ -14,6 +14,7 @@ import yaml
 from events.model import ActionRequest
 from events.watchers.lifecycle import deployment_phase, job_phase, observe, transitions
 from executors.backends import k8s_objects as k8s
+from executors.hpo import HPO_PARAM
 from ranvier.cli import main
 from sensors.loader import load_axon, load_axon_text
 from tests.unit.k8s_validation import validate as strictly_valid
@@ -168,6 +169,33 @@ def test_task_fields_carry_over() -> None:
     assert volumes["git-ssh-code"]["secret"]["secretName"] == "git-key"
     clone = pod["initContainers"][1]
     assert any(e["name"] == "GIT_SSH_COMMAND" for e in clone["env"])
+
+
+def test_a_trial_job_gets_its_configuration_on_the_command_line_too() -> None:
+    """As locally: `--config_id --budget --NAME VALUE` after the task's args, HPO_PARAMS in env."""
+    axon = load_axon_text(AXON)
+    task = axon.spec.task("Train")
+    assert task is not None
+    request = k8s.render_request(axon, task)
+    trial = request.model_copy(
+        update={
+            "params": {
+                **request.params,
+                HPO_PARAM: {"config_id": "0_0_3", "budget": 3.0, "params": {"lr": 0.01}},
+                "env": [{"name": "HPO_PARAMS", "value": "e30="}],
+            }
+        }
+    )
+    job = k8s.task_job(axon, task, k8s.Run(trial, "01T1"), "img:1", settings=SETTINGS, owner=None)
+    validate(job)
+    main_c = job["spec"]["template"]["spec"]["containers"][0]
+    assert main_c["command"] == ["python", "train.py"]
+    assert main_c["args"] == ["--config_id", "0_0_3", "--budget", "3", "--lr", "0.01"]
+    assert {"name": "HPO_PARAMS", "value": "e30="} in main_c["env"]
+    plain = k8s.task_job(
+        axon, task, k8s.Run(request, "01T2"), "img:1", settings=SETTINGS, owner=None
+    )
+    assert "args" not in plain["spec"]["template"]["spec"]["containers"][0]
 
 
 def test_s2i_build_and_missing_registry_fail_clearly() -> None:
