@@ -24,11 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Final
 
 import structlog
-import uvicorn
 from pydantic import ValidationError
 
 from events.aio import checkpoint
@@ -36,7 +35,7 @@ from events.bus import Bus, BusError, KVChange
 from events.subjects import MODELS_BUCKET
 from executors.serving.router import create_router_app
 from executors.serving.routing import RoutingTable
-from executors.serving.server import bind_socket, url_of
+from executors.serving.server import serving
 
 log = structlog.get_logger(__name__)
 
@@ -134,14 +133,6 @@ class KvTableSource:
             await watch.aclose()
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the process that runs the roles owns signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class RouterRole:
     """Serves the router over `KvTableSource` and records its URL under `router.url`."""
 
@@ -170,39 +161,18 @@ class RouterRole:
         """Serve until cancelled; then stop accepting, finish requests, forget the URL."""
         app = create_router_app(KvTableSource(self.bus), timeout=self.backend_timeout_s)
         self._router = app.state.router
-        sock = bind_socket(self.host, self.port)
-        server = _QuietServer(
-            uvicorn.Config(
-                app,
-                log_level="warning",
-                access_log=False,
-                lifespan="on",
-                timeout_keep_alive=30,
-                proxy_headers=False,
-                server_header=False,
-            )
-        )
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
         try:
-            while not server.started:
-                if serving.done():
-                    await serving  # start-up failed: raise why
-                    raise RuntimeError("router stopped during start-up")
-                await asyncio.sleep(0.01)
-            self.url = self.public_url or url_of(sock)
-            await self.bus.kv_put(
-                MODELS_BUCKET, ROUTER_URL_KEY, json.dumps({"url": self.url}).encode()
-            )
-            log.info("router.listening", url=self.url, bound=url_of(sock))
-            self.listening.set()
-            if self.on_listening is not None:
-                self.on_listening(self.url)
-            await asyncio.shield(serving)
+            async with serving(app, self.host, self.port) as (bound, task):
+                self.url = self.public_url or bound
+                await self.bus.kv_put(
+                    MODELS_BUCKET, ROUTER_URL_KEY, json.dumps({"url": self.url}).encode()
+                )
+                log.info("router.listening", url=self.url, bound=bound)
+                self.listening.set()
+                if self.on_listening is not None:
+                    self.on_listening(self.url)
+                await asyncio.shield(task)
         finally:
-            server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
-            sock.close()
             await self._forget_url()
 
     @property

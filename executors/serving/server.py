@@ -26,6 +26,7 @@ feedback, reward sum, latency, and what the class reports through `executors.ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import importlib
 import importlib.util
@@ -34,9 +35,9 @@ import json
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 import uvicorn
@@ -753,6 +754,60 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
+def uvicorn_config(
+    app: Any, *, lifespan: Literal["on", "off"] = "on", graceful: int | None = None
+) -> uvicorn.Config:
+    """How every ranvier HTTP server runs uvicorn: quiet, no access log, no Server header,
+    `graceful` seconds for requests in flight when it stops."""
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan=lifespan,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=graceful,
+        proxy_headers=False,  # nothing sits in front that sets X-Forwarded-*; saves a middleware
+        server_header=False,
+    )
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the process that runs the roles owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    lifespan: Literal["on", "off"] = "on",
+    graceful: int | None = None,
+) -> AsyncIterator[tuple[str, asyncio.Task[None]]]:
+    """Serve `app` on host:port in this event loop while the block runs (a role of a process
+    that owns its signals); yields the bound URL, once it accepts, and the serving task (await
+    it to serve until cancelled). Leaving the block stops it and closes the socket."""
+    sock = bind_socket(host, port)
+    server = _QuietServer(uvicorn_config(app, lifespan=lifespan, graceful=graceful))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                await task  # start-up failed: raise why
+                raise RanvierError(f"the server on {host}:{port} stopped during start-up")
+            await asyncio.sleep(0.01)
+        yield url_of(sock), task
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sock.close()
+
+
 async def serve_app(
     app: Any,
     host: str,
@@ -762,16 +817,7 @@ async def serve_app(
 ) -> None:
     """Serve an ASGI app with uvicorn until stopped (SIGINT/SIGTERM); reports the bound URL."""
     sock = bind_socket(host, port)
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_keep_alive=30,
-        proxy_headers=False,  # nothing sits in front that sets X-Forwarded-*; saves a middleware
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app))
 
     async def announce() -> None:
         # uvicorn exposes start-up only as a flag, so poll it

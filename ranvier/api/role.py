@@ -13,16 +13,15 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 import structlog
-import uvicorn
 
 from events.bus import Bus
 from events.server import write_private
-from executors.serving.server import bind_socket, url_of
+from executors.serving.server import serving
 from ranvier.api.routes import create_app
 from ranvier.app import AppError
 from ranvier.settings import is_loopback
@@ -53,14 +52,6 @@ def api_token(host: str, state_dir: Path, environ: dict[str, str] | None = None)
     return token
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the process that runs the roles owns signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class ApiRole:
     """Serves the API and console until cancelled; records its URL in `<state-dir>/api.url`."""
 
@@ -86,40 +77,21 @@ class ApiRole:
     async def run(self) -> None:
         """Serve until cancelled; then stop accepting, finish requests, remove `api.url`."""
         app = create_app(self.bus, token=self.token, public=not is_loopback(self.host))
-        sock = bind_socket(self.host, self.port)
-        server = _QuietServer(
-            uvicorn.Config(
-                app,
-                log_level="warning",
-                access_log=False,
-                lifespan="off",
-                timeout_keep_alive=30,
-                timeout_graceful_shutdown=2,
-                proxy_headers=False,
-                server_header=False,
-            )
-        )
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
         url_file = self.state_dir / URL_FILE
         try:
-            while not server.started:
-                if serving.done():
-                    await serving  # start-up failed: raise why
-                    raise AppError("the API stopped during start-up")
-                await asyncio.sleep(0.01)
-            self.url = url_of(sock) + "/"
-            url_file.parent.mkdir(parents=True, exist_ok=True)
-            url_file.write_text(self.url + "\n", encoding="utf-8")
-            log.info("api.listening", url=self.url)
-            self.listening.set()
-            if self.on_listening is not None:
-                self.on_listening(self.url)
-            await asyncio.shield(serving)
+            async with serving(app, self.host, self.port, lifespan="off", graceful=2) as (
+                bound,
+                task,
+            ):
+                self.url = bound + "/"
+                url_file.parent.mkdir(parents=True, exist_ok=True)
+                url_file.write_text(self.url + "\n", encoding="utf-8")
+                log.info("api.listening", url=self.url)
+                self.listening.set()
+                if self.on_listening is not None:
+                    self.on_listening(self.url)
+                await asyncio.shield(task)
         finally:
-            server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
-            sock.close()
             if self.url is not None:
                 with contextlib.suppress(OSError):
                     if url_file.read_text(encoding="utf-8").strip() == self.url:
