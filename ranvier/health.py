@@ -62,6 +62,9 @@ def _role_ready(role: Any) -> str | None:
         if not role.listening.is_set():
             return "not listening yet"
         return None if role.table_loaded else "no routing table loaded yet"
+    listening = getattr(role, "listening", None)  # the API role, or any other server role
+    if isinstance(listening, asyncio.Event) and not listening.is_set():
+        return "not listening yet"
     return None
 
 

@@ -108,7 +108,7 @@ def test_control_plane_has_probes_resources_and_security() -> None:
         d for d in documents(MANIFESTS / "base" / "control-plane.yaml") if d["kind"] == "Deployment"
     ]
     assert {d["metadata"]["name"] for d in deployments} == {
-        f"ranvier-{r}" for r in ("engine", "executor", "watcher", "router")
+        f"ranvier-{r}" for r in ("engine", "executor", "watcher", "router", "api")
     }
     for deployment in deployments:
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -142,6 +142,7 @@ def test_scaled_out_roles_have_replicas_and_disruption_budgets() -> None:
         "ranvier-executor": 2,
         "ranvier-router": 2,
         "ranvier-watcher": 1,
+        "ranvier-api": 1,
     }
     budgets = {
         d["metadata"]["name"]: d
@@ -157,6 +158,23 @@ def test_scaled_out_roles_have_replicas_and_disruption_budgets() -> None:
     assert budgets["nats"]["spec"]["maxUnavailable"] == 1
     base = yaml.safe_load((MANIFESTS / "base" / "kustomization.yaml").read_text())
     assert "disruption-budgets.yaml" in base["resources"]
+
+
+def test_the_api_listens_for_its_service_with_a_token_from_a_secret() -> None:
+    (api,) = _deployments()["ranvier-api"]["spec"]["template"]["spec"]["containers"]
+    assert _arg(api, "--role") == "api"
+    assert _arg(api, "--api-host") == "0.0.0.0"  # off loopback: the role refuses without a token
+    (token,) = [e for e in api["env"] if e["name"] == "RANVIER_API_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "ranvier-api-token", "key": "token"}
+    assert _arg(api, "--state-dir") == "/tmp/ranvier"  # writable: /tmp is an emptyDir
+    assert {m["mountPath"] for m in api["volumeMounts"]} == {"/tmp"}
+    (service,) = [
+        d
+        for d in documents(MANIFESTS / "base" / "control-plane.yaml")
+        if d["kind"] == "Service" and d["metadata"]["name"] == "ranvier-api"
+    ]
+    ports = {p["name"]: p["containerPort"] for p in api["ports"]}
+    assert str(ports[service["spec"]["ports"][0]["targetPort"]]) == _arg(api, "--api-port")
 
 
 def _arg(container: dict[str, Any], flag: str) -> str | None:
