@@ -194,4 +194,4 @@ def test_manifests_scrape_the_model_servers_and_the_control_plane() -> None:
         if "--metrics-port" in args:
             assert args[args.index("--metrics-port") + 1] == port
             scraped[role] = port
-    assert set(scraped) == {"engine", "executor", "watcher", "router"}
+    assert set(scraped) == {"engine", "executor", "watcher", "router", "api"}
