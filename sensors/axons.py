@@ -31,9 +31,10 @@ import structlog
 from pydantic import ValidationError
 
 from events import subjects
-from events.bus import Bus, RevisionMismatch, kv_key
+from events.bus import RevisionMismatch, kv_key
 from events.errors import RanvierError
 from events.model import AxonData, canonical_json, format_time, utcnow
+from sensors.port import EngineBus
 from sensors.spec import Axon
 
 __all__ = ["AxonStore", "AxonStoreError", "StoredAxon", "axon_event_id"]
@@ -131,7 +132,7 @@ class StoredAxon:
 class AxonStore:
     """Submitted Axons in KV, with the events that announce their generations."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: EngineBus) -> None:
         self._bus = bus
 
     @staticmethod

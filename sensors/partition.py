@@ -17,13 +17,11 @@ from datetime import datetime
 from typing import Any, Final
 
 import nats.errors
-import nats.js.errors
 import structlog
-from nats.js import api
 
 from events import subjects
 from events.aio import checkpoint
-from events.bus import Bus, BusError, Consumer, Received, RevisionMismatch, kv_key
+from events.bus import BusError, Delivery, Fetcher, RevisionMismatch, kv_key
 from events.errors import RanvierError
 from events.model import (
     AXON,
@@ -40,6 +38,7 @@ from sensors import engine
 from sensors.axons import AxonStore, AxonStoreError
 from sensors.heap import gc_paused, keep_heap_old
 from sensors.leases import Lease
+from sensors.port import EngineBus
 from sensors.publishing import (
     DECISIONS,
     SOURCE,
@@ -117,8 +116,8 @@ class _Batch:
     lifecycle: list[dict[str, Any]] = field(default_factory=list)  # reports about sensor runs
     started: set[str] = field(default_factory=set)  # sensor runs started in this batch
     ended: list[engine.EndedRun] = field(default_factory=list)  # sensor runs ended in it
-    ack: list[Received] = field(default_factory=list)
-    term: list[Received] = field(default_factory=list)
+    ack: list[Delivery] = field(default_factory=list)
+    term: list[Delivery] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -126,9 +125,9 @@ class _Pending:
     """Batches published but not yet covered by a state write (hence not acked)."""
 
     dirty: dict[str, int] = field(default_factory=dict)  # axon key -> applied seq to write
-    ack: Received | None = None  # the highest-sequence message to ack (ack-all)
+    ack: Delivery | None = None  # the highest-sequence message to ack (ack-all)
     acked: int = 0  # messages that ack covers (for the stats)
-    term: list[Received] = field(default_factory=list)
+    term: list[Delivery] = field(default_factory=list)
 
     def empty(self) -> bool:
         return not self.dirty and self.ack is None and not self.term
@@ -148,7 +147,7 @@ class PartitionEngine:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: EngineBus,
         *,
         partition: int = 0,
         partitions: int | None = None,
@@ -182,7 +181,7 @@ class PartitionEngine:
         self._slots: dict[str, _Slot] = {}
         self._specs: dict[tuple[str, str, int], Axon] = {}
         self._run_records = RunRecordStore(bus)
-        self._consumer: Consumer | None = None
+        self._consumer: Fetcher | None = None
         self._pending = _Pending()
         self._flusher: asyncio.Future[None] | None = None
         self._written_at = 0.0  # loop time the last state write started
@@ -262,32 +261,20 @@ class PartitionEngine:
         self._ticked.clear()
         self._due = engine.next_deadline(self._state)
 
-    async def _recreate_consumer(self) -> Consumer:
+    async def _recreate_consumer(self) -> Fetcher:
+        """A fresh consumer from the partition's ack floor (ack-all: one ack per batch)."""
         stream = subjects.EVENTS_STREAM
-        start = 1
-        try:
-            info = await self._bus.js.consumer_info(stream, self.durable)
-        except nats.js.errors.NotFoundError:
-            info = None
-        if info is not None:
-            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
-            start = floor + 1
-            # Unacked messages of a dead process would come back only after their ack wait,
-            # behind newer ones; a fresh consumer from the floor brings them back in order.
-            await self._bus.js.delete_consumer(stream, self.durable)
-        # Ack-all: one ack per batch (its last message) instead of one per message.
-        config = api.ConsumerConfig(
-            durable_name=self.durable,
-            ack_policy=api.AckPolicy.ALL,
+        floor = await self._bus.ack_floor(stream, self.durable)
+        start = floor + 1 if floor is not None else 1
+        self._fence()  # a replica that lost the lease must not reset the new holder's consumer
+        consumer = await self._bus.restart_consumer(
+            stream,
+            self.durable,
+            start=start,
+            filter_subject=subjects.partition_filter(self.partition),
             ack_wait=self.ack_wait,
             max_ack_pending=self.max_ack_pending,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            filter_subject=subjects.partition_filter(self.partition),
         )
-        self._fence()  # a replica that lost the lease must not reset the new holder's consumer
-        await self._bus.js.add_consumer(stream, config)
-        consumer = Consumer(self._bus.nc, stream=stream, durable=self.durable)
         log.info("runtime.consuming", durable=self.durable, from_seq=start)
         return consumer
 
@@ -389,7 +376,7 @@ class PartitionEngine:
         self._ticked.update((t.namespace, t.axon, t.due) for t in fresh)
         self.stats.ticks += len(fresh)
 
-    async def _process(self, received: Sequence[Received]) -> None:
+    async def _process(self, received: Sequence[Delivery]) -> None:
         now = utcnow()
         batch = _Batch(now=now)
         new_spec = False
@@ -433,7 +420,7 @@ class PartitionEngine:
         if new_spec:
             keep_heap_old()
 
-    def _reject(self, batch: _Batch, rec: Received, kind: str, why: str) -> None:
+    def _reject(self, batch: _Batch, rec: Delivery, kind: str, why: str) -> None:
         self.stats.malformed += kind == "malformed"
         self.stats.ignored += kind != "malformed"
         self.stats.reasons[kind] = self.stats.reasons.get(kind, 0) + 1
@@ -642,7 +629,7 @@ def _compress(records: dict[str, list[str]]) -> dict[str, bytes]:
     return out
 
 
-def _seq_of(rec: Received) -> int:
+def _seq_of(rec: Delivery) -> int:
     return rec.seq
 
 

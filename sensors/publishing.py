@@ -11,7 +11,7 @@ from typing import Final
 import structlog
 
 from events import subjects
-from events.bus import Bus, Outgoing
+from events.bus import Outgoing
 from events.model import (
     ACTION,
     DECISION,
@@ -20,6 +20,7 @@ from events.model import (
     TickData,
     format_time,
 )
+from sensors.port import EngineBus
 
 log = structlog.get_logger(__name__)
 
@@ -101,7 +102,7 @@ class Records:
     own ack.
     """
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: EngineBus) -> None:
         self._bus = bus
         self.sole = True
         self._last: dict[str, int | None] = {subjects.ACTIONS_STREAM: None, DECISIONS: None}

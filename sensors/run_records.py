@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from typing import Any, Final, TypeVar
 
 from events import subjects
-from events.bus import Bus, Outgoing, kv_key
+from events.bus import Outgoing, kv_key
 from events.model import ActionRequest, DecisionData, SensorRunRecord, new_id
 from sensors import engine
+from sensors.port import EngineBus
 from sensors.records import merge_run_record, new_record
 
 _I = TypeVar("_I")
@@ -26,7 +27,7 @@ RUN_RECORDS_KEPT: Final = 4096
 class RunRecordStore:
     """One partition engine's sensor-run records."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: EngineBus) -> None:
         self._bus = bus
         self._runs: OrderedDict[str, SensorRunRecord] = OrderedDict()
         # Msg-Ids of run records: unique to this process and record (a ULID each cost 2%).

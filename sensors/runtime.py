@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
-import nats.js.errors
 import structlog
 
 from events import subjects
@@ -89,16 +88,12 @@ log = structlog.get_logger(__name__)
 async def caught_up(bus: Bus, durable: str = DURABLE) -> bool:
     """Whether the engine has handled every stored event: for each partition holding events,
     its consumer exists and has nothing undelivered or unacked."""
-    info = await bus.js.stream_info(subjects.EVENTS_STREAM, subjects_filter=subjects.STORED_EVENTS)
-    partitions = {int(subject.split(".")[2]) for subject in (info.state.subjects or {})}
-    for partition in sorted(partitions):
-        try:
-            consumer = await bus.js.consumer_info(
-                subjects.EVENTS_STREAM, partition_durable(durable, partition)
-            )
-        except nats.js.errors.NotFoundError:
-            return False
-        if consumer.num_pending or consumer.num_ack_pending:
+    stored = await bus.stored_subjects(subjects.EVENTS_STREAM, subjects.STORED_EVENTS)
+    for partition in sorted({int(subject.split(".")[2]) for subject in stored}):
+        backlog = await bus.consumer_backlog(
+            subjects.EVENTS_STREAM, partition_durable(durable, partition)
+        )
+        if backlog is None or backlog:
             return False
     return True
 

@@ -297,6 +297,59 @@ class BusConsuming(BusPublishing):
             raise BusError(f"cannot create consumer {durable!r}: {exc.description}") from None
         return Consumer(self.nc, stream=stream, durable=durable, registry=self._open_subs)
 
+    async def ack_floor(self, stream: str, durable: str) -> int | None:
+        """The last stream sequence durable consumer `durable` has acked up to (0: none yet),
+        or None when there is no such consumer."""
+        try:
+            info = await self.js.consumer_info(stream, durable)
+        except nats.js.errors.NotFoundError:
+            return None
+        return info.ack_floor.stream_seq if info.ack_floor is not None else 0
+
+    async def restart_consumer(
+        self,
+        stream: str,
+        durable: str,
+        *,
+        start: int,
+        filter_subject: str,
+        ack_wait: float,
+        max_ack_pending: int,
+    ) -> Consumer:
+        """Create durable consumer `durable` afresh, delivering from sequence `start` with
+        ack-all (acking a message acks every earlier one); an existing one is deleted first.
+
+        Unacked messages of a dead process would come back only after their ack wait, behind
+        newer ones; a fresh consumer from the ack floor brings them back in order.
+        """
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self.js.delete_consumer(stream, durable)
+        config = api.ConsumerConfig(
+            durable_name=durable,
+            ack_policy=api.AckPolicy.ALL,
+            ack_wait=ack_wait,
+            max_ack_pending=max_ack_pending,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            filter_subject=filter_subject,
+        )
+        await self.js.add_consumer(stream, config)
+        return Consumer(self.nc, stream=stream, durable=durable, registry=self._open_subs)
+
+    async def consumer_backlog(self, stream: str, durable: str) -> int | None:
+        """Messages durable consumer `durable` has not delivered or not had acked yet, or None
+        when there is no such consumer."""
+        try:
+            info = await self.js.consumer_info(stream, durable)
+        except nats.js.errors.NotFoundError:
+            return None
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def stored_subjects(self, stream: str, filter_subject: str) -> list[str]:
+        """The subjects stream `stream` holds messages on, among those matching the filter."""
+        info = await self.js.stream_info(stream, subjects_filter=filter_subject)
+        return sorted(info.state.subjects or {})
+
     async def consume(
         self,
         stream: str,

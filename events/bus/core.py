@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Final, NamedTuple, TypeVar, cast
+from typing import Any, Final, NamedTuple, Protocol, TypeVar, cast
 
 import nats
 import nats.errors
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events import subjects
 from events.errors import RanvierError
-from events.model import PAYLOAD_TYPES, Event
+from events.model import PAYLOAD_TYPES, Event, EventError
 
 T = TypeVar("T")
 
@@ -160,6 +161,45 @@ class Outgoing(NamedTuple):
     subject: str
     data: bytes
     msg_id: str
+
+
+class Delivery(Protocol):
+    """One message a durable consumer handed over, as its consumer reads and settles it."""
+
+    @property
+    def seq(self) -> int:
+        """Stream sequence number."""
+        ...
+
+    @property
+    def event(self) -> Event | None:
+        """The event, or None when the message is not a valid event (see `error`)."""
+        ...
+
+    @property
+    def error(self) -> EventError | None:
+        """Why the message is not a valid event, if it is not."""
+        ...
+
+    async def ack(self) -> None:
+        """Done with it (with ack-all, with every earlier message too)."""
+        ...
+
+    async def term(self) -> None:
+        """Give up on it without having processed it."""
+        ...
+
+
+class Fetcher(Protocol):
+    """A durable pull consumer as its user sees it: batches of deliveries, then close."""
+
+    async def fetch(self, batch: int = 100, wait: float = 1.0) -> Sequence[Delivery]:
+        """Up to `batch` messages; an empty list if none came within `wait` seconds."""
+        ...
+
+    async def close(self) -> None:
+        """Stop fetching (the durable consumer stays)."""
+        ...
 
 
 def subject_of(event: Event) -> str:
