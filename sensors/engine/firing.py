@@ -162,6 +162,34 @@ def _fire(
             reason=f"{why}; {refused}",
         )
         return
+    run, replaced = _new_run(out, ax, sensor, st, run_id=run_id, trigger=trigger, event_id=event_id)
+    out.fired.add(fired_key)
+    planned = _start_step(out, ax, sensor, run)
+    out.decide(
+        ax,
+        decision_id,
+        sensor.name,
+        trigger,
+        matched=True,
+        fired=True,
+        reason=f"{why}; fired: run started at step 0{replaced}",
+        run_id=run_id,
+        planned=planned,
+    )
+
+
+def _new_run(
+    out: _Out,
+    ax: _AxonState,
+    sensor: _Sensor,
+    st: _SensorState,
+    *,
+    run_id: str,
+    trigger: str | None,
+    event_id: str,
+) -> tuple[_RunState, str]:
+    """Start run `run_id` of `sensor` at step 0 (ending the active ones under concurrency
+    Replace); the run, and what it replaced as text for the decision."""
     replaced = ""
     if st.active and sensor.concurrency == "Replace":
         old = list(st.active)
@@ -181,20 +209,8 @@ def _fire(
     ax.runs[run_id] = run
     ax.run_changed(run_id)
     st.active[run_id] = None
-    out.fired.add(fired_key)
     out.started.append(run_id)
-    planned = _start_step(out, ax, sensor, run)
-    out.decide(
-        ax,
-        decision_id,
-        sensor.name,
-        trigger,
-        matched=True,
-        fired=True,
-        reason=f"{why}; fired: run started at step 0{replaced}",
-        run_id=run_id,
-        planned=planned,
-    )
+    return run, replaced
 
 
 def _not_fired(

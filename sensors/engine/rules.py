@@ -27,9 +27,9 @@ from events.model import (
 )
 from sensors.engine.alerts import _alert, _keys
 from sensors.engine.base import _EDGE_SEP, StepResult, _dur, _num, _seconds, axon_key, sensor_run_id
-from sensors.engine.compiled import _Cond
+from sensors.engine.compiled import _Action, _Cond, _Sensor
 from sensors.engine.firing import _fire, _Out, _request, _start_step
-from sensors.engine.state import EngineState, _AxonState
+from sensors.engine.state import EngineState, _ActionState, _AxonState, _RunState
 from sensors.engine.submit import _delete
 from sensors.engine.timing import _tick_axon
 
@@ -185,15 +185,10 @@ def _advance(out: _Out, ax: _AxonState, event_id: str, data: LifecycleData) -> N
             return note(f"ignored: run {rid} already finished ({done[0]}: {done[1]})")
         return note(f"ignored: no active run {rid}")
     ax.run_changed(rid)
-    sensor = ax.spec.sensors.get(run.sensor)
-    if sensor is None:  # pragma: no cover - runs of removed sensors are ended on submit
-        return note(f"ignored: sensor {run.sensor!r} is not in the spec")
-    if data.step != run.step:
-        return note(f"ignored: event for step {data.step}, the run is at step {run.step}")
-    if data.index >= len(run.actions):
-        return note(f"ignored: step {run.step} has no action {data.index}")
-    act = run.actions[data.index]
-    spec = sensor.steps[run.step][data.index]
+    found = _reported_action(ax, run, data)
+    if isinstance(found, str):
+        return note(found)
+    sensor, act, spec = found
     what = f"step {run.step} action {data.index} ({spec.kind} {spec.task}) attempt {data.attempt}"
     if data.attempt != act.attempt:
         return note(f"ignored: {what} is not the current attempt ({act.attempt})")
@@ -203,32 +198,64 @@ def _advance(out: _Out, ax: _AxonState, event_id: str, data: LifecycleData) -> N
     if data.phase in ("Pending", "Running"):
         return note(f"{what} {data.phase}")
     if data.phase == "Failed":
-        if act.attempt <= spec.retry_limit:
-            act.attempt += 1
-            act.phase = "Pending"
-            planned = [_request(out, ax, run, index=data.index, action=spec, attempt=act.attempt)]
-            wait = f" after {_dur(spec.backoff)} backoff" if spec.backoff > 0 else ""
-            return note(
-                f"{what} Failed; retrying: attempt {act.attempt} of {spec.retry_limit + 1}{wait}",
-                fired=True,
-                planned=planned,
-            )
-        detail = f": {data.message}" if data.message else ""
-        out.end(ax, run, "Failed", f"{what} Failed{detail}")
-        return note(f"{what} Failed{detail}; run Failed")
+        reason, planned = _action_failed(out, ax, run, act, spec, data=data, what=what)
+    else:
+        reason, planned = _action_succeeded(out, ax, sensor, run, what)
+    return note(reason, fired=bool(planned), planned=planned)
+
+
+def _reported_action(
+    ax: _AxonState, run: _RunState, data: LifecycleData
+) -> tuple[_Sensor, _ActionState, _Action] | str:
+    """The sensor, action state and action spec a lifecycle event reports on, or why the
+    event concerns none of the run's current actions."""
+    sensor = ax.spec.sensors.get(run.sensor)
+    if sensor is None:  # pragma: no cover - runs of removed sensors are ended on submit
+        return f"ignored: sensor {run.sensor!r} is not in the spec"
+    if data.step != run.step:
+        return f"ignored: event for step {data.step}, the run is at step {run.step}"
+    if data.index >= len(run.actions):
+        return f"ignored: step {run.step} has no action {data.index}"
+    return sensor, run.actions[data.index], sensor.steps[run.step][data.index]
+
+
+def _action_failed(
+    out: _Out,
+    ax: _AxonState,
+    run: _RunState,
+    act: _ActionState,
+    spec: _Action,
+    *,
+    data: LifecycleData,
+    what: str,
+) -> tuple[str, list[PlannedAction]]:
+    """Retry a failed action while its retry limit allows, else end the run Failed."""
+    if act.attempt <= spec.retry_limit:
+        act.attempt += 1
+        act.phase = "Pending"
+        planned = [_request(out, ax, run, index=data.index, action=spec, attempt=act.attempt)]
+        wait = f" after {_dur(spec.backoff)} backoff" if spec.backoff > 0 else ""
+        return f"{what} Failed; retrying: attempt {act.attempt} of {spec.retry_limit + 1}{wait}", (
+            planned
+        )
+    detail = f": {data.message}" if data.message else ""
+    out.end(ax, run, "Failed", f"{what} Failed{detail}")
+    return f"{what} Failed{detail}; run Failed", []
+
+
+def _action_succeeded(
+    out: _Out, ax: _AxonState, sensor: _Sensor, run: _RunState, what: str
+) -> tuple[str, list[PlannedAction]]:
+    """Start the next step once every action of this one succeeded; the last ends the run."""
     waiting = sum(1 for a in run.actions if a.phase != "Succeeded")
     if waiting:
-        return note(f"{what} Succeeded; waiting for {waiting} more action(s) of step {run.step}")
+        return f"{what} Succeeded; waiting for {waiting} more action(s) of step {run.step}", []
     if run.step + 1 < len(sensor.steps):
         run.step += 1
         planned = _start_step(out, ax, sensor, run)
-        return note(
-            f"{what} Succeeded; step {run.step - 1} done, step {run.step} started",
-            fired=True,
-            planned=planned,
-        )
+        return f"{what} Succeeded; step {run.step - 1} done, step {run.step} started", planned
     out.end(ax, run, "Succeeded", f"all {len(sensor.steps)} step(s) succeeded")
-    return note(f"{what} Succeeded; run Succeeded")
+    return f"{what} Succeeded; run Succeeded", []
 
 
 def _metric(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:
