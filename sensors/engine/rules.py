@@ -27,7 +27,7 @@ from events.model import (
 )
 from sensors.engine.alerts import _alert, _keys
 from sensors.engine.base import _EDGE_SEP, StepResult, _dur, _num, _seconds, axon_key, sensor_run_id
-from sensors.engine.compiled import _Action, _Cond, _Sensor
+from sensors.engine.compiled import _Action, _Cond, _Sensor, _Target
 from sensors.engine.firing import _fire, _Out, _request, _start_step
 from sensors.engine.state import EngineState, _ActionState, _AxonState, _RunState
 from sensors.engine.submit import _delete
@@ -147,16 +147,26 @@ def _task_metrics(out: _Out, ax: _AxonState, event_id: str, data: LifecycleData)
                 continue
             shown.append(f"{name} not reported")
         ax.sensor_state(target.sensor.name).conditions[target.name] = values
-        out.decide(
+        _recorded(
+            out,
             ax,
             event_id,
-            target.sensor.name,
-            None,
-            matched=False,
-            fired=False,
-            reason=f"value for condition {target.name!r} recorded from task {data.task} "
-            f"run {data.run_id} ({', '.join(shown)})",
+            target,
+            f"from task {data.task} run {data.run_id} ({', '.join(shown)})",
         )
+
+
+def _recorded(out: _Out, ax: _AxonState, event_id: str, target: _Target, source: str) -> None:
+    """Note that a Metric condition's value was recorded (it fires nothing by itself)."""
+    out.decide(
+        ax,
+        event_id,
+        target.sensor.name,
+        None,
+        matched=False,
+        fired=False,
+        reason=f"value for condition {target.name!r} recorded {source}",
+    )
 
 
 def _advance(out: _Out, ax: _AxonState, event_id: str, data: LifecycleData) -> None:
@@ -307,15 +317,7 @@ def _metric(out: _Out, ax: _AxonState, event_id: str, payload: Any) -> None:
             values.pop(data.name, None)
     for target in relevant:
         if target.alert is None:
-            out.decide(
-                ax,
-                event_id,
-                target.sensor.name,
-                None,
-                matched=False,
-                fired=False,
-                reason=f"value for condition {target.name!r} recorded ({shown})",
-            )
+            _recorded(out, ax, event_id, target, f"({shown})")
             continue
         _alert(out, ax, target.sensor, target.alert, event_id=event_id, shown=shown, timed=False)
 
