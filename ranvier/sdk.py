@@ -1,17 +1,23 @@
-"""What a task's code imports from ranvier: report metrics, publish a trial's result, read the
-hyper-parameters of a study trial.
+"""What task and model code imports from ranvier: report a run's metrics, publish a trial's
+result, read the hyper-parameters of a study trial, and set a served model's gauges.
 
 A trainer needs no connection to ranvier: everything goes through files and environment
 variables the executor sets up (`MODEL_PATH/metrics.json`, `HPO_PARAMS`, `LOSS_METRIC`), so this
 module only reads and writes those, and works the same on the local and Kubernetes backends.
 
-    from ranvier.sdk import hpo_params, publish_result, report_metrics
+    from ranvier.sdk import hpo_params, metrics, publish_result, report_metrics
 
     conf = hpo_params()            # {} outside a study; else {"config-id", "budget", "hpo-conf"}
     lr = float(conf.get("hpo-conf", {}).get("lr", 0.1))
     ...
     report_metrics(accuracy=0.93)  # any metrics, stored with the model version
     publish_result(0.12)           # the trial's loss, under the task's lossMetric
+
+A served model class sets gauges and counters that its server's `/metrics` exposes (labelled
+with the Axon, model and version), which is what Alert triggers read:
+
+    metrics.gauge("shakespeare_gpt2_deploy_accuracy", 0.87)   # e.g. in send_feedback
+    metrics.counter("tokens_generated", 64)
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from executors.sdk_metrics import MetricsError, report_metrics
+from executors.serving.sdk import metrics
 
 DEFAULT_RESULT = "loss"
 
@@ -55,4 +62,4 @@ def hpo_params() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-__all__ = ["MetricsError", "hpo_params", "publish_result", "report_metrics"]
+__all__ = ["MetricsError", "hpo_params", "metrics", "publish_result", "report_metrics"]

@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from executors.serving.sdk import metrics
+from ranvier.sdk import metrics
 
 WINDOW = 20
 """How many recent rewards the accuracy is the mean of."""

@@ -32,7 +32,7 @@ import torch
 from transformers import AutoTokenizer, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from executors.serving.sdk import metrics
+from ranvier.sdk import metrics
 
 ACCURACY_GAUGE = "shakespeare_gpt2_deploy_accuracy"
 MAX_ROUNDS = 8  # bound on extra generation rounds when the text is still too short

@@ -1,6 +1,6 @@
 """The few calls a served model class makes to report its own metrics.
 
-A user class does `from executors.serving.sdk import metrics` and calls
+A user class does `from ranvier.sdk import metrics` (the public SDK re-exports it) and calls
 `metrics.gauge("accuracy", 0.93)` or `metrics.counter("tokens", 12)`; the values appear in the
 model server's `/metrics` with the labels `axon`, `model`, `version` (from `RANVIER_AXON`,
 `RANVIER_MODEL`, `RANVIER_VERSION` when set), which is what Alert triggers read. The calls go
