@@ -10,7 +10,6 @@ reason; a run stopped by a shutdown or a deleted Axon stops the study instead.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -21,13 +20,13 @@ from structlog.typing import FilteringBoundLogger
 
 from events import subjects
 from events.bus import Bus, kv_key
-from events.model import ActionRequest, format_time, new_id, utcnow
+from events.model import ActionRequest
 from executors.backends.base import Backend, Outcome
 from executors.hpo.errors import SHUTDOWN, StudyError, StudyInterrupted
 from executors.hpo.params import HPO_PARAM, trial_env
 from executors.hpo.plan import Stage
 from executors.hpo.records import TrialPhase, TrialRecord
-from executors.kv import claim_key
+from executors.kv import claim
 from executors.registry import ModelRegistry, ModelVersion
 from sensors.spec import Axon
 
@@ -130,7 +129,8 @@ class TrialRunner:
             found = await self.bus.kv_get(subjects.RUNS_BUCKET, result_key)
             if found is not None:
                 return TrialRecord.model_validate_json(found[0])
-            run_id = await self._claim(f"{self.request.idempotency_key}/trial/{number}/{attempt}")
+            key = f"{self.request.idempotency_key}/trial/{number}/{attempt}"
+            run_id = await claim(self.bus, key, self.executor)
             if run_id is None:  # claimed before a crash and never finished: run it again
                 self.log.info("study.trial_lost", trial=number, attempt=attempt)
                 attempt += 1
@@ -151,17 +151,6 @@ class TrialRunner:
                 subjects.RUNS_BUCKET, result_key, record.model_dump_json().encode("utf-8")
             )
             return record
-
-    async def _claim(self, key: str) -> str | None:
-        """A new run id for the trial run `key`, or None when another run claimed it first."""
-        run_id = new_id()
-        claim = {"run_id": run_id, "action_key": key, "executor": self.executor}
-        won = await self.bus.kv_create(
-            subjects.RUNS_BUCKET,
-            claim_key(key),
-            json.dumps({**claim, "claimed": format_time(utcnow())}).encode("utf-8"),
-        )
-        return run_id if won is not None else None
 
     async def _execute(self, record: TrialRecord) -> TrialRecord:
         """Run the task's command with the trial's configuration; register its version."""
