@@ -10,8 +10,11 @@ same whichever store holds the bytes.
 from __future__ import annotations
 
 import hashlib
+import json
 
+from events import subjects
 from events.bus import Bus, RevisionMismatch, kv_key
+from events.model import format_time, new_id, utcnow
 from executors.registry import KeyExistsError, KvEntry, RevisionMismatchError
 
 
@@ -54,3 +57,16 @@ def claim_key(idempotency_key: str) -> str:
     """`claim.<sha256 hex>`: the KV key an executor creates to own an action request (or a
     study's trial), in `ranvier_runs`."""
     return kv_key("claim", hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest())
+
+
+async def claim(bus: Bus, idempotency_key: str, executor: str) -> str | None:
+    """Own the action request (or study trial) `idempotency_key`: create its claim with a new
+    run id in `ranvier_runs`. The run id, or None when another run claimed it first."""
+    run_id = new_id()
+    record = {"run_id": run_id, "action_key": idempotency_key, "executor": executor}
+    won = await bus.kv_create(
+        subjects.RUNS_BUCKET,
+        claim_key(idempotency_key),
+        json.dumps({**record, "claimed": format_time(utcnow())}).encode("utf-8"),
+    )
+    return run_id if won is not None else None

@@ -3,11 +3,8 @@ and a graceful executor shutdown mid-study that the next executor resumes."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +13,11 @@ import pytest
 from events import subjects
 from events.bus import Bus
 from events.model import ActionRequest
-from executors.backends.local import LocalBackend
 from executors.hpo import read_study
-from executors.runner import ExecutorRunner
 from sensors.axons import AxonStore
 from sensors.loader import load_axon
 from tests.integration.test_local_backend import until
-from tests.integration.test_runner import finals
+from tests.integration.test_runner import finals, running
 
 pytestmark = pytest.mark.integration
 
@@ -62,21 +57,6 @@ with open(os.path.join(os.environ["MODEL_PATH"], "metrics.json"), "w") as out:
 """
 
 
-@contextlib.asynccontextmanager
-async def running(bus: Bus, state: Path) -> AsyncIterator[ExecutorRunner]:
-    runner = ExecutorRunner(
-        bus, backend=LocalBackend(state, grace=1.0), state_dir=state, ack_wait=2.0
-    )
-    task = asyncio.create_task(runner.run())
-    await runner.ready.wait()
-    try:
-        yield runner
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def setup(bus: Bus, tmp_path: Path) -> tuple[ActionRequest, Path]:
     script = tmp_path / "trial.py"
     script.write_text(TRIAL, encoding="utf-8")
@@ -113,7 +93,7 @@ async def study_of(bus: Bus) -> dict[str, Any]:
 
 async def test_a_study_runs_its_trials_and_reports_once(bus: Bus, tmp_path: Path) -> None:
     request, marks = await setup(bus, tmp_path)
-    async with running(bus, tmp_path / "state"):
+    async with running(bus, tmp_path, ack_wait=2.0):
         await bus.publish(request.to_event(source="test"))
         [done] = await finals(bus, 1, axon="study")
     assert done.phase == "Succeeded", done.message
@@ -140,11 +120,11 @@ async def test_a_shutdown_mid_study_is_resumed_by_the_next_executor(
     request, marks = await setup(bus, tmp_path)
     slow = Path(f"{marks}.slow")
     slow.write_text("", encoding="utf-8")  # noqa: ASYNC240  # trials hang until the shutdown
-    async with running(bus, tmp_path / "state"):
+    async with running(bus, tmp_path, ack_wait=2.0):
         await bus.publish(request.to_event(source="test"))
         await until(lambda: started(marks) >= 2)
     slow.unlink()  # noqa: ASYNC240  # a test file, instant
-    async with running(bus, tmp_path / "state"):
+    async with running(bus, tmp_path, ack_wait=2.0):
         [done] = await finals(bus, 1, axon="study")
     assert done.phase == "Succeeded", done.message
     study = await study_of(bus)

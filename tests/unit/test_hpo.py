@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from events.model import ActionRequest
+from events.model import ActionRequest, LifecycleData
 from executors.hpo import (
     HPO_PARAM,
     Stage,
+    StudyError,
+    StudyInterrupted,
     StudyRecord,
     TrialRecord,
     defaults,
@@ -24,6 +28,8 @@ from executors.hpo import (
     trial_argv,
     trial_env,
 )
+from executors.hpo.errors import SHUTDOWN
+from executors.hpo.trials import judged, stop_if_cancelled
 from ranvier import sdk
 from sensors.spec import HpTuning
 
@@ -191,3 +197,37 @@ def test_sdk_reads_hpo_params(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HPO_PARAMS", "not base64!")
     with pytest.raises(sdk.MetricsError, match="not base64 JSON"):
         sdk.hpo_params()
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A backend's outcome of a trial run, as `judged` reads it."""
+
+    phase: Literal["Succeeded", "Failed"]
+    message: str = ""
+    run_id: str = "run"
+
+    def to_lifecycle(self, request: ActionRequest) -> LifecycleData:
+        raise NotImplementedError
+
+
+def test_a_trial_is_judged_by_the_loss_it_reported() -> None:
+    ran = TrialRecord(number=3, config_id="0.0.3", run_id="run")
+    good = judged(ran, Ended("Succeeded"), {"metrics": {"rmse": 0.5}, "version": 2}, "rmse")
+    assert (good.phase, good.loss, good.version, good.message) == ("Succeeded", 0.5, 2, "")
+    for outputs in ({"metrics": {"acc": 1.0}}, {"metrics": {"rmse": float("nan")}}, {}):
+        silent = judged(ran, Ended("Succeeded"), outputs, "rmse")
+        assert (silent.phase, silent.loss) == ("Failed", None)
+        assert "reported no 'rmse' (lossMetric)" in silent.message
+    unreadable = judged(ran, Ended("Succeeded"), {"metrics_error": "bad JSON"}, "rmse")
+    assert unreadable.message.endswith("; bad JSON")
+    failed = judged(ran, Ended("Failed", "exited with code 1"), {"metrics": {"rmse": 0.1}}, "rmse")
+    assert (failed.phase, failed.loss, failed.message) == ("Failed", 0.1, "exited with code 1")
+
+
+def test_a_stopped_trial_run_stops_the_study() -> None:
+    stop_if_cancelled(Ended("Failed", "exited with code 1"), 0)
+    with pytest.raises(StudyInterrupted):
+        stop_if_cancelled(Ended("Failed", SHUTDOWN), 0)
+    with pytest.raises(StudyError, match="study stopped at trial 4"):
+        stop_if_cancelled(Ended("Failed", "cancelled: axon deleted"), 4)
