@@ -11,7 +11,7 @@ from events.model import ActionRequest, LifecycleData
 from executors.runner import TaskRun, claim_key, lifecycle_event_id
 from ranvier.app import check_goal
 from ranvier.cli import error_line
-from ranvier.commands.control import progress_lines
+from ranvier.commands.status import progress_lines
 
 
 def status(runs: list[dict[str, Any]], tasks: list[dict[str, Any]] | None = None) -> dict[str, Any]:

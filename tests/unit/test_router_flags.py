@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ranvier.cli import main
-from ranvier.commands.control import checked_public_url
+from ranvier.commands.up import checked_public_url
 
 
 @pytest.mark.parametrize("url", ["ftp://x", "ranvier-router", "http://"])

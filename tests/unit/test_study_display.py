@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 
 from executors.hpo import StudyRecord, TrialRecord
-from ranvier.commands.control import progress_lines, status_table, study_progress
+from ranvier.commands.status import progress_lines, status_table, study_progress
 
 
 def study(*trials: TrialRecord) -> dict[str, Any]:
