@@ -7,10 +7,12 @@ import re
 from typing import Annotated
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
 )
 
@@ -83,6 +85,16 @@ Duration = Annotated[
     ),
 ]
 """Seconds as a float; YAML may say `30`, `"30s"`, `"1h30m"`; it serialises back to "30s"."""
+
+
+def _above_zero(value: float, info: ValidationInfo) -> float:
+    if value <= 0:
+        raise ValueError(f"{info.field_name} must be greater than 0")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_above_zero)]
+"""A duration above zero: an interval or a window of 0 would never advance."""
 
 
 def _scalar_to_str(value: object) -> object:

@@ -13,14 +13,7 @@ from pydantic import (
 )
 
 from sensors.spec.actions import ActionSpec, Step
-from sensors.spec.base import Duration, ScalarStr, SpecModel, exactly_one
-
-
-def _refuse_zero_or_less(value: float | None, field: str) -> None:
-    """An interval or a window must be above zero: one of 0 would never advance."""
-    if value is not None and value <= 0:
-        raise ValueError(f"{field} must be greater than 0")
-
+from sensors.spec.base import Duration, PositiveDuration, ScalarStr, SpecModel, exactly_one
 
 LifecyclePhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
@@ -72,7 +65,7 @@ class CalendarTrigger(SpecModel):
     name: str = Field(description="Trigger name, unique in its sensor.")
     type: Literal["Calendar"] = Field(description="Trigger type.")
     schedule: str | None = Field(None, description='Cron expression, e.g. "0 3 * * *".')
-    interval: Duration | None = Field(None, description="Fixed interval between firings.")
+    interval: PositiveDuration | None = Field(None, description="Fixed interval between firings.")
     timezone: str = Field("UTC", description="IANA time zone of the schedule.")
 
     @field_validator("schedule")
@@ -80,12 +73,6 @@ class CalendarTrigger(SpecModel):
     def _cron(cls, value: str | None) -> str | None:
         if value is not None and not croniter.is_valid(value):
             raise ValueError(f"invalid cron schedule {value!r}; use five fields like '0 3 * * *'")
-        return value
-
-    @field_validator("interval")
-    @classmethod
-    def _positive(cls, value: float | None) -> float | None:
-        _refuse_zero_or_less(value, "interval")
         return value
 
     @field_validator("timezone")
@@ -133,13 +120,7 @@ class MaxRuns(SpecModel):
     """At most `count` runs started per `per` window (guards retrain loops)."""
 
     count: int = Field(ge=1, description="Runs allowed in the window.")
-    per: Duration = Field(description="Window length.")
-
-    @field_validator("per")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        _refuse_zero_or_less(value, "per")
-        return value
+    per: PositiveDuration = Field(description="Window length.")
 
 
 class SensorParameter(SpecModel):
