@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
 from sensors.spec.base import Duration, ScalarStr, SpecModel
 from sensors.spec.sensors import Sensor

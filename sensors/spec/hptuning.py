@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import (
-    Field,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
 from sensors.spec.base import ScalarStr, SpecModel
 

@@ -6,11 +6,7 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import (
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
 from sensors.spec.actions import ActionSpec, Step
 from sensors.spec.base import Duration, PositiveDuration, ScalarStr, SpecModel, exactly_one

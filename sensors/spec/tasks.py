@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import (
-    ConfigDict,
-    Field,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, model_validator
 
 from sensors.spec.base import Duration, ScalarStr, SpecModel, exactly_one
 from sensors.spec.hptuning import HpTuning
