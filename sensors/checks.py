@@ -17,6 +17,7 @@ from typing import Literal
 
 from sensors.expr import ExprError, bare_template, parse_condition
 from sensors.spec import (
+    ActionSpec,
     AlertTrigger,
     Axon,
     DagNode,
@@ -198,16 +199,35 @@ def _task_ref(
 ) -> Iterator[Finding]:
     task = axon.spec.task(name)
     if task is None:
-        names = [t.name for t in axon.spec.tasks]
-        yield Finding(loc, f"no task named {name!r}{did_you_mean(name, names)}")
+        yield _no_task(axon, loc, name)
     elif task.kind not in kinds and name not in unknown_kinds:
         allowed = " or ".join(kinds)
         yield Finding(loc, f"{role} {verb} {allowed} tasks, but {name!r} is a {task.kind} task")
 
 
+def _no_task(axon: Axon, loc: Loc, name: str) -> Finding:
+    names = [t.name for t in axon.spec.tasks]
+    return Finding(loc, f"no task named {name!r}{did_you_mean(name, names)}")
+
+
 def _check_sensor(
     axon: Axon, loc: Loc, sensor: Sensor, unknown_kinds: frozenset[str]
 ) -> Iterator[Finding]:
+    yield from _check_sensor_names(loc, sensor)
+    yield from _check_conditions(axon, loc, sensor.conditions, unknown_kinds)
+    for j, trigger in enumerate(sensor.triggers):
+        if isinstance(trigger, LifecycleTrigger) and axon.spec.task(trigger.task) is None:
+            yield _no_task(axon, (*loc, "triggers", j, "task"), trigger.task)
+    for s, step in enumerate(sensor.tasks):
+        if isinstance(step, list):
+            for a, action in enumerate(step):
+                yield from _check_action(axon, (*loc, "tasks", s, a), action, unknown_kinds)
+        else:
+            yield from _check_action(axon, (*loc, "tasks", s), step, unknown_kinds)
+
+
+def _check_sensor_names(loc: Loc, sensor: Sensor) -> Iterator[Finding]:
+    """Triggers and conditions are named, and no name is used twice among them."""
     own = [t.name for t in sensor.triggers]
     yield from _named(own, (*loc, "triggers"))
     yield from _unique(own, (*loc, "triggers"), "trigger")
@@ -219,7 +239,13 @@ def _check_sensor(
                 (*loc, "conditions", j, "name"),
                 f"duplicate name {name!r}: triggers and conditions of a sensor share one namespace",
             )
-    for j, condition in enumerate(sensor.conditions):
+
+
+def _check_conditions(
+    axon: Axon, loc: Loc, conditions: Sequence[MetricCondition], unknown_kinds: frozenset[str]
+) -> Iterator[Finding]:
+    """A condition with `task` names a train task and reads its metrics by bare name."""
+    for j, condition in enumerate(conditions):
         if condition.task is not None:
             yield from _task_ref(
                 axon,
@@ -231,40 +257,30 @@ def _check_sensor(
                 verb="reads the metrics of",
             )
             yield from _check_task_condition((*loc, "conditions", j, "condition"), condition)
-    for j, trigger in enumerate(sensor.triggers):
-        if isinstance(trigger, LifecycleTrigger):
-            names = [t.name for t in axon.spec.tasks]
-            if axon.spec.task(trigger.task) is None:
-                yield Finding(
-                    (*loc, "triggers", j, "task"),
-                    f"no task named {trigger.task!r}{did_you_mean(trigger.task, names)}",
-                )
-    for s, step in enumerate(sensor.tasks):
-        actions = step if isinstance(step, list) else [step]
-        for a, action in enumerate(actions):
-            aloc: Loc = (*loc, "tasks", s, a) if isinstance(step, list) else (*loc, "tasks", s)
-            if action.resource_executor is not None:
-                yield from _task_ref(
-                    axon,
-                    (*aloc, "resourceExecutor", "task"),
-                    action.resource_executor.task,
-                    RESOURCE_EXECUTOR_KINDS,
-                    "resourceExecutor",
-                    unknown_kinds=unknown_kinds,
-                )
-            elif action.trainer is not None:
-                yield from _task_ref(
-                    axon,
-                    (*aloc, "trainer", "task"),
-                    action.trainer.task,
-                    TRAINER_KINDS,
-                    "trainer",
-                    unknown_kinds=unknown_kinds,
-                )
-            elif action.deployer is not None:
-                yield from _check_deployer(
-                    axon, (*aloc, "deployer"), action.deployer, unknown_kinds
-                )
+
+
+_ACTION_TASK_KINDS: dict[str, tuple[TaskKind, ...]] = {
+    "resourceExecutor": RESOURCE_EXECUTOR_KINDS,
+    "trainer": TRAINER_KINDS,
+}
+
+
+def _check_action(
+    axon: Axon, loc: Loc, action: ActionSpec, unknown_kinds: frozenset[str]
+) -> Iterator[Finding]:
+    """A resourceExecutor or trainer names a task of a kind it can run; a deployer is sound."""
+    if action.deployer is not None:
+        yield from _check_deployer(axon, (*loc, "deployer"), action.deployer, unknown_kinds)
+        return
+    kind = action.kind
+    yield from _task_ref(
+        axon,
+        (*loc, kind, "task"),
+        action.task_name,
+        _ACTION_TASK_KINDS[kind],
+        kind,
+        unknown_kinds=unknown_kinds,
+    )
 
 
 def _check_task_condition(loc: Loc, condition: MetricCondition) -> Iterator[Finding]:
