@@ -8,6 +8,7 @@ taking traffic now. Errors are the protocol's own `{"error": reason}`.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import httpx
@@ -30,6 +31,8 @@ from executors.serving.routing import (
 
 if TYPE_CHECKING:
     from executors.serving.router.routes import Router
+
+_ModelAnswer = Callable[[Request, DeployerTable, ModelRoute], Awaitable[Response]]
 
 
 def _infer_url(backend: Backend) -> str:
@@ -64,12 +67,28 @@ class V2Endpoints:
     async def _ready(self, urls: list[str]) -> bool:
         return bool(urls) and all((await self.router.calls.healthy(urls)).values())
 
-    async def v2_infer(self, request: Request) -> Response:
-        """POST /<axon>/v2/models/<model>/infer: one version by weight, shadows get a copy."""
+    async def _for_model(self, request: Request, answer: _ModelAnswer) -> Response:
+        """`answer` for the deployer model a v2 path names, else the protocol's 404."""
         found = self._model(request)
         if isinstance(found, Response):
             return found
-        deployer, model = found
+        return await answer(request, *found)
+
+    async def v2_infer(self, request: Request) -> Response:
+        """POST /<axon>/v2/models/<model>/infer: one version by weight, shadows get a copy."""
+        return await self._for_model(request, self._infer)
+
+    async def v2_model(self, request: Request) -> Response:
+        """GET /<axon>/v2/models/<model>: its metadata (the versions taking traffic now)."""
+        return await self._for_model(request, self._metadata)
+
+    async def v2_model_ready(self, request: Request) -> Response:
+        """GET /<axon>/v2/models/<model>/ready: 200 when every version taking traffic is."""
+        return await self._for_model(request, self._model_ready)
+
+    async def _infer(
+        self, request: Request, deployer: DeployerTable, model: ModelRoute
+    ) -> Response:
         started = time.perf_counter()
         try:
             body = await read_body(request)
@@ -110,22 +129,16 @@ class V2Endpoints:
         ).inc()
         return passed_on(answer)
 
-    async def v2_model(self, request: Request) -> Response:
-        """GET /<axon>/v2/models/<model>: its metadata (the versions taking traffic now)."""
-        found = self._model(request)
-        if isinstance(found, Response):
-            return found
-        _, model = found
+    async def _metadata(
+        self, request: Request, deployer: DeployerTable, model: ModelRoute
+    ) -> Response:
         metadata = oip.model_metadata(model.name, "")
         metadata["versions"] = [b.version for b in _routed(model)]
         return json_response(metadata)
 
-    async def v2_model_ready(self, request: Request) -> Response:
-        """GET /<axon>/v2/models/<model>/ready: 200 when every version taking traffic is."""
-        found = self._model(request)
-        if isinstance(found, Response):
-            return found
-        _, model = found
+    async def _model_ready(
+        self, request: Request, deployer: DeployerTable, model: ModelRoute
+    ) -> Response:
         urls = [b.url.rstrip("/") + f"/v2/models/{b.name}/ready" for b in _routed(model)]
         ready = await self._ready(urls)
         return json_response({"name": model.name, "ready": ready}, 200 if ready else 503)
