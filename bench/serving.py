@@ -78,20 +78,7 @@ def running(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines: list[str] = []
-    urls: queue.Queue[str | None] = queue.Queue()
-
-    def drain() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            match = _LISTENING.search(line)
-            if match:
-                urls.put(match.group(1))
-        urls.put(None)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    lines, urls, reader = _read_output(process)
     try:
         try:
             url = urls.get(timeout=timeout)
@@ -110,6 +97,27 @@ def running(
         reader.join(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def _read_output(
+    process: subprocess.Popen[str],
+) -> tuple[list[str], queue.Queue[str | None], threading.Thread]:
+    """Drain `process`'s output in a thread: its lines, and the URLs it announces (then None)."""
+    lines: list[str] = []
+    urls: queue.Queue[str | None] = queue.Queue()
+
+    def drain() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            match = _LISTENING.search(line)
+            if match:
+                urls.put(match.group(1))
+        urls.put(None)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    return lines, urls, reader
 
 
 def serve_argv(model_class: str, *extra: str) -> list[str]:

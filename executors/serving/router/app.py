@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -64,6 +65,25 @@ def create_router_app(
     `RANVIER_ROUTER_TOKEN` (unset: no token is asked for).
     """
     router = Router(source, timeout=timeout, rand=rand, max_body_bytes=max_body_bytes)
+    app = FastAPI(
+        title="ranvier router",
+        version="1",
+        description="One stable URL per Axon deployer: /<axon>/<route path>.",
+        lifespan=_lifespan(router),
+        separate_input_output_schemas=False,
+    )
+    app.state.router = router
+    _add_middleware(app, router, token if token is not None else router_token())
+    install_openapi(app, [SeldonMessage, Feedback, ErrorResponse, oip.InferenceRequest])
+    _add_health_routes(app, router)
+    _add_feedback_route(app, router)
+    add_v2_routes(app, router)
+    _add_route_endpoint(app, router)  # last: it matches every other POST path
+    return app
+
+
+def _lifespan(router: Router) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The router runs (its table loaded and followed, its client open) while the app does."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -73,43 +93,7 @@ def create_router_app(
         finally:
             await router.stop()
 
-    app = FastAPI(
-        title="ranvier router",
-        version="1",
-        description="One stable URL per Axon deployer: /<axon>/<route path>.",
-        lifespan=lifespan,
-        separate_input_output_schemas=False,
-    )
-    app.state.router = router
-    _add_middleware(app, router, token if token is not None else router_token())
-    install_openapi(app, [SeldonMessage, Feedback, ErrorResponse, oip.InferenceRequest])
-    _add_health_routes(app, router)
-    add_message_route(
-        app,
-        "/{axon}/send-feedback",
-        router.feedback,
-        body=Feedback,
-        answer="The model's ack.",
-        summary=(
-            "Feedback, forwarded to the version that answered (response.meta.requestPath), "
-            "else to every version serving /predict now"
-        ),
-        name="feedback",
-    )
-    add_v2_routes(app, router)
-    add_message_route(  # last: it matches every other POST path
-        app,
-        "/{axon}/{path:path}",
-        router.handle,
-        body=SeldonMessage,
-        answer="The answer.",
-        errors={
-            404: {"model": ErrorResponse, "description": "No such axon or route."},
-            502: {"model": ErrorResponse, "description": "A model server is unreachable."},
-        },
-        summary="A deployer's route, e.g. /quickstart/predict",
-    )
-    return app
+    return lifespan
 
 
 def _add_middleware(app: FastAPI, router: Router, token: str | None) -> None:
@@ -127,6 +111,37 @@ def _add_health_routes(app: FastAPI, router: Router) -> None:
     )
     app.add_api_route(
         "/{axon}/health", router.axon_health, summary="Health of an axon's model servers"
+    )
+
+
+def _add_feedback_route(app: FastAPI, router: Router) -> None:
+    add_message_route(
+        app,
+        "/{axon}/send-feedback",
+        router.feedback,
+        body=Feedback,
+        answer="The model's ack.",
+        summary=(
+            "Feedback, forwarded to the version that answered (response.meta.requestPath), "
+            "else to every version serving /predict now"
+        ),
+        name="feedback",
+    )
+
+
+def _add_route_endpoint(app: FastAPI, router: Router) -> None:
+    """`/<axon>/<path>`: every deployer's routes (what `_FastPath` does not answer first)."""
+    add_message_route(
+        app,
+        "/{axon}/{path:path}",
+        router.handle,
+        body=SeldonMessage,
+        answer="The answer.",
+        errors={
+            404: {"model": ErrorResponse, "description": "No such axon or route."},
+            502: {"model": ErrorResponse, "description": "A model server is unreachable."},
+        },
+        summary="A deployer's route, e.g. /quickstart/predict",
     )
 
 
