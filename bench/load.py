@@ -20,15 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -36,13 +33,11 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from executors.serving.routing import (  # noqa: E402 -- after making the repo importable
-    Backend,
-    DeployerTable,
-    ModelRoute,
-    Node,
-    RouteTable,
-    RoutingTable,
+from bench.serving import (  # noqa: E402 -- after making the repo importable
+    model_behind_router,
+    percentile,
+    request_bytes,
+    serve_argv,
 )
 
 WORK = """
@@ -58,48 +53,7 @@ class Work:
         return X
 """
 BODY = b'{"data": {"ndarray": [[1.0, 2.0, 3.0]]}}'
-_LISTENING = re.compile(r"ranvier: listening on (http://\S+)")
 _LENGTH = re.compile(rb"(?i)content-length: *(\d+)")
-
-
-@dataclass
-class Server:
-    """A started server subprocess."""
-
-    url: str
-    pid: int
-
-
-@contextmanager
-def started(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """Run a server subprocess; yield its URL and pid; stop it afterwards."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **(env or {})}
-    process = subprocess.Popen(
-        argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    drain: subprocess.Popen[bytes] | None = None
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            match = _LISTENING.search(line)
-            if match:
-                break
-        else:
-            raise RuntimeError(f"{argv} exited before listening")
-        # keep draining so the server never blocks on a full pipe
-        drain = subprocess.Popen(["cat"], stdin=process.stdout, stdout=subprocess.DEVNULL)
-        yield Server(match.group(1), process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-        if drain is not None:
-            drain.wait(timeout=10)
 
 
 def memory_mb(pid: int, field_name: str) -> float:
@@ -108,14 +62,6 @@ def memory_mb(pid: int, field_name: str) -> float:
         if line.startswith(f"{field_name}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def request_bytes(url: str) -> bytes:
-    parts = urlsplit(url)
-    return (
-        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
-    ).encode() + BODY
 
 
 @dataclass
@@ -130,7 +76,7 @@ class Tally:
 async def client(url: str, until: float, tally: Tally) -> None:
     """Send requests back to back on one keep-alive connection until `until`."""
     parts = urlsplit(url)
-    request = request_bytes(url)
+    request = request_bytes(url, BODY)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     try:
         while time.perf_counter() < until:
@@ -164,13 +110,6 @@ async def load_round(url: str, clients: int, seconds: float, tally: Tally) -> No
     tally.seconds += time.perf_counter() - started_at
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def measure(direct: str, routed: str, args: argparse.Namespace) -> tuple[Tally, Tally]:
     """Alternating rounds, direct first; returns the direct and routed tallies."""
     seconds = args.seconds / args.rounds
@@ -197,36 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         (workdir / "Work.py").write_text(WORK)
-        serve = [sys.executable, "-m", "ranvier", "serve", "Work", "--port", "0"]
-        model = stack.enter_context(
-            started(
-                [*serve, "--max-in-flight", str(args.slots)],
-                workdir,
-                env={"WORK_MS": str(args.work_ms)},
-            )
-        )
-        table = RoutingTable(
-            revision=1,
-            deployers=[
-                DeployerTable(
-                    axon="bench",
-                    name="deploy",
-                    routes=[RouteTable(path="/predict", dag=[Node(model="m")])],
-                    models=[
-                        ModelRoute(
-                            name="m",
-                            backends=[Backend(name="m", version="1", url=model.url, weight=100)],
-                        )
-                    ],
-                )
-            ],
-        )
-        (workdir / "table.json").write_text(table.model_dump_json(by_alias=True))
-        router = stack.enter_context(
-            started(
-                [sys.executable, "-m", "executors.serving.router", str(workdir / "table.json")],
-                workdir,
-            )
+        serve = serve_argv("Work", "--max-in-flight", str(args.slots))
+        model, router = model_behind_router(
+            stack, workdir, serve, env={"WORK_MS": str(args.work_ms)}
         )
         start_rss = memory_mb(model.pid, "VmRSS")
         direct, routed = asyncio.run(

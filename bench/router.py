@@ -19,28 +19,18 @@ import asyncio
 import json
 import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from executors.serving.routing import (  # noqa: E402 -- after making the repo importable
-    Backend,
-    DeployerTable,
-    ModelRoute,
-    Node,
-    RouteTable,
-    RoutingTable,
-)
+from bench import serving  # noqa: E402 -- after making the repo importable
 
 TRIVIAL = """
 class Trivial:
@@ -48,33 +38,6 @@ class Trivial:
         return X
 """
 BODY = b'{"data": {"ndarray": [[1.0, 2.0, 3.0]]}}'
-_LISTENING = re.compile(r"ranvier: listening on (http://\S+)")
-
-
-@contextmanager
-def started(argv: list[str], cwd: Path) -> Iterator[str]:
-    """Run a server subprocess; yield the URL it announces; stop it afterwards."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(
-        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            match = _LISTENING.search(line)
-            if match:
-                break
-        else:
-            raise RuntimeError(f"{argv} exited before listening")
-        # keep draining so the server never blocks on a full pipe
-        drain = subprocess.Popen(["cat"], stdin=process.stdout, stdout=subprocess.DEVNULL)
-        yield match.group(1)
-    finally:
-        process.send_signal(signal.SIGINT)  # like Ctrl-C: lets a profiled router write its stats
-        process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
-    drain.wait(timeout=10)
 
 
 class Connection:
@@ -105,18 +68,13 @@ class Connection:
         await self.writer.wait_closed()
 
 
-def request_bytes(url: str) -> bytes:
-    parts = urlsplit(url)
-    return (
-        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
-    ).encode() + BODY
-
-
 async def latencies(direct: str, routed: str, count: int) -> tuple[list[float], list[float]]:
     """Sequential latencies (ms), direct and routed requests alternating."""
     one, two = await Connection.open(direct), await Connection.open(routed)
-    req_direct, req_routed = request_bytes(direct), request_bytes(routed)
+    req_direct, req_routed = (
+        serving.request_bytes(direct, BODY),
+        serving.request_bytes(routed, BODY),
+    )
     out_direct: list[float] = []
     out_routed: list[float] = []
     for _ in range(count):
@@ -131,7 +89,7 @@ async def latencies(direct: str, routed: str, count: int) -> tuple[list[float], 
 
 async def throughput(url: str, count: int, concurrency: int) -> float:
     """Requests per second with `concurrency` connections each sending in turn."""
-    req = request_bytes(url)
+    req = serving.request_bytes(url, BODY)
     connections = [await Connection.open(url) for _ in range(concurrency)]
     remaining = count
 
@@ -147,11 +105,6 @@ async def throughput(url: str, count: int, concurrency: int) -> float:
     for conn in connections:
         await conn.close()
     return count / elapsed
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def measure(direct: str, routed: str, args: argparse.Namespace) -> dict[str, object]:
@@ -174,7 +127,9 @@ async def measure(direct: str, routed: str, args: argparse.Namespace) -> dict[st
         "direct_p50_ms": round(direct_p50, 3),
         "routed_p50_ms": round(routed_p50, 3),
         "added_p50_ms": round(routed_p50 - direct_p50, 3),
-        "added_p99_ms": round(percentile(lat_routed, 0.99) - percentile(lat_direct, 0.99), 3),
+        "added_p99_ms": round(
+            serving.percentile(lat_routed, 0.99) - serving.percentile(lat_direct, 0.99), 3
+        ),
         "added_pairwise_p50_ms": round(statistics.median(added), 3),
         "direct_per_s": round(direct_per_s, 1),
         "routed_per_s": round(routed_per_s, 1),
@@ -199,39 +154,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         (workdir / "Trivial.py").write_text(TRIVIAL)
-        model = stack.enter_context(
-            started([sys.executable, "-m", "ranvier", "serve", "Trivial", "--port", "0"], workdir)
+        profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+        model, router = serving.model_behind_router(
+            stack, workdir, serving.serve_argv("Trivial"), python=profile
         )
-        table = RoutingTable(
-            revision=1,
-            deployers=[
-                DeployerTable(
-                    axon="bench",
-                    name="deploy",
-                    routes=[RouteTable(path="/predict", dag=[Node(model="m")])],
-                    models=[
-                        ModelRoute(
-                            name="m",
-                            backends=[Backend(name="m", version="1", url=model, weight=100)],
-                        )
-                    ],
-                )
-            ],
-        )
-        (workdir / "table.json").write_text(table.model_dump_json(by_alias=True))
-        router = stack.enter_context(
-            started(
-                [
-                    sys.executable,
-                    *(["-m", "cProfile", "-o", args.profile] if args.profile else []),
-                    "-m",
-                    "executors.serving.router",
-                    str(workdir / "table.json"),
-                ],
-                workdir,
-            )
-        )
-        result = asyncio.run(measure(f"{model}/predict", f"{router}/bench/predict", args))
+        result = asyncio.run(measure(f"{model.url}/predict", f"{router.url}/bench/predict", args))
     print(json.dumps(result))
 
 

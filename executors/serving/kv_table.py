@@ -33,9 +33,9 @@ from pydantic import ValidationError
 from events.aio import checkpoint
 from events.bus import Bus, BusError, KVChange
 from events.subjects import MODELS_BUCKET
+from executors.serving.hosting import serving
 from executors.serving.router import create_router_app
 from executors.serving.routing import RoutingTable
-from executors.serving.server import serving
 
 log = structlog.get_logger(__name__)
 

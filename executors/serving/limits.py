@@ -22,7 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -39,6 +41,7 @@ ENV_MAX_IN_FLIGHT = "RANVIER_MAX_IN_FLIGHT"
 ENV_TIMEOUT = "RANVIER_PREDICT_TIMEOUT"
 ENV_ROUTER_MAX_BODY_BYTES = "RANVIER_ROUTER_MAX_BODY_BYTES"
 ENV_ROUTER_TOKEN = "RANVIER_ROUTER_TOKEN"
+ROUTER_BODY_HINT = f"raise the router's {ENV_ROUTER_MAX_BODY_BYTES}"
 
 
 class LimitError(RanvierError, ValueError):
@@ -139,6 +142,20 @@ def body_too_large(max_bytes: int, hint: str, declared: int | None = None) -> st
         f"the request body{size} is larger than this server accepts ({max_bytes} bytes); "
         f"send a smaller body, or {hint}"
     )
+
+
+class BodyTooLarge(Exception):
+    """A streamed body crossed the limit while it was read."""
+
+
+async def read_body(request: Request) -> bytes:
+    """The request's body, read up to the limit `BodyLimit` enforces (`BodyTooLarge` beyond)."""
+    try:
+        return await request.body()
+    except HTTPException as exc:
+        if exc.status_code == 413:
+            raise BodyTooLarge from exc
+        raise
 
 
 class BodyLimit:

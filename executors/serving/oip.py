@@ -20,9 +20,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from executors.serving.protocol import ProtocolError, parse_json_body, to_plain
+from executors.serving.protocol import ProtocolError, parse_object, to_plain
 
 DATATYPES = frozenset(
     {
@@ -148,15 +148,8 @@ def tensor_value(tensor: RequestInput) -> Any:
 
 def parse_request(body: bytes, content_type: str = "application/json") -> InferenceRequest:
     """An inference request from an HTTP body; `ProtocolError` says what is wrong."""
-    value = parse_json_body(body, content_type)
-    if not isinstance(value, dict):
-        raise ProtocolError('an inference request is a JSON object like {"inputs": [...]}')
-    try:
-        return InferenceRequest.model_validate(value)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "request"
-        raise ProtocolError(f"invalid inference request: {where}: {first['msg']}") from exc
+    example = '{"inputs": [...]}'
+    return parse_object(body, content_type, InferenceRequest, "an inference request", example)
 
 
 def features(request: InferenceRequest) -> tuple[Any, list[str]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,6 +25,8 @@ from events.errors import RanvierError
 Form = Literal["ndarray", "tensor", "strData", "jsonData"]
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class ProtocolError(RanvierError, ValueError):
@@ -212,26 +214,33 @@ def _validation_reason(exc: ValidationError) -> str:
     return f"{where}: {message}" if where else message
 
 
-def parse_message(body: bytes, content_type: str = "application/json") -> SeldonMessage:
-    """A prediction request from an HTTP body; `ProtocolError` says what is wrong."""
+def parse_object(
+    body: bytes, content_type: str, model: type[_Model], what: str, example: str
+) -> _Model:
+    """A JSON object of `model` from an HTTP body; `ProtocolError` says what is wrong.
+
+    `what` names what the caller sent ("a prediction request"); `example` shows one's shape.
+    """
     value = parse_json_body(body, content_type)
     if not isinstance(value, dict):
-        raise ProtocolError('a prediction request is a JSON object like {"data": {"ndarray": []}}')
+        raise ProtocolError(f"{what} is a JSON object like {example}")
     try:
-        return SeldonMessage.model_validate(value)
+        return model.model_validate(value)
     except ValidationError as exc:
-        raise ProtocolError(f"invalid prediction request: {_validation_reason(exc)}") from exc
+        name = what.removeprefix("a ").removeprefix("an ")
+        raise ProtocolError(f"invalid {name}: {_validation_reason(exc)}") from exc
+
+
+def parse_message(body: bytes, content_type: str = "application/json") -> SeldonMessage:
+    """A prediction request from an HTTP body; `ProtocolError` says what is wrong."""
+    example = '{"data": {"ndarray": []}}'
+    return parse_object(body, content_type, SeldonMessage, "a prediction request", example)
 
 
 def parse_feedback(body: bytes, content_type: str = "application/json") -> Feedback:
     """A feedback message from an HTTP body; `ProtocolError` says what is wrong."""
-    value = parse_json_body(body, content_type)
-    if not isinstance(value, dict):
-        raise ProtocolError('feedback is a JSON object like {"request": ..., "reward": 1}')
-    try:
-        return Feedback.model_validate(value)
-    except ValidationError as exc:
-        raise ProtocolError(f"invalid feedback: {_validation_reason(exc)}") from exc
+    example = '{"request": ..., "reward": 1}'
+    return parse_object(body, content_type, Feedback, "feedback", example)
 
 
 def reshape(values: list[float], shape: list[int]) -> Any:

@@ -4,7 +4,7 @@ Everything that decides where a request goes is here, over plain data, with no I
 the routing table from a deployer's spec and its deployed versions (rolloutSpec weights across
 versions, routingStrategy weights across backend models, shadows), the weighted choice with an
 injected random source, the DAG's levels and what each node receives, and where feedback goes.
-`router.py` only moves bytes according to these answers, so the decisions are tested
+The router (`router/`) only moves bytes according to these answers, so the decisions are tested
 table-driven and fast, and the HTTP tests only have to show that the bytes move.
 
 The table is JSON (it lives in the `ranvier_models` KV bucket once the bus lands): per axon and

@@ -2,22 +2,16 @@
 
 Users write a plain class (`predict(X, feature_names)`, optionally `send_feedback(features,
 feature_names, reward, truth)`, `tags()`, `metrics()`) and never touch HTTP. The class is
-loaded once, before the port opens, so `GET /health` answering 200 means "loaded". `predict`
-runs in a worker thread because it may be slow (a GPT-2 `generate` takes seconds) and must not
-stall the event loop; an `async def predict` is awaited directly. A class that raises gets a
-500 with the reason and the server keeps serving; a malformed request gets a 400.
+loaded once (`loading.py`), before the port opens, so `GET /health` answering 200 means
+"loaded". `predict` runs in a worker thread because it may be slow (a GPT-2 `generate` takes
+seconds) and must not stall the event loop; an `async def predict` is awaited directly. A class
+that raises gets a 500 with the reason and the server keeps serving; a malformed request gets a
+400.
 
 The server stays bounded under hostile load (`limits.py`): bodies above its limit get 413
 unread, at most `max_in_flight` requests are worked on at once (503 + `Retry-After` beyond),
 and a request that outlives its timeout gets 504. Besides its own paths it answers Seldon's
 `/api/v1.0/predictions|feedback` and the Open Inference Protocol v2 (`/v2/...`, `oip.py`).
-
-Loading a class (`ranvier serve CLASS`):
-- `Class`: the file `Class.py` in the working directory defines `class Class` (Myelin's
-  `MODEL_NAME` convention);
-- `module.Class` or `module:Class`: `import module` (the working directory is on the path);
-- the constructor receives `model_path=DIR` when it has a `model_path` parameter (or `**kwargs`),
-  otherwise nothing.
 
 Each app owns a `CollectorRegistry`, so `/metrics` shows this server's numbers only: requests,
 feedback, reward sum, latency, and what the class reports through `executors.serving.sdk`.
@@ -26,24 +20,15 @@ feedback, reward sum, latency, and what the class reports through `executors.ser
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-import importlib
-import importlib.util
 import inspect
-import json
-import socket
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
-import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -52,11 +37,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from events.errors import RanvierError
 from executors.serving import oip, protocol, sdk
 from executors.serving.limits import (
     ENV_MAX_BODY_BYTES,
@@ -74,153 +57,18 @@ from executors.serving.protocol import (
     ProtocolError,
     SeldonMessage,
 )
+from executors.serving.responses import (
+    V2_INFER_SPEC,
+    add_message_route,
+    error_response,
+    install_openapi,
+    json_response,
+    v2_error_response,
+)
 
 log = structlog.get_logger(__name__)
 
-
-class ModelLoadError(RanvierError):
-    """The user's model class could not be found, imported or constructed."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading the user's class
-
-
-def _import_file(path: Path, module_name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ModelLoadError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_class(spec: str, search_dir: Path) -> type:
-    """The class named by `spec` (`Class`, `module.Class` or `module:Class`) from `search_dir`."""
-    if ":" in spec:
-        module_name, _, class_name = spec.partition(":")
-    elif "." in spec:
-        module_name, _, class_name = spec.rpartition(".")
-    else:
-        module_name, class_name = spec, spec
-    if not module_name or not class_name.isidentifier():
-        raise ModelLoadError(
-            f"invalid model class {spec!r}", hint="give Class, module.Class or module:Class"
-        )
-    if str(search_dir) not in sys.path:
-        sys.path.insert(0, str(search_dir))
-    try:
-        file = search_dir / f"{module_name}.py"
-        if file.is_file():
-            module = _import_file(file, module_name)
-        else:
-            module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ModelLoadError(
-            f"no module {module_name!r} for model class {spec!r}",
-            hint=f"put {module_name}.py in {search_dir} or give module:Class",
-        ) from exc
-    except Exception as exc:
-        raise ModelLoadError(
-            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    cls = getattr(module, class_name, None)
-    if not isinstance(cls, type):
-        raise ModelLoadError(
-            f"module {module_name!r} has no class {class_name!r}",
-            hint="name the class like its file, as Myelin's MODEL_NAME, or give module:Class",
-        )
-    if not callable(getattr(cls, "predict", None)):
-        raise ModelLoadError(f"class {spec!r} has no predict(X, feature_names) method")
-    return cls
-
-
-def instantiate(cls: type, model_path: Path | None) -> object:
-    """An instance of `cls`, given `model_path=` when its constructor accepts it."""
-    try:
-        params = inspect.signature(cls).parameters.values()
-    except (TypeError, ValueError):
-        params = []  # type: ignore[assignment]  # builtins without a signature take no model_path
-    accepts = any(p.name == "model_path" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    try:
-        if accepts and model_path is not None:
-            return cls(model_path=str(model_path))
-        return cls()
-    except Exception as exc:
-        raise ModelLoadError(
-            f"constructing {cls.__name__} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-# ---------------------------------------------------------------------------------------------
-# OpenAPI helpers (shared with the router)
-
-
-def request_body_spec(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` documenting a body we parse ourselves (JSON, or a form's `json=`)."""
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": ref},
-                "application/x-www-form-urlencoded": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"json": {"type": "string"}},
-                        "required": ["json"],
-                    }
-                },
-            },
-        }
-    }
-
-
-def install_openapi(app: FastAPI, models: list[type[BaseModel]]) -> None:
-    """Make `app.openapi()` include `models` in components (bodies documented by hand)."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, routes=app.routes, description=app.description
-            )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
-                generated = model.model_json_schema(
-                    by_alias=True, ref_template="#/components/schemas/{model}"
-                )
-                for name, sub in generated.pop("$defs", {}).items():
-                    components.setdefault(name, sub)
-                components.setdefault(model.__name__, generated)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "The request is not a valid message."},
-    500: {"model": ErrorResponse, "description": "The model raised; the reason says why."},
-}
-
-
-def json_response(body: Any, status: int = 200) -> Response:
-    """A JSON answer (NaN and infinities refused: they are not JSON)."""
-    return Response(
-        json.dumps(body, allow_nan=False, separators=(",", ":")).encode(),
-        status_code=status,
-        media_type="application/json",
-    )
-
-
-def error_response(status: int, reason: str) -> Response:
-    """A JSON error answer with `status.reason`."""
-    return JSONResponse(protocol.error_body(status, reason), status_code=status)
-
-
-# ---------------------------------------------------------------------------------------------
-# The app
+_T = TypeVar("_T")
 
 
 class _ModelMetrics:
@@ -266,11 +114,6 @@ def _apply_user_metrics(sink: sdk.MetricSink, reported: Any) -> list[protocol.Me
         else:
             sink.gauge(metric.key, metric.value)
     return out
-
-
-def _v2_error(status: int, reason: str) -> Response:
-    """An Open Inference Protocol error answer."""
-    return JSONResponse(oip.error_body(reason), status_code=status)
 
 
 _THREADS: contextvars.ContextVar[list[asyncio.Future[Any]] | None] = contextvars.ContextVar(
@@ -395,14 +238,25 @@ class ModelService:
             request_path={self.name: self.version},
         )
 
+    def _timed_predict(self, x: Any, names: list[str]) -> Any:
+        """A synchronous predict(), its time observed (runs in a worker thread)."""
+        started = time.perf_counter()
+        output = self._predict(x, names)
+        self.stats.latency.labels(**self.labels).observe(time.perf_counter() - started)
+        return output
+
+    async def _awaited_predict(self, x: Any, names: list[str]) -> Any:
+        """An `async def predict()`, awaited on the loop, its time observed."""
+        started = time.perf_counter()
+        output = await self._predict(x, names)
+        self.stats.latency.labels(**self.labels).observe(time.perf_counter() - started)
+        return output
+
     def _predict_and_answer(
         self, x: Any, names: list[str], form: protocol.Form, puid: str | None
     ) -> dict[str, Any]:
         """predict() and the answer's meta in one worker-thread hop."""
-        started = time.perf_counter()
-        output = self._predict(x, names)
-        self.stats.latency.labels(**self.labels).observe(time.perf_counter() - started)
-        return self._answer(output, form, puid)
+        return self._answer(self._timed_predict(x, names), form, puid)
 
     def _answer(self, output: Any, form: protocol.Form, puid: str | None) -> dict[str, Any]:
         return protocol.answer(output, form, meta=self.meta(puid))
@@ -424,21 +278,29 @@ class ModelService:
         """POST /predict (and Seldon's /api/v1.0/predictions)."""
         return await self.guarded("predict", lambda: self._predict_now(request))
 
-    async def _predict_now(self, request: Request) -> Response:
+    async def _parsed(
+        self,
+        endpoint: str,
+        request: Request,
+        parse: Callable[[bytes, str], _T],
+        error: Callable[[int, str], Response] = error_response,
+    ) -> _T | Response:
+        """The request's body read by `parse`, or a 400 (counted) saying what is wrong."""
         try:
-            message = protocol.parse_message(
-                await request.body(), request.headers.get("content-type", "")
-            )
+            return parse(await request.body(), request.headers.get("content-type", ""))
         except ProtocolError as exc:
-            self.stats.count("predict", 400)
-            return error_response(400, str(exc))
+            self.stats.count(endpoint, 400)
+            return error(400, str(exc))
+
+    async def _predict_now(self, request: Request) -> Response:
+        message = await self._parsed("predict", request, protocol.parse_message)
+        if isinstance(message, Response):
+            return message
         x, names = protocol.features(message)
         puid = message.meta.puid if message.meta else None
         try:
             if self._is_async:
-                started = time.perf_counter()
-                output = await self._predict(x, names)
-                self.stats.latency.labels(**self.labels).observe(time.perf_counter() - started)
+                output = await self._awaited_predict(x, names)
                 body = await self._in_thread(self._answer, output, message.form(), puid)
             else:
                 body = await self._in_thread(
@@ -457,13 +319,9 @@ class ModelService:
         return await self.guarded("send-feedback", lambda: self._feedback_now(request))
 
     async def _feedback_now(self, request: Request) -> Response:
-        try:
-            feedback = protocol.parse_feedback(
-                await request.body(), request.headers.get("content-type", "")
-            )
-        except ProtocolError as exc:
-            self.stats.count("send-feedback", 400)
-            return error_response(400, str(exc))
+        feedback = await self._parsed("send-feedback", request, protocol.parse_feedback)
+        if isinstance(feedback, Response):
+            return feedback
         self.stats.feedback.labels(**self.labels).inc()
         if feedback.reward is not None:
             self.stats.reward.labels(**self.labels).inc(feedback.reward)
@@ -492,9 +350,11 @@ class ModelService:
     def _v2_unknown(self, name: str, version: str | None) -> Response | None:
         """404 for a model name (or version) this server does not serve, else None."""
         if name != self.name:
-            return _v2_error(404, f"no model {name!r} on this server; it serves {self.name!r}")
+            return v2_error_response(
+                404, f"no model {name!r} on this server; it serves {self.name!r}"
+            )
         if version is not None and version != self.version:
-            return _v2_error(
+            return v2_error_response(
                 404, f"model {name!r} has no version {version!r}; it serves {self.version!r}"
             )
         return None
@@ -504,41 +364,34 @@ class ModelService:
         unknown = self._v2_unknown(request.path_params["name"], request.path_params.get("version"))
         if unknown is not None:
             return unknown
-        return await self.guarded("v2-infer", lambda: self._v2_infer_now(request), error=_v2_error)
+        return await self.guarded(
+            "v2-infer", lambda: self._v2_infer_now(request), error=v2_error_response
+        )
 
     async def _v2_infer_now(self, request: Request) -> Response:
-        try:
-            message = oip.parse_request(
-                await request.body(), request.headers.get("content-type", "")
-            )
-            x, names = oip.features(message)
-        except ProtocolError as exc:
-            self.stats.count("v2-infer", 400)
-            return _v2_error(400, str(exc))
+        def parse(body: bytes, content_type: str) -> tuple[oip.InferenceRequest, Any, list[str]]:
+            message = oip.parse_request(body, content_type)
+            return (message, *oip.features(message))
 
-        def call() -> Any:
-            started = time.perf_counter()
-            output = self._predict(x, names)
-            self.stats.latency.labels(**self.labels).observe(time.perf_counter() - started)
-            return output
-
+        parsed = await self._parsed("v2-infer", request, parse, v2_error_response)
+        if isinstance(parsed, Response):
+            return parsed
+        message, x, names = parsed
         try:
             if self._is_async:
-                started = time.perf_counter()
-                output = await self._predict(x, names)
-                self.stats.latency.labels(**self.labels).observe(time.perf_counter() - started)
+                output = await self._awaited_predict(x, names)
             else:
-                output = await self._in_thread(call)
+                output = await self._in_thread(self._timed_predict, x, names)
         except Exception as exc:
             log.exception("model.predict_failed", model=self.name, version=self.version)
             self.stats.count("v2-infer", 500)
-            return _v2_error(500, f"predict failed: {type(exc).__name__}: {exc}")
+            return v2_error_response(500, f"predict failed: {type(exc).__name__}: {exc}")
         try:
             body = oip.answer(output, message, model_name=self.name, model_version=self.version)
             response = json_response(body)
         except (TypeError, ValueError) as exc:
             self.stats.count("v2-infer", 500)
-            return _v2_error(500, f"the model's output is not a v2 tensor: {exc}")
+            return v2_error_response(500, f"the model's output is not a v2 tensor: {exc}")
         self.stats.count("v2-infer", 200)
         return response
 
@@ -603,7 +456,7 @@ class _SlotGate:
                 await self.service.refuse(endpoint)(scope, receive, send)
                 return
             if path.startswith("/v2/models/") and path.endswith("/infer"):
-                await self.service.refuse("v2-infer", _v2_error)(scope, receive, send)
+                await self.service.refuse("v2-infer", v2_error_response)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -626,71 +479,43 @@ def create_model_app(
         separate_input_output_schemas=False,
     )
     install_openapi(app, [SeldonMessage, Feedback, ErrorResponse, oip.InferenceRequest])
+    add_seldon_routes(app, service)
+    app.add_api_route("/health", service.health, summary="Health: 200 once the model is loaded")
     app.add_api_route(
+        "/metrics", service.metrics, summary="Prometheus metrics", response_class=Response
+    )
+    add_v2_routes(app, service)
+    _bound(app, service, limits)
+    return app
+
+
+def add_seldon_routes(app: FastAPI, service: ModelService) -> None:
+    """The Seldon-style endpoints of a model server, and Seldon's v1 paths as aliases."""
+    add_message_route(
+        app,
         "/predict",
         service.predict,
-        methods=["POST"],
-        response_model=None,
-        responses={200: {"model": SeldonMessage, "description": "The answer."}, **ERROR_RESPONSES},
-        openapi_extra=request_body_spec(SeldonMessage),
+        body=SeldonMessage,
+        answer="The answer.",
         summary="Predict",
     )
-    app.add_api_route(
+    add_message_route(
+        app,
         "/send-feedback",
         service.feedback,
-        methods=["POST"],
-        response_model=None,
-        responses={
-            200: {"model": SeldonMessage, "description": "Acknowledged."},
-            **ERROR_RESPONSES,
-        },
-        openapi_extra=request_body_spec(Feedback),
+        body=Feedback,
+        answer="Acknowledged.",
         summary="Send feedback",
     )
     for path, endpoint, body, of in (
         ("/api/v1.0/predictions", service.predict, SeldonMessage, "/predict"),
         ("/api/v1.0/feedback", service.feedback, Feedback, "/send-feedback"),
     ):
-        app.add_api_route(
-            path,
-            endpoint,
-            methods=["POST"],
-            response_model=None,
-            responses={200: {"model": SeldonMessage}, **ERROR_RESPONSES},
-            openapi_extra=request_body_spec(body),
-            summary=f"Seldon v1 alias of {of}",
-        )
-    app.add_api_route("/health", service.health, summary="Health: 200 once the model is loaded")
-    app.add_api_route(
-        "/metrics", service.metrics, summary="Prometheus metrics", response_class=Response
-    )
-    add_v2_routes(app, service)
-    body_hint = f"raise the model server's {ENV_MAX_BODY_BYTES} (or --max-body-bytes)"
-
-    async def too_large(request: Request, exc: Exception) -> Response:
-        # a streamed (chunked) body that crossed the limit while it was being read
-        return error_response(413, body_too_large(limits.max_body_bytes, body_hint))
-
-    app.add_exception_handler(413, too_large)
-    app.add_middleware(_SlotGate, service=service)
-    app.add_middleware(
-        BodyLimit,
-        max_bytes=limits.max_body_bytes,
-        hint=body_hint,
-    )
-    return app
+        add_message_route(app, path, endpoint, body=body, summary=f"Seldon v1 alias of {of}")
 
 
 def add_v2_routes(app: FastAPI, service: ModelService) -> None:
     """The Open Inference Protocol v2 endpoints of a model server."""
-    infer_spec = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}
-            },
-        }
-    }
     app.add_api_route("/v2", service.v2_server, summary="OIP v2: server metadata")
     app.add_api_route("/v2/health/live", service.v2_live, summary="OIP v2: live")
     app.add_api_route("/v2/health/ready", service.v2_ready, summary="OIP v2: ready")
@@ -709,131 +534,19 @@ def add_v2_routes(app: FastAPI, service: ModelService) -> None:
             service.v2_infer,
             methods=["POST"],
             response_model=None,
-            openapi_extra=infer_spec,
+            openapi_extra=V2_INFER_SPEC,
             summary="OIP v2: infer",
         )
 
 
-# ---------------------------------------------------------------------------------------------
-# Running an app on a port
+def _bound(app: FastAPI, service: ModelService, limits: Limits) -> None:
+    """The limits around the endpoints: bodies above the maximum, work beyond the slots."""
+    body_hint = f"raise the model server's {ENV_MAX_BODY_BYTES} (or --max-body-bytes)"
 
+    async def too_large(request: Request, exc: Exception) -> Response:
+        # a streamed (chunked) body that crossed the limit while it was being read
+        return error_response(413, body_too_large(limits.max_body_bytes, body_hint))
 
-def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run a server's main coroutine, on uvloop when it is installed (it is much faster)."""
-    try:
-        import uvloop
-    except ImportError:  # optional: the stdlib loop works, only slower
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready socket on host:port (port 0 picks a free one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say TCP, and
-    # without it small answers wait ~40 ms for delayed ACKs (Nagle).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise RanvierError(
-            f"cannot listen on {host}:{port}: {exc.strerror}",
-            hint="choose another --port, or 0 for a free one",
-        ) from exc
-    sock.set_inheritable(True)
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    """The http:// URL a bound socket serves."""
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
-
-
-def uvicorn_config(
-    app: Any, *, lifespan: Literal["on", "off"] = "on", graceful: int | None = None
-) -> uvicorn.Config:
-    """How every ranvier HTTP server runs uvicorn: quiet, no access log, no Server header,
-    `graceful` seconds for requests in flight when it stops."""
-    return uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan=lifespan,
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=graceful,
-        proxy_headers=False,  # nothing sits in front that sets X-Forwarded-*; saves a middleware
-        server_header=False,
-    )
-
-
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the process that runs the roles owns signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    app: Any,
-    host: str,
-    port: int,
-    *,
-    lifespan: Literal["on", "off"] = "on",
-    graceful: int | None = None,
-) -> AsyncIterator[tuple[str, asyncio.Task[None]]]:
-    """Serve `app` on host:port in this event loop while the block runs (a role of a process
-    that owns its signals); yields the bound URL, once it accepts, and the serving task (await
-    it to serve until cancelled). Leaving the block stops it and closes the socket."""
-    sock = bind_socket(host, port)
-    server = _QuietServer(uvicorn_config(app, lifespan=lifespan, graceful=graceful))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                await task  # start-up failed: raise why
-                raise RanvierError(f"the server on {host}:{port} stopped during start-up")
-            await asyncio.sleep(0.01)
-        yield url_of(sock), task
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sock.close()
-
-
-async def serve_app(
-    app: Any,
-    host: str,
-    port: int,
-    *,
-    on_listening: Callable[[str], Awaitable[None] | None] | None = None,
-) -> None:
-    """Serve an ASGI app with uvicorn until stopped (SIGINT/SIGTERM); reports the bound URL."""
-    sock = bind_socket(host, port)
-    server = uvicorn.Server(uvicorn_config(app))
-
-    async def announce() -> None:
-        # uvicorn exposes start-up only as a flag, so poll it
-        while not server.started and not server.should_exit:  # noqa: ASYNC110 -- see above
-            await asyncio.sleep(0.01)
-        if server.started:
-            url = url_of(sock)
-            log.info("serving.listening", url=url)
-            if on_listening is not None:
-                result = on_listening(url)
-                if inspect.isawaitable(result):
-                    await result
-
-    announcer = asyncio.create_task(announce())
-    try:
-        await server.serve(sockets=[sock])
-    finally:
-        announcer.cancel()
-        sock.close()
+    app.add_exception_handler(413, too_large)
+    app.add_middleware(_SlotGate, service=service)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, hint=body_hint)

@@ -21,7 +21,7 @@ import structlog
 
 from events.bus import Bus
 from events.server import write_private
-from executors.serving.server import serving
+from executors.serving.hosting import serving
 from ranvier.api.routes import create_app
 from ranvier.app import AppError
 from ranvier.settings import is_loopback

@@ -73,14 +73,10 @@ def serve(  # noqa: PLR0917 -- typer maps each parameter to a CLI option
     ] = None,
 ) -> None:
     """Serve a model class over HTTP: /predict, /send-feedback, OIP v2 (/v2/...), /health."""
+    from executors.serving.hosting import run_loop, serve_app
     from executors.serving.limits import limits_from
-    from executors.serving.server import (
-        create_model_app,
-        instantiate,
-        load_class,
-        run_loop,
-        serve_app,
-    )
+    from executors.serving.loading import instantiate, load_class
+    from executors.serving.server import create_model_app
 
     if not 0 <= port <= 65535:
         raise RanvierError(f"invalid --port {port}", hint="use 0..65535")

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.serving_processes import ServerProcess, running, serve_argv
+from bench.serving import ServerProcess, running, serve_argv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from bench.serving import ServerProcess, running, serve_argv
 from events import subjects
 from events.bus import Bus, kv_key
 from events.model import MetricData
@@ -31,7 +32,6 @@ from sensors.loader import load_axon_text
 from sensors.promql import SeriesStore
 from sensors.watcher import MetricsWatcher, plan_axon
 from tests.integration.prometheus_kit import PrometheusServer, prometheus
-from tests.integration.serving_processes import ServerProcess, running, serve_argv
 
 __all__ = ["prometheus"]  # the fixture, imported for pytest to find
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.serving import ServerProcess, running, serve_argv
 from ranvier.cli import main
-from tests.integration.serving_processes import ServerProcess, running, serve_argv
 
 pytestmark = pytest.mark.integration
 

@@ -23,6 +23,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.serving import (
+    ServerProcess,
+    one_model,
+    router_argv,
+    running,
+    serve_argv,
+)
 from executors.serving.routing import (
     Backend,
     DeployerTable,
@@ -32,13 +39,6 @@ from executors.serving.routing import (
     RoutingTable,
 )
 from executors.serving.upstream import KeepAliveTransport
-from tests.integration.serving_processes import (
-    ServerProcess,
-    one_model,
-    router_argv,
-    running,
-    serve_argv,
-)
 
 pytestmark = pytest.mark.integration
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from executors.serving.routing import Backend
-from tests.integration.serving_processes import (
+from bench.serving import (
     ServerProcess,
     one_model,
     router_argv,
     running,
     serve_argv,
 )
+from executors.serving.routing import Backend
 
 pytestmark = pytest.mark.integration
 

@@ -20,15 +20,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from executors.serving.routing import (
-    Backend,
-)
-from tests.integration.serving_processes import (
+from bench.serving import (
     ServerProcess,
     one_model,
     router_argv,
     running,
     serve_argv,
+)
+from executors.serving.routing import (
+    Backend,
 )
 
 pytestmark = pytest.mark.integration
