@@ -1,7 +1,8 @@
 """A partition engine's commit on the in-memory bus: publish, then state, then ack.
 
 What the engine requests is not written out by hand: the pure engine, run over the events
-the stream holds, says which actions are due (`expected_actions`). The journal of the bus
+the stream holds, says which actions are due (`expected_actions`); the Axon and its events are
+the runtime tests' (`tests/integration/runtime_kit.py`). The journal of the bus
 records every effect in order, and planned failures break the commit at one step each.
 """
 
@@ -14,62 +15,30 @@ from collections.abc import AsyncIterator
 from events import subjects
 from events.bus import Outgoing
 from events.bus.memory import MemoryBus
-from events.model import AXON, Event, EventError, LifecycleData, utcnow
-from sensors import engine
+from events.model import Event, EventError
 from sensors.axons import AxonStore
-from sensors.loader import load_axon_text
 from sensors.partition import PartitionEngine
-from sensors.spec import Axon
+from tests.integration.runtime_kit import expected_keys, prep_done, two_step_axon
 
 EVENTS = subjects.EVENTS_STREAM
 ACTIONS = subjects.ACTIONS_STREAM
 STATE = f"KV_{subjects.STATE_BUCKET}"
 
-AXON_YAML = """\
-apiVersion: ranvier.dev/v1alpha1
-kind: Axon
-metadata: {name: pipe}
-spec:
-  tasks:
-    - {name: Prep, container: {image: busybox}}
-    - {name: Train, train: {image: trainer}}
-  sensors:
-    - name: retrain
-      concurrency: Allow
-      triggers:
-        - {name: prepped, type: Lifecycle, task: Prep, condition: Succeeded}
-      tasks:
-        - trainer: {task: Train}
-"""
-
-
-def axon() -> Axon:
-    return load_axon_text(AXON_YAML, "axon.yaml")
-
 
 async def submit_and_prep(bus: MemoryBus, runs: int) -> None:
     """Submit the Axon, then report `runs` successful runs of Prep (each fires `retrain`)."""
-    await AxonStore(bus).submit(axon())
+    await AxonStore(bus).submit(two_step_axon())
     for n in range(runs):
-        data = LifecycleData(axon="pipe", task="Prep", run_id=f"prep-{n}", phase="Succeeded")
-        await bus.publish(data.to_event(source="test", id=f"prep-{n}"))
+        await bus.publish(prep_done(n))
 
 
 def expected_actions(bus: MemoryBus) -> list[str]:
-    """Idempotency keys the pure engine requests for the stored events, in stream order."""
-    state = engine.EngineState()
-    keys: list[str] = []
+    """Idempotency keys the pure engine requests for the valid stored events, in order."""
+    events: list[Event] = []
     for stored in bus.messages(EVENTS):
-        try:
-            ev = Event.from_json(stored.data)
-        except EventError:
-            continue  # terminated by the runtime, never stepped
-        if ev.type == AXON:
-            result = engine.submit(state, axon(), int(ev.data["generation"]), ev, utcnow())
-        else:
-            result = engine.step(state, ev, ev.time)
-        keys += [a.idempotency_key for a in result.actions]
-    return keys
+        with contextlib.suppress(EventError):  # terminated by the runtime, never stepped
+            events.append(Event.from_json(stored.data))
+    return expected_keys(two_step_axon(), events)
 
 
 def stored_actions(bus: MemoryBus) -> list[str]:
@@ -160,10 +129,9 @@ async def test_events_the_stored_state_has_seen_are_acked_without_being_stepped(
 
 async def test_a_malformed_event_is_terminated_and_the_stream_flows() -> None:
     bus = MemoryBus(partitions=1)
-    await AxonStore(bus).submit(axon())
+    await AxonStore(bus).submit(two_step_axon())
     await bus.publish_many_encoded([junk(b"{not json", "junk-1")])
-    data = LifecycleData(axon="pipe", task="Prep", run_id="prep-0", phase="Succeeded")
-    await bus.publish(data.to_event(source="test", id="prep-0"))
+    await bus.publish(prep_done(0))
     async with stepping(bus) as part:
         await all_acked(bus, part)
         assert part.stats.malformed == 1
