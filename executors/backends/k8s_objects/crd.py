@@ -25,16 +25,7 @@ def _structural(node: Any, defs: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"description": description} if description else {}
     variants = node.get("anyOf") or node.get("oneOf")
     if variants and "properties" not in node:
-        parts = [_structural(v, defs) for v in variants if v.get("type") != "null"]
-        types = {p.get("type") for p in parts}
-        if len(parts) == 1:
-            return {**parts[0], **out}
-        if types == {"object"}:
-            props: dict[str, Any] = {}
-            for part in parts:
-                props.update(part.get("properties", {}))
-            return {**out, "type": "object", "properties": props}
-        return {**out, "x-kubernetes-preserve-unknown-fields": True}
+        return _union(variants, defs, out)
     kind = node.get("type")
     if isinstance(kind, list):
         real = [t for t in kind if t != "null"]
@@ -42,16 +33,7 @@ def _structural(node: Any, defs: Mapping[str, Any]) -> dict[str, Any]:
             return {**out, "x-kubernetes-preserve-unknown-fields": True}
         kind = real[0]
     if kind == "object" or "properties" in node:
-        out["type"] = "object"
-        if "properties" in node:
-            out["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}
-            if node.get("required"):
-                out["required"] = list(node["required"])
-        elif isinstance(node.get("additionalProperties"), Mapping):
-            out["additionalProperties"] = _structural(node["additionalProperties"], defs)
-        else:
-            out["x-kubernetes-preserve-unknown-fields"] = True
-        return out
+        return _object(node, defs, out)
     if kind == "array":
         return {**out, "type": "array", "items": _structural(node.get("items", {}), defs)}
     if kind is None:
@@ -62,6 +44,37 @@ def _structural(node: Any, defs: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("minimum", "maximum", "minLength", "maxLength", "pattern", "minItems"):
         if key in node:
             out[key] = node[key]
+    return out
+
+
+def _union(variants: list[Any], defs: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """An `anyOf`/`oneOf`: its one non-null variant, one object with every variant's
+    properties, or an unchecked value when the variants' types differ."""
+    parts = [_structural(v, defs) for v in variants if v.get("type") != "null"]
+    types = {p.get("type") for p in parts}
+    if len(parts) == 1:
+        return {**parts[0], **out}
+    if types == {"object"}:
+        props: dict[str, Any] = {}
+        for part in parts:
+            props.update(part.get("properties", {}))
+        return {**out, "type": "object", "properties": props}
+    return {**out, "x-kubernetes-preserve-unknown-fields": True}
+
+
+def _object(
+    node: Mapping[str, Any], defs: Mapping[str, Any], out: dict[str, Any]
+) -> dict[str, Any]:
+    """An object node: its properties, else its additionalProperties, else unchecked."""
+    out["type"] = "object"
+    if "properties" in node:
+        out["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}
+        if node.get("required"):
+            out["required"] = list(node["required"])
+    elif isinstance(node.get("additionalProperties"), Mapping):
+        out["additionalProperties"] = _structural(node["additionalProperties"], defs)
+    else:
+        out["x-kubernetes-preserve-unknown-fields"] = True
     return out
 
 

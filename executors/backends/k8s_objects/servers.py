@@ -66,17 +66,7 @@ def server_objects(
         "spec": {
             "replicas": task.deploy.replicas,
             "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(SERVER_PORT),
-                        "prometheus.io/path": "/metrics",
-                    },
-                },
-                "spec": pod,
-            },
+            "template": {"metadata": _scraped(labels), "spec": pod},
         },
     }
     service = {
@@ -91,6 +81,18 @@ def server_objects(
         },
     }
     return deployment, service
+
+
+def _scraped(labels: dict[str, str]) -> dict[str, Any]:
+    """A server pod's metadata: its labels, and where Prometheus scrapes its metrics."""
+    return {
+        "labels": labels,
+        "annotations": {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(SERVER_PORT),
+            "prometheus.io/path": "/metrics",
+        },
+    }
 
 
 def service_url(axon: Axon, task: str, version: str) -> str:

@@ -72,6 +72,8 @@ AllocateVersion = Callable[[str, str, str], Awaitable[int]]
 
 @dataclass
 class _Live:
+    """A run in progress here: what it created, and whether it is being cancelled."""
+
     request: ActionRequest
     namespace: str
     jobs: list[str] = field(default_factory=list)
@@ -245,6 +247,7 @@ class KubernetesBackend:
         live: _Live,
         on_running: OnRunning | None,
     ) -> tuple[Phase, str, dict[str, Any]]:
+        """Run a container, train, spark or tfJob task: image, then its object, then its end."""
         task = k8s.check_runnable(axon, request.kind, request.task)
         owner = await self._owner_and_store(axon)
         image = await self.ensure_image(axon, task, owner, live)
@@ -363,6 +366,8 @@ class KubernetesBackend:
         live: _Live,
         on_running: OnRunning | None,
     ) -> tuple[Phase, str, dict[str, Any]]:
+        """Serve the versions a deploy action names, each as a Deployment and Service, until
+        every server is available."""
         deployer, wanted = _deploy_plan(request)
         owner = await self._owner_and_store(axon)
         names: list[str] = []

@@ -31,16 +31,12 @@ def run_object(outputs: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-async def run_log_chunks(
-    api_client: Any, namespace: str, kind: str, name: str, *, follow: bool = False
-) -> AsyncIterator[tuple[str, bytes]]:
-    """(pod name, bytes) of the logs of a run's pods, pod by pod (a Spark run: its driver);
-    with `follow`, each pod's log until it ends. A ClusterError when no pod is left (finished
-    pods go with their Job after its TTL)."""
+async def _run_pods(core: Any, namespace: str, kind: str, name: str) -> list[str]:
+    """The names of a run's pods (a Spark run: its driver), sorted; a ClusterError when none
+    is left (finished pods go with their Job after its TTL)."""
     from kubernetes import client
 
-    core = client.CoreV1Api(api_client)
-    label, container = POD_SELECTORS[kind]
+    label = POD_SELECTORS[kind][0]
     try:
         resp: Any = await asyncio.to_thread(
             core.list_namespaced_pod,
@@ -64,6 +60,20 @@ async def run_log_chunks(
             f"no pods of {name} in namespace {namespace} are left",
             hint="finished pods are removed with their Job (ttlSecondsAfterFinished)",
         )
+    return pods
+
+
+async def run_log_chunks(
+    api_client: Any, namespace: str, kind: str, name: str, *, follow: bool = False
+) -> AsyncIterator[tuple[str, bytes]]:
+    """(pod name, bytes) of the logs of a run's pods, pod by pod (a Spark run: its driver);
+    with `follow`, each pod's log until it ends. A ClusterError when no pod is left (finished
+    pods go with their Job after its TTL)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    container = POD_SELECTORS[kind][1]
+    pods = await _run_pods(core, namespace, kind, name)
     for pod in pods:
         kwargs: dict[str, Any] = {"follow": follow, "_preload_content": False}
         if container is not None:
