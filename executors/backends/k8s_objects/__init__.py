@@ -8,6 +8,8 @@ owner's uid, and which images already exist.
 What an Axon becomes:
 
 - container and train tasks: a `Job` per run (`backoffLimit: 0`: retries are the sensors' job);
+- spark tasks, and tfJob tasks (or train tasks with a `tfJobSpec`): a `SparkApplication` or a
+  `TFJob` per run, which the Spark and Kubeflow training operators carry out;
 - deploy tasks: a `Deployment` and a `Service` per (task, model version), re-labelled by each run;
 - an `imageBuild` without `image`: a kaniko `Job` that builds the Dockerfile from the artifact at
   `buildLocation` and pushes `<registry>/<repositoryName>:<content hash>` (s2i is refused);
@@ -24,7 +26,6 @@ deletes everything the Axon created, through Kubernetes' garbage collector.
 Labels are for selecting (sanitised to Kubernetes' label rules, with a digest when anything had
 to change, so different names never share a value); annotations keep the exact names and the
 action request, so the lifecycle watcher can report a run without asking the executor.
-"
 
 The package, one module a concern: `names` (names, labels, annotations), `ownership` (settings,
 owner, a run's labels), `volumes` (the store, git artifacts and their init containers), `pods`
