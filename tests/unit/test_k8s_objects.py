@@ -14,6 +14,7 @@ import yaml
 from events.model import ActionRequest
 from events.watchers.lifecycle import deployment_phase, job_phase, observe, transitions
 from executors.backends import k8s_objects as k8s
+from executors.backends.k8s_objects.volumes import git_init
 from executors.hpo import HPO_PARAM
 from ranvier.cli import main
 from sensors.loader import load_axon, load_axon_text
@@ -238,7 +239,7 @@ def test_the_clone_script_checks_out_the_revision(tmp_path: Path) -> None:
         .replace("path: /src", f"path: {tmp_path / 'src'}")
     )
     artifact = axon.spec.artifacts[0]
-    container, _ = k8s._git_init(artifact, SETTINGS)
+    container, _ = git_init(artifact, SETTINGS)
     env = {e["name"]: e["value"] for e in container["env"]}
     subprocess.run(container["command"], env={**os.environ, **env}, check=True)
     assert (tmp_path / "src" / "f.txt").read_text() == "one"
