@@ -53,7 +53,7 @@ from executors.deploy_flow import (
 )
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry, ModelVersion
-from executors.runner import TaskRun, lifecycle_event_id, task_run_key
+from executors.task_runs import TaskRun, lifecycle_event_id, task_run_key
 from executors.serving.routing import RoutingError, RoutingTable
 from sensors.spec import Axon
 
