@@ -53,8 +53,8 @@ from executors.deploy_flow import (
 )
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry, ModelVersion
-from executors.task_runs import TaskRun, lifecycle_event_id, task_run_key
 from executors.serving.routing import RoutingError, RoutingTable
+from executors.task_runs import TaskRun, lifecycle_event_id, task_run_key
 from sensors.spec import Axon
 
 log = structlog.get_logger(__name__)

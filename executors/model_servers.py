@@ -80,7 +80,6 @@ def server_env(items: Iterable[EnvVar] | object, where: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-@dataclass(frozen=True)
 class ServerRecord:
     """A model server process, as written to disk so that nothing outlives its executor."""
 
@@ -105,7 +104,6 @@ class ServerRecord:
     url: str | None = None
 
 
-@dataclass(frozen=True)
 @dataclass(frozen=True)
 class ServerLaunch:
     """Everything needed to start the servers of one backend model version."""
