@@ -26,7 +26,7 @@ import asyncio
 import os
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -38,8 +38,7 @@ from events.bus import Bus, BusError, kv_key
 from events.errors import RanvierError
 from events.model import ActionRequest, LifecycleData, format_time, new_id, utcnow
 from events.subjects import MODELS_BUCKET, token
-from executors.backends.base import Started, lifecycle
-from executors.backends.local import RunOutcome
+from executors.backends.base import OnStarted, lifecycle
 from executors.backends.local_setup import task_environment
 from executors.backends.processes import (
     boot_id,
@@ -55,6 +54,8 @@ from executors.backends.processes import (
 )
 from executors.deploy_flow import (
     Choice,
+    DeployAction,
+    Deployer,
     DeployError,
     DeployPlan,
     Urls,
@@ -62,14 +63,12 @@ from executors.deploy_flow import (
     deploy_key,
     deployer_spec,
     history_of,
-    plan_deploy,
     plan_of,
     read_json,
     router_key,
     versions_kept,
     write_router_part,
 )
-from executors.kv import BusKeyValue
 from executors.model_servers import (
     ServerLaunch,
     ServerRecord,
@@ -79,13 +78,13 @@ from executors.model_servers import (
     server_env,
     working_dir,
 )
-from executors.registry import ModelRegistry
 from executors.serving.routing import (
     DeployerTable,
     RoutingError,
 )
 from sensors.axons import AxonStore, AxonStoreError
-from sensors.spec import Axon, Deployer, Task
+from sensors.spec import Axon, Task
+from sensors.spec import Deployer as DeployerSpec
 
 log = structlog.get_logger(__name__)
 
@@ -116,7 +115,7 @@ class DeployStarted:
 class _Context:
     request: ActionRequest
     axon: Axon
-    deployer: Deployer
+    deployer: DeployerSpec
     run_id: str
     started: list[_Server] = field(default_factory=list)
 
@@ -125,7 +124,7 @@ class _Context:
 # The deployer
 
 
-class LocalDeployer:
+class LocalDeployer(Deployer):
     """Carries out deployer actions with model-server processes on this machine."""
 
     def __init__(
@@ -141,7 +140,7 @@ class LocalDeployer:
         base_env: Mapping[str, str] | None = None,
     ) -> None:
         """`drain`: seconds old servers keep answering after the table switched (in-flight)."""
-        self.bus = bus
+        super().__init__(bus)
         self.state_dir = Path(state_dir).resolve()
         self.host = host
         self.start_timeout = start_timeout
@@ -151,10 +150,8 @@ class LocalDeployer:
         # Servers inherit the executor's environment minus its credentials (as tasks do);
         # they get what they need per launch.
         self.base_env = task_environment(os.environ if base_env is None else base_env)
-        self.registry = ModelRegistry(BusKeyValue(bus, MODELS_BUCKET))
         self._servers: dict[str, _Server] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._closed = False
 
     @property
     def servers_dir(self) -> Path:
@@ -171,54 +168,18 @@ class LocalDeployer:
 
     # -- deploying ----------------------------------------------------------------------------
 
-    async def deploy(
-        self,
-        request: ActionRequest,
-        axon: Axon,
-        axon_dir: Path,
-        on_running: Callable[[Started], Awaitable[None]] | None = None,
-        *,
-        run_id: str | None = None,
-    ) -> RunOutcome:
-        """Deploy one deployer action; never raises for a deployment that cannot be done."""
-        run_id = run_id or new_id()
-        bound = log.bind(run_id=run_id, axon=request.axon, deployer=request.task)
-        if self._closed:
-            return RunOutcome(run_id, "Failed", "cancelled: executor shut down")
-        started_at = utcnow()
-        lock = self._locks.setdefault((request.namespace, request.axon), asyncio.Lock())
-        async with lock:
-            try:
-                deployer = deployer_spec(request, axon)
-                ctx = _Context(request, axon, deployer, run_id)
-                if on_running is not None:
-                    await on_running(DeployStarted(run_id))
-                plan = await plan_deploy(
-                    self.bus, self.registry, request, axon, deployer, run_id=run_id
-                )
-                outputs = await self._serve(ctx, plan, Path(axon_dir))
-            except (DeployError, RoutingError) as exc:
-                bound.info("deploy.failed", reason=str(exc))
-                return RunOutcome(run_id, "Failed", str(exc), started=started_at)
-        bound.info("deploy.succeeded", url=outputs.get("url"))
-        return RunOutcome(
-            run_id,
-            "Succeeded",
-            outputs["summary"],
-            outputs={k: v for k, v in outputs.items() if k != "summary"},
-            started=started_at,
-        )
+    def _deploying(self, namespace: str, axon: str) -> asyncio.Lock:
+        """One deploy, restore or undeploy of an Axon at a time."""
+        return self._locks.setdefault((namespace, axon), asyncio.Lock())
 
-    async def _serve(self, ctx: _Context, plan: DeployPlan, axon_dir: Path) -> dict[str, Any]:
-        """The deploy flow with this machine's model servers."""
-        launcher = _Processes(self, ctx, axon_dir)
-        done = await deploy(self.bus, plan, launcher)
-        return {
-            "summary": done.summary,
-            "url": done.url,
-            "models": done.record["models"],
-            "stopped": launcher.stopped,
-        }
+    async def _begin(
+        self, action: DeployAction, axon_dir: Path, on_running: OnStarted | None
+    ) -> _Processes:
+        """Report the deploy Running; its servers are `ranvier serve` processes."""
+        if on_running is not None:
+            await on_running(DeployStarted(action.run_id))
+        ctx = _Context(action.request, action.axon, action.deployer, action.run_id)
+        return _Processes(self, ctx, axon_dir)
 
     async def _recorded(self, ctx: _Context, history: Mapping[str, list[int]]) -> list[Choice]:
         """The versions a deployment record holds (newest first), to serve them again as they were.
@@ -437,8 +398,7 @@ class LocalDeployer:
 
     async def undeploy_axon(self, namespace: str, name: str) -> None:
         """Stop an Axon's model servers and remove its routes and deployment records."""
-        lock = self._locks.setdefault((namespace, name), asyncio.Lock())
-        async with lock:
+        async with self._deploying(namespace, name):
             mine = [
                 s
                 for s in self._servers.values()
@@ -498,8 +458,7 @@ class LocalDeployer:
         ns, name = str(record.get("namespace")), str(record.get("axon"))
         deployer_name = str(record.get("deployer"))
         bound = log.bind(axon=name, namespace=ns, deployer=deployer_name)
-        lock = self._locks.setdefault((ns, name), asyncio.Lock())
-        async with lock:
+        async with self._deploying(ns, name):
             if any(
                 (s.record.namespace, s.record.axon, s.record.deployer) == (ns, name, deployer_name)
                 for s in self._servers.values()
@@ -520,12 +479,13 @@ class LocalDeployer:
                 )
                 choices = await self._recorded(ctx, history_of(record))
                 plan = plan_of(request, ctx.axon, ctx.deployer, ctx.run_id, choices)
-                outputs = await self._serve(ctx, plan, stored.axon_dir or Path.cwd())
+                launcher = _Processes(self, ctx, stored.axon_dir or Path.cwd())
+                done = await deploy(self.bus, plan, launcher)
             except (DeployError, RoutingError, AxonStoreError, ValidationError) as exc:
                 bound.warning("deploy.not_restored", reason=str(exc))
                 await self._forget(ns, name, deployer_name)
                 return False
-        bound.info("deploy.restored", url=outputs.get("url"), models=outputs.get("models"))
+        bound.info("deploy.restored", url=done.url, models=done.record["models"])
         return True
 
     async def _stop_leftovers(self) -> tuple[list[ServerRecord], set[tuple[str, str, str]]]:
@@ -594,6 +554,10 @@ class _Processes:
             "host": socket.gethostname(),
             "state_dir": str(self.deployer.state_dir),
         }
+
+    def outputs(self) -> dict[str, Any]:
+        """How many servers the deploy stopped (versions no longer routed)."""
+        return {"stopped": self.stopped}
 
     async def retire(self, plan: DeployPlan) -> int:
         """Stop this deployer's servers the new table does not route to, after a drain."""

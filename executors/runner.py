@@ -25,11 +25,11 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
 import structlog
 
@@ -40,6 +40,7 @@ from events.errors import RanvierError
 from events.model import ActionRequest, EventError, LifecycleData, format_time, new_id, utcnow
 from executors.axon_watch import AxonWatch
 from executors.backends.base import Backend, Outcome, Started, lifecycle
+from executors.deploy_flow import Deployer
 from executors.hpo import Study, StudyError, StudyInterrupted, is_study
 from executors.kv import BusKeyValue, claim_key
 from executors.registry import ModelRegistry, ModelVersion
@@ -63,34 +64,6 @@ NO_DEPLOYER: Final = (
     "no deployer in this executor: deployer actions run where the serving role is "
     "(`ranvier up`, or `ranvier run --role executor` with the deployer available)"
 )
-
-
-class Deployer(Protocol):
-    """Runs deployer actions: model servers behind the router (local processes or Kubernetes)."""
-
-    async def deploy(
-        self,
-        request: ActionRequest,
-        axon: Axon,
-        axon_dir: Path,
-        on_running: Callable[[Started], Awaitable[None]] | None = None,
-        *,
-        run_id: str | None = None,
-    ) -> Outcome:
-        """Deploy as run `run_id`; return once it is serving (Succeeded) or failed."""
-        ...
-
-    async def undeploy_axon(self, namespace: str, name: str) -> None:
-        """Stop everything deployed for an Axon (it was deleted)."""
-        ...
-
-    async def shutdown(self) -> None:
-        """Stop every model server this deployer started."""
-        ...
-
-    async def recover(self) -> Sequence[object]:
-        """At start-up: stop what a crashed executor left and serve its deployments again."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import structlog
 
 from events.model import ActionRequest, LifecycleData, format_time, new_id, utcnow
 from events.subjects import token
-from executors.backends.base import lifecycle
+from executors.backends.base import OutcomePhase, RunOutcome, lifecycle
 from executors.backends.git import GIT_TIMEOUT, GitCheckouts
 from executors.backends.local_setup import (
     CREDENTIAL_VARIABLES,
@@ -75,7 +75,6 @@ from sensors.spec import Axon, Task, format_duration
 
 log = structlog.get_logger(__name__)
 
-OutcomePhase = Literal["Succeeded", "Failed"]
 DEFAULT_GRACE: Final = 5.0
 _RUNS_DIR: Final = "local-runs"
 
@@ -98,33 +97,6 @@ class RunStarted:
         if self.version is not None:
             outputs.update(version=self.version, model_path=str(self.model_path))
         return lifecycle(request, self.run_id, "Running", outputs=outputs)
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """How a run ended: Succeeded or Failed, with a message, exit code and outputs."""
-
-    run_id: str
-    phase: OutcomePhase
-    message: str = ""
-    exit_code: int | None = None
-    outputs: dict[str, Any] = field(default_factory=dict)
-    started: datetime | None = None
-    finished: datetime = field(default_factory=utcnow)
-    log_path: Path | None = None
-    version: int | None = None
-    model_path: Path | None = None
-
-    def to_lifecycle(self, request: ActionRequest) -> LifecycleData:
-        """The Succeeded or Failed lifecycle payload."""
-        return lifecycle(
-            request,
-            self.run_id,
-            self.phase,
-            message=self.message,
-            exit_code=self.exit_code,
-            outputs=self.outputs,
-        )
 
 
 @dataclass(frozen=True)
