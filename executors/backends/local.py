@@ -276,63 +276,77 @@ class LocalBackend:
     async def _plan(
         self, request: ActionRequest, axon: Axon, task: Task, axon_dir: Path, run_id: str
     ) -> _Plan:
+        """Everything to start the run: argv, working directory, environment, model version."""
         namespace, name = axon.metadata.namespace, axon.metadata.name
         ws = self.workspace(name, namespace)
-        data = ws / "data"
-        source = task_source(axon, task)
-        base = await self._base_dir(source, axon_dir, ws)
-        body = task.body
-        sub = source.subdir
-        cwd = (base / sub).resolve() if sub else base
-        if not cwd.is_dir():
-            raise TaskSetupError(
-                f"working directory {cwd} of task {task.name!r} does not exist",
-                hint="fix workingDir (relative to the artifact or the Axon file)",
-            )
+        cwd = await self._working_dir(axon, task, axon_dir, ws)
         # User-given variables are checked before anything (a model version) is allocated.
-        task_env = env_pairs(body.env, f"task {task.name!r}")
-        action_env = env_pairs(request.params.get("env"), f"action for {task.name!r}")
-        env = dict(self.base_env)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        for other in axon.spec.tasks:
-            env[env_name(other.name)] = str(data / other.name)
+        user_env = {
+            **env_pairs(task.body.env, f"task {task.name!r}"),
+            **env_pairs(request.params.get("env"), f"action for {task.name!r}"),
+        }
         version: int | None = None
         model_path = ws / "models"
         if request.kind == "trainer":
             version, model_path = self.allocate_version(name, task.name, namespace)
+        trial = handover(request)  # a study's trial: its configuration, as Myelin hands it over
+        env = self._task_env(axon, task, data=ws / "data", model_path=model_path, run_id=run_id)
+        env.update(user_env)
+        if trial is not None:
+            env.update(trial[1])
+        (ws / "data" / task.name).mkdir(parents=True, exist_ok=True)
+        model_path.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_path(name, task.name, run_id, namespace)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        return _Plan(
+            argv=self._argv(axon, task, trial[0] if trial is not None else []),
+            cwd=cwd,
+            env=env,
+            timeout=task.body.timeout,
+            log_path=log_path,
+            version=version,
+            model_path=model_path if version is not None else None,
+        )
+
+    def _argv(self, axon: Axon, task: Task, extra: list[str]) -> list[str]:
+        """The run's argv: spark-submit for a spark task, else command, args and `extra`."""
+        if task.kind == "spark":
+            return spark_submit_argv(axon, task, shutil.which(SPARK_SUBMIT) or SPARK_SUBMIT)
+        return task_argv([*task.body.command, *task.body.args, *extra], self.python)
+
+    def _task_env(
+        self, axon: Axon, task: Task, *, data: Path, model_path: Path, run_id: str
+    ) -> dict[str, str]:
+        """What every run gets: the base environment, data and model paths, its identity."""
+        env = dict(self.base_env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        for other in axon.spec.tasks:
+            env[env_name(other.name)] = str(data / other.name)
         env.update(
             DATA_PATH=str(data),
             MODEL_PATH=str(model_path),
             TASK_ID=run_id,
             TASK_NAME=task.name,
-            AXON_NAME=name,
-            NAMESPACE=namespace,
+            AXON_NAME=axon.metadata.name,
+            NAMESPACE=axon.metadata.namespace,
         )
         if self.nats_url:
             env["RANVIER_NATS_URL"] = self.nats_url
         if task.train is not None and task.train.loss_metric:
             env["LOSS_METRIC"] = task.train.loss_metric
-        env.update(task_env)
-        env.update(action_env)
-        trial = handover(request)  # a study's trial: its configuration, as Myelin hands it over
-        extra_argv = trial[0] if trial is not None else []
-        if trial is not None:
-            env.update(trial[1])
-        (data / task.name).mkdir(parents=True, exist_ok=True)
-        model_path.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_path(name, task.name, run_id, namespace)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        return _Plan(
-            argv=spark_submit_argv(axon, task, shutil.which(SPARK_SUBMIT) or SPARK_SUBMIT)
-            if task.kind == "spark"
-            else task_argv([*body.command, *body.args, *extra_argv], self.python),
-            cwd=cwd,
-            env=env,
-            timeout=body.timeout,
-            log_path=log_path,
-            version=version,
-            model_path=model_path if version is not None else None,
-        )
+        return env
+
+    async def _working_dir(self, axon: Axon, task: Task, axon_dir: Path, ws: Path) -> Path:
+        """The run's working directory (workingDir in the task's sources); it must exist."""
+        source = task_source(axon, task)
+        base = await self._base_dir(source, axon_dir, ws)
+        cwd = (base / source.subdir).resolve() if source.subdir else base
+        if not cwd.is_dir():
+            raise TaskSetupError(
+                f"working directory {cwd} of task {task.name!r} does not exist",
+                hint="fix workingDir (relative to the artifact or the Axon file)",
+            )
+        return cwd
 
     async def _base_dir(self, source: TaskSource, axon_dir: Path, ws: Path) -> Path:
         """The directory workingDir is relative to (see `task_source`)."""
