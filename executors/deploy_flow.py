@@ -15,6 +15,9 @@ get wrong, on every backend:
    routers pick up live; then the deployment record `ranvier endpoint` and `get axon` read;
 4. retire (`Launcher.retire`): what the new table no longer routes to.
 
+`Deployer` carries out a deployer action with these steps; each backend's deployer supplies
+only its `Launcher` (`executors.deployer` on this machine, `executors.cluster` on Kubernetes).
+
 Versions are remembered per backend model in the deployment record (`history`, newest first):
 rolloutSpec's `destinationIndex` 0 is the version this deploy selected, 1 the one deployed
 before it, and so on. A canary is therefore "deploy again after training": the new version

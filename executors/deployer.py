@@ -2,9 +2,9 @@
 
 The deploy itself (plan, launch, switch the table, record, retire) is `executors.deploy_flow`,
 the same on every backend; here is what it launches: `ranvier serve` processes for the routed
-versions, started and health-checked before the table switches. A server that does not come up
-stops every process this deploy started and leaves the previous table alone, so a broken model
-class never takes traffic away from a working one.
+versions (`executors.model_servers`), started and health-checked before the table switches.
+A server that does not come up stops every process this deploy started and leaves the previous
+table alone, so a broken model class never takes traffic away from a working one.
 
 Model servers are process trees in their own session (like the local backend's runs) and each
 is recorded in `<state-dir>/local-servers/<id>.json` (pid, kernel start time, boot id, owner),
