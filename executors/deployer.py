@@ -43,7 +43,6 @@ from executors.backends.local_setup import task_environment
 from executors.backends.processes import (
     boot_id,
     group_members,
-    owner_alive,
     proc_start,
     read_records,
     remove_record,
@@ -495,9 +494,7 @@ class LocalDeployer(Deployer):
         boot = boot_id()
         records = read_records(self.servers_dir, ServerRecord, "deploy.server_record_unreadable")
         for path, record in records:
-            if record.id in self._servers or owner_alive(
-                record.owner_pid, record.owner_start, record.boot_id, boot
-            ):
+            if record.id in self._servers or record.owner_alive(boot):
                 busy.add((record.namespace, record.axon, record.deployer))
                 continue
             if record.boot_id == boot and (

@@ -23,8 +23,14 @@ from typing import Final
 import httpx
 
 from events.model import ActionRequest
-from executors.backends.local_setup import TaskSetupError, checkout_dir, task_source
-from executors.backends.processes import last_line
+from executors.backends.local_setup import (
+    TaskSetupError,
+    checkout_dir,
+    local_base,
+    task_source,
+    working_dir_in,
+)
+from executors.backends.processes import SessionRecord, last_line
 from executors.deploy_flow import DeployError
 from sensors.spec import Axon, EnvVar, Task
 
@@ -40,27 +46,19 @@ def working_dir(axon: Axon, task: Task, axon_dir: Path, workspace: Path) -> Path
     """
     try:
         source = task_source(axon, task)
+        base = local_base(source, axon_dir)
+        if base is None:
+            assert source.artifact is not None  # local_base: only a git artifact has no base
+            base = checkout_dir(workspace, source.artifact)
+            if not base.is_dir():
+                raise DeployError(
+                    f"git artifact {source.artifact.name!r} of task {task.name!r} is not "
+                    f"checked out",
+                    hint="run a task from it first (the trainer clones it)",
+                )
+        return working_dir_in(base, source, task)
     except TaskSetupError as exc:
         raise DeployError(exc.message, hint=exc.hint) from None
-    artifact = source.artifact
-    if artifact is None:
-        base = axon_dir.resolve()
-    elif artifact.local is not None:
-        base = (axon_dir / artifact.local.path).resolve()
-    else:
-        base = checkout_dir(workspace, artifact)
-        if not base.is_dir():
-            raise DeployError(
-                f"git artifact {artifact.name!r} of task {task.name!r} is not checked out",
-                hint="run a task from it first (the trainer clones it)",
-            )
-    cwd = (base / source.subdir).resolve() if source.subdir else base
-    if not cwd.is_dir():
-        raise DeployError(
-            f"working directory {cwd} of task {task.name!r} does not exist",
-            hint="fix workingDir (relative to the artifact or the Axon file)",
-        )
-    return cwd
 
 
 def server_env(items: Iterable[EnvVar] | object, where: str) -> dict[str, str]:
@@ -80,7 +78,7 @@ def server_env(items: Iterable[EnvVar] | object, where: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class ServerRecord:
+class ServerRecord(SessionRecord):
     """A model server process, as written to disk so that nothing outlives its executor."""
 
     id: str
@@ -92,12 +90,6 @@ class ServerRecord:
     version: str
     replica: int
     spec: str
-    pid: int
-    pgid: int
-    proc_start: int | None
-    boot_id: str | None
-    owner_pid: int
-    owner_start: int | None
     log_path: str
     model_path: str
     started: str

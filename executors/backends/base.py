@@ -129,7 +129,7 @@ class Backend(Protocol):
         axon_dir: Path,
         *,
         run_id: str | None = None,
-        on_running: OnStarted | None = None,
+        on_running: Callable[[Started], Awaitable[None]] | None = None,
     ) -> Outcome:
         """Run one action to its end; never raises for the task's own failure."""
         ...

@@ -50,17 +50,19 @@ from executors.backends.local_setup import (
     checkout_dir,
     env_name,
     env_pairs,
+    local_base,
     spark_submit_argv,
     task_argv,
     task_environment,
     task_source,
     unsupported_reason,
+    working_dir_in,
 )
 from executors.backends.processes import (
+    SessionRecord,
     boot_id,
     exit_message,
     group_members,
-    owner_alive,
     proc_stat,
     read_records,
     remove_record,
@@ -100,7 +102,7 @@ class RunStarted:
 
 
 @dataclass(frozen=True)
-class RunRecord:
+class RunRecord(SessionRecord):
     """What is written to disk about a live run, so a restarted executor can clean up after it."""
 
     run_id: str
@@ -108,18 +110,12 @@ class RunRecord:
     axon: str
     task: str
     kind: str
-    pid: int
-    pgid: int
-    proc_start: int | None
-    boot_id: str | None
     started: str
     log_path: str
     action_key: str | None = None
     version: int | None = None
     model_path: str | None = None
     request: dict[str, Any] | None = None
-    owner_pid: int | None = None
-    owner_start: int | None = None
 
     def action(self) -> ActionRequest | None:
         """The action request the run was started for (to report its Failed lifecycle)."""
@@ -337,26 +333,14 @@ class LocalBackend:
         return env
 
     async def _working_dir(self, axon: Axon, task: Task, axon_dir: Path, ws: Path) -> Path:
-        """The run's working directory (workingDir in the task's sources); it must exist."""
+        """The run's working directory in the task's sources (a git artifact is cloned)."""
         source = task_source(axon, task)
-        base = await self._base_dir(source, axon_dir, ws)
-        cwd = (base / source.subdir).resolve() if source.subdir else base
-        if not cwd.is_dir():
-            raise TaskSetupError(
-                f"working directory {cwd} of task {task.name!r} does not exist",
-                hint="fix workingDir (relative to the artifact or the Axon file)",
-            )
-        return cwd
-
-    async def _base_dir(self, source: TaskSource, axon_dir: Path, ws: Path) -> Path:
-        """The directory workingDir is relative to (see `task_source`)."""
-        artifact = source.artifact
         # Resolving a local path is a metadata-only syscall: not worth a thread hop.
-        if artifact is None:
-            return axon_dir.resolve()  # noqa: ASYNC240  # see above
-        if artifact.local is not None:
-            return (axon_dir / artifact.local.path).resolve()
-        return await self.checkouts.clone(artifact, ws)
+        base = local_base(source, axon_dir)
+        if base is None:
+            assert source.artifact is not None  # local_base: only a git artifact has no base
+            base = await self.checkouts.clone(source.artifact, ws)
+        return working_dir_in(base, source, task)
 
     async def _execute(
         self,
@@ -492,9 +476,7 @@ class LocalBackend:
         lost: list[LostRun] = []
         boot = boot_id()
         for path, record in read_records(self.runs_dir, RunRecord, "task.record_unreadable"):
-            if record.run_id in self._live or owner_alive(
-                record.owner_pid, record.owner_start, record.boot_id, boot
-            ):
+            if record.run_id in self._live or record.owner_alive(boot):
                 continue  # another executor sharing this state dir is still watching it
             killed = _left_running(record, boot)
             if killed:
@@ -527,10 +509,10 @@ def _run_record(
     """The on-disk record of a run whose leader `pid` has just started."""
     return RunRecord(
         run_id=run_id,
-        kind=request.kind,
-        task=request.task,
-        axon=request.axon,
         namespace=request.namespace,
+        axon=request.axon,
+        task=request.task,
+        kind=request.kind,
         **session_ids(pid),
         started=format_time(started),
         log_path=str(plan.log_path),

@@ -224,6 +224,28 @@ def _inside(location: str, mount: str | None) -> str:
     return "" if text == "." else text
 
 
+def local_base(source: TaskSource, axon_dir: Path) -> Path | None:
+    """The directory of a source on this machine (the Axon file's, or a `local` artifact's);
+    None for a git artifact, whose checkout is in the workspace (`checkout_dir`)."""
+    artifact = source.artifact
+    if artifact is None:
+        return axon_dir.resolve()
+    if artifact.local is not None:
+        return (axon_dir / artifact.local.path).resolve()
+    return None
+
+
+def working_dir_in(base: Path, source: TaskSource, task: Task) -> Path:
+    """The task's working directory in its sources at `base`; TaskSetupError if missing."""
+    cwd = (base / source.subdir).resolve() if source.subdir else base
+    if not cwd.is_dir():
+        raise TaskSetupError(
+            f"working directory {cwd} of task {task.name!r} does not exist",
+            hint="fix workingDir (relative to the artifact or the Axon file)",
+        )
+    return cwd
+
+
 def checkout_dir(workspace: Path, artifact: Artifact) -> Path:
     """`<workspace>/src/<artifact>/<revision>/`: where a git artifact is cloned."""
     assert artifact.git is not None

@@ -17,9 +17,9 @@ import os
 import signal
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final, TypedDict, TypeVar
+from typing import Any, Final, TypeVar
 
 import structlog
 
@@ -32,15 +32,27 @@ T = TypeVar("T")
 _POLL: Final = 0.02
 
 
-class SessionIds(TypedDict):
-    """What identifies a started process tree, and the executor that started it, on disk."""
+@dataclass(frozen=True, kw_only=True)
+class SessionRecord:
+    """What a record on disk says of a process tree: its leader and the executor that owns it.
+
+    The kernel's start time of the pid and the boot id tell the leader from a later process
+    that reused its pid.
+    """
 
     pid: int
     pgid: int
     proc_start: int | None
     boot_id: str | None
-    owner_pid: int
-    owner_start: int | None
+    owner_pid: int | None = None
+    owner_start: int | None = None
+
+    def owner_alive(self, boot: str | None) -> bool:
+        """True if another executor process, still running, started the tree (not ours)."""
+        if self.owner_pid is None or self.owner_pid == os.getpid() or self.boot_id != boot:
+            return False
+        start = proc_start(self.owner_pid)
+        return start is not None and start == self.owner_start
 
 
 def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
@@ -67,27 +79,17 @@ def boot_id() -> str | None:
         return None
 
 
-def session_ids(pid: int) -> SessionIds:
-    """The identity of a session just started with leader `pid`, owned by this process."""
+def session_ids(pid: int) -> dict[str, Any]:
+    """The `SessionRecord` fields of a session just started with leader `pid`, owned by us."""
     stat = proc_stat(pid)
-    return SessionIds(
-        pid=pid,
-        pgid=pid,  # start_new_session: the leader's pid is the group and session id
-        proc_start=stat[3] if stat else None,
-        boot_id=boot_id(),
-        owner_pid=os.getpid(),
-        owner_start=proc_start(os.getpid()),
-    )
-
-
-def owner_alive(
-    owner_pid: int | None, owner_start: int | None, recorded_boot: str | None, boot: str | None
-) -> bool:
-    """True if another executor process, still running, started the tree (not ours to stop)."""
-    if owner_pid is None or owner_pid == os.getpid() or recorded_boot != boot:
-        return False
-    start = proc_start(owner_pid)
-    return start is not None and start == owner_start
+    return {
+        "pid": pid,
+        "pgid": pid,  # start_new_session: the leader's pid is the group and session id
+        "proc_start": stat[3] if stat else None,
+        "boot_id": boot_id(),
+        "owner_pid": os.getpid(),
+        "owner_start": proc_start(os.getpid()),
+    }
 
 
 def group_members(pgid: int) -> list[int]:
