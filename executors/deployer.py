@@ -41,15 +41,13 @@ from events.subjects import MODELS_BUCKET, token
 from executors.backends.base import OnStarted, lifecycle
 from executors.backends.local_setup import task_environment
 from executors.backends.processes import (
+    RecordFiles,
     boot_id,
     group_members,
     proc_start,
-    read_records,
-    remove_record,
     session_ids,
     start_session,
     stop_tree,
-    write_record,
 )
 from executors.deploy_flow import (
     Choice,
@@ -150,6 +148,9 @@ class LocalDeployer(Deployer):
         # they get what they need per launch.
         self.base_env = task_environment(os.environ if base_env is None else base_env)
         self._servers: dict[str, _Server] = {}
+        self._records = RecordFiles(
+            self.servers_dir, ServerRecord, "deploy.server_record_unreadable"
+        )
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     @property
@@ -341,7 +342,7 @@ class LocalDeployer(Deployer):
         server = _Server(record, proc)
         self._servers[server_id] = server
         ctx.started.append(server)
-        write_record(self.servers_dir, server_id, record)
+        self._records.write(server_id, record)
         log.info(
             "deploy.server_started",
             axon=request.axon,
@@ -353,7 +354,7 @@ class LocalDeployer(Deployer):
         what = f"model server {launch.backend} version {launch.version}"
         url = await await_healthy(proc, log_path, what, self.start_timeout)
         server.record = record = ServerRecord(**{**asdict(record), "url": url})
-        write_record(self.servers_dir, server_id, record)
+        self._records.write(server_id, record)
         return server
 
     # -- KV -----------------------------------------------------------------------------------
@@ -382,7 +383,7 @@ class LocalDeployer(Deployer):
             await stop_tree(record.pgid, self.grace, server.proc)
         finally:
             self._servers.pop(record.id, None)
-            remove_record(self.servers_dir, record.id)
+            self._records.remove(record.id)
         log.info(
             "deploy.server_stopped",
             axon=record.axon,
@@ -492,8 +493,7 @@ class LocalDeployer(Deployer):
         stopped: list[ServerRecord] = []
         busy: set[tuple[str, str, str]] = set()
         boot = boot_id()
-        records = read_records(self.servers_dir, ServerRecord, "deploy.server_record_unreadable")
-        for path, record in records:
+        for path, record in self._records.read():
             if record.id in self._servers or record.owner_alive(boot):
                 busy.add((record.namespace, record.axon, record.deployer))
                 continue

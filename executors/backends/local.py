@@ -59,17 +59,15 @@ from executors.backends.local_setup import (
     working_dir_in,
 )
 from executors.backends.processes import (
+    RecordFiles,
     SessionRecord,
     boot_id,
     exit_message,
     group_members,
     proc_stat,
-    read_records,
-    remove_record,
     session_ids,
     start_session,
     stop_tree,
-    write_record,
 )
 from executors.hpo import HPO_PARAM, handover
 from executors.registry import read_metrics
@@ -198,6 +196,7 @@ class LocalBackend:
         # the variables a task needs are set per run.
         self.base_env = task_environment(os.environ if base_env is None else base_env)
         self._live: dict[str, _Live] = {}
+        self._records = RecordFiles(self.runs_dir, RunRecord, "task.record_unreadable")
         self.checkouts = GitCheckouts(git, timeout=git_timeout, grace=grace, env=self.base_env)
         self._closed = False
 
@@ -360,7 +359,7 @@ class LocalBackend:
         started = utcnow()
         live = _Live(_run_record(request, run_id, plan, proc.pid, started))
         self._live[run_id] = live
-        write_record(self.runs_dir, run_id, live.record)
+        self._records.write(run_id, live.record)
         bound.info("task.started", pid=proc.pid, argv=plan.argv, cwd=str(plan.cwd))
         ending, leftovers = await self._supervise(proc, live, plan, on_running, started)
         outcome = _finished(run_id, plan, proc.returncode, ending, started)
@@ -405,7 +404,7 @@ class LocalBackend:
             raise
         finally:
             self._live.pop(run_id, None)
-            remove_record(self.runs_dir, run_id)
+            self._records.remove(run_id)
             live.done.set()
         return ending, leftovers
 
@@ -475,7 +474,7 @@ class LocalBackend:
         """
         lost: list[LostRun] = []
         boot = boot_id()
-        for path, record in read_records(self.runs_dir, RunRecord, "task.record_unreadable"):
+        for path, record in self._records.read():
             if record.run_id in self._live or record.owner_alive(boot):
                 continue  # another executor sharing this state dir is still watching it
             killed = _left_running(record, boot)

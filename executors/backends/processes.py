@@ -16,10 +16,10 @@ import json
 import os
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import structlog
 
@@ -27,7 +27,6 @@ from events.subjects import token
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
 
 _POLL: Final = 0.02
 
@@ -53,6 +52,9 @@ class SessionRecord:
             return False
         start = proc_start(self.owner_pid)
         return start is not None and start == self.owner_start
+
+
+R = TypeVar("R", bound=SessionRecord)
 
 
 def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
@@ -207,32 +209,36 @@ def exit_message(code: int, log_path: Path) -> str:
 # Records on disk: one JSON file per live tree
 
 
-def write_record(directory: Path, name: str, record: Any) -> None:
-    """Write dataclass `record` as `<directory>/<name>.json`, atomically (a rename)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".record.", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(asdict(record), out)
-    os.replace(tmp, directory / f"{token(name)}.json")
+@dataclass(frozen=True)
+class RecordFiles(Generic[R]):
+    """The records of live process trees of one kind: `<directory>/<name>.json` each."""
 
+    directory: Path
+    kind: type[R]
+    unreadable: str
+    """The event logged for a record that cannot be read (it is removed)."""
 
-def remove_record(directory: Path, name: str) -> None:
-    """Remove `<directory>/<name>.json` (gone already is fine)."""
-    (directory / f"{token(name)}.json").unlink(missing_ok=True)
+    def write(self, name: str, record: R) -> None:
+        """Write `record` as `<name>.json`, atomically (a rename)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".record.", dir=self.directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(asdict(record), out)
+        os.replace(tmp, self.directory / f"{token(name)}.json")
 
+    def remove(self, name: str) -> None:
+        """Remove `<name>.json` (gone already is fine)."""
+        (self.directory / f"{token(name)}.json").unlink(missing_ok=True)
 
-def read_records(
-    directory: Path, factory: Callable[..., T], event: str
-) -> Iterator[tuple[Path, T]]:
-    """The records in `directory` (by name) built with `factory`; an unreadable one is logged
-    as `event` and removed."""
-    if not directory.is_dir():
-        return
-    for path in sorted(directory.glob("*.json")):
-        try:
-            record = factory(**json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError) as exc:
-            log.warning(event, path=str(path), error=str(exc))
-            path.unlink(missing_ok=True)
-            continue
-        yield path, record
+    def read(self) -> Iterator[tuple[Path, R]]:
+        """Every record, by name; an unreadable one is logged and removed."""
+        if not self.directory.is_dir():
+            return
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                record = self.kind(**json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning(self.unreadable, path=str(path), error=str(exc))
+                path.unlink(missing_ok=True)
+                continue
+            yield path, record
