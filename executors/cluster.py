@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import json
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,26 +36,23 @@ import structlog
 
 from events.bus import Bus, BusError, RevisionMismatch, kv_key
 from events.errors import RanvierError
-from events.model import ActionRequest, LifecycleData, new_id, utcnow
+from events.model import LifecycleData
 from events.subjects import MODELS_BUCKET, RUNS_BUCKET
 from executors.backends import k8s_objects as k8s
-from executors.backends.base import Started
+from executors.backends.base import OnStarted
 from executors.backends.kubernetes import KubernetesBackend
-from executors.backends.local import RunOutcome
 from executors.deploy_flow import (
-    DeployError,
+    DeployAction,
+    Deployer,
     DeployPlan,
+    LaunchFailed,
     Urls,
-    deploy,
-    deployer_spec,
-    plan_deploy,
     router_key,
 )
 from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry, ModelVersion
-from executors.runner import TaskRun, lifecycle_event_id, task_run_key
-from executors.serving.routing import RoutingError, RoutingTable
-from sensors.spec import Axon
+from executors.serving.routing import RoutingTable
+from executors.task_runs import TaskRun, lifecycle_event_id, task_run_key
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +120,7 @@ class VersionCounter:
 DEFAULT_SCALE_DOWN_AFTER: Final = 120.0
 
 
-class KubernetesDeployer:
+class KubernetesDeployer(Deployer):
     """The runner's deployer on a cluster: Deployments + Services, then the router's table.
 
     After a deploy, model servers that no route needs any more (a version rolled out of the
@@ -132,6 +129,8 @@ class KubernetesDeployer:
     routes to a server again keeps it.
     """
 
+    require_model = False
+
     def __init__(
         self,
         bus: Bus,
@@ -139,9 +138,8 @@ class KubernetesDeployer:
         *,
         scale_down_after: float = DEFAULT_SCALE_DOWN_AFTER,
     ) -> None:
-        self.bus = bus
+        super().__init__(bus)
         self.backend = backend
-        self.registry = ModelRegistry(BusKeyValue(bus, MODELS_BUCKET))
         self.scale_down_after = scale_down_after
         self._collecting: dict[tuple[str, str], asyncio.Task[None]] = {}
 
@@ -188,43 +186,16 @@ class KubernetesDeployer:
 
         task.add_done_callback(forget)
 
-    async def deploy(
-        self,
-        request: ActionRequest,
-        axon: Axon,
-        axon_dir: Path,
-        on_running: Callable[[Started], Awaitable[None]] | None = None,
-        *,
-        run_id: str | None = None,
-    ) -> RunOutcome:
-        """Deploy one deployer action; never raises for a deployment that cannot be done."""
-        started = utcnow()
-        run_id = run_id or new_id()
-        bound = log.bind(run_id=run_id, axon=request.axon, deployer=request.task)
-        objects = _Objects(
+    async def _begin(
+        self, action: DeployAction, axon_dir: Path, on_running: OnStarted | None
+    ) -> _Objects:
+        """The deploy's servers are the backend's objects (its run reports Running)."""
+        request = action.request
+        return _Objects(
             self.backend,
             axon_dir,
             on_running,
             retire=lambda: self._collect_later(request.namespace, request.axon),
-        )
-        try:
-            deployer = deployer_spec(request, axon)
-            plan = await plan_deploy(
-                self.bus, self.registry, request, axon, deployer, run_id=run_id, require_model=False
-            )
-            done = await deploy(self.bus, plan, objects)
-        except _LaunchFailed as failed:
-            return failed.outcome
-        except (DeployError, RoutingError) as exc:
-            bound.info("deploy.failed", reason=str(exc))
-            return RunOutcome(run_id, "Failed", str(exc), started=started)
-        bound.info("deploy.succeeded", url=done.url)
-        return RunOutcome(
-            run_id,
-            "Succeeded",
-            done.summary,
-            outputs={"url": done.url, "models": done.record["models"], "servers": objects.servers},
-            started=started,
         )
 
     async def undeploy_axon(self, namespace: str, name: str) -> None:
@@ -247,14 +218,6 @@ class KubernetesDeployer:
         return []
 
 
-class _LaunchFailed(Exception):
-    """The backend's run of the deploy did not succeed: its outcome is the action's."""
-
-    def __init__(self, outcome: RunOutcome) -> None:
-        super().__init__(outcome.message)
-        self.outcome = outcome
-
-
 class _Objects:
     """The deploy flow's launcher on a cluster: a Deployment and Service per routed version
     (the backend's deploy run), whose Service URLs the table routes to."""
@@ -263,7 +226,7 @@ class _Objects:
         self,
         backend: KubernetesBackend,
         axon_dir: Path,
-        on_running: Callable[[Started], Awaitable[None]] | None,
+        on_running: OnStarted | None,
         *,
         retire: Callable[[], None],
     ) -> None:
@@ -293,7 +256,7 @@ class _Objects:
             on_running=self.on_running,
         )
         if outcome.phase != "Succeeded":
-            raise _LaunchFailed(outcome)
+            raise LaunchFailed(outcome)
         self.servers = list(outcome.outputs.get("servers") or [])
         urls: Urls = {}
         for server in self.servers:
@@ -306,6 +269,10 @@ class _Objects:
     def record_extras(self, plan: DeployPlan) -> dict[str, Any]:
         """Nothing beyond the common record: the objects outlive the executor."""
         return {}
+
+    def outputs(self) -> dict[str, Any]:
+        """The servers (Deployments and Services) the deploy serves with."""
+        return {"servers": self.servers}
 
     async def retire(self, plan: DeployPlan) -> int:
         """Servers no longer routed are deleted after the deployer's grace period (requests

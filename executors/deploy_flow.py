@@ -15,6 +15,9 @@ get wrong, on every backend:
    routers pick up live; then the deployment record `ranvier endpoint` and `get axon` read;
 4. retire (`Launcher.retire`): what the new table no longer routes to.
 
+`Deployer` carries out a deployer action with these steps; each backend's deployer supplies
+only its `Launcher` (`executors.deployer` on this machine, `executors.cluster` on Kubernetes).
+
 Versions are remembered per backend model in the deployment record (`history`, newest first):
 rolloutSpec's `destinationIndex` 0 is the version this deploy selected, 1 the one deployed
 before it, and so on. A canary is therefore "deploy again after training": the new version
@@ -23,18 +26,24 @@ takes index 0, the previous one index 1, and the weights split traffic between t
 
 from __future__ import annotations
 
+import contextlib
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from pathlib import Path
+from typing import Any, ClassVar, Final, Protocol
 
 import structlog
 from pydantic import ValidationError
 
 from events.bus import Bus, RevisionMismatch, kv_key
 from events.errors import RanvierError
-from events.model import ActionRequest, format_time, utcnow
+from events.model import ActionRequest, format_time, new_id, utcnow
 from events.subjects import MODELS_BUCKET
+from executors.backends.base import OnStarted, RunOutcome
+from executors.kv import BusKeyValue
 from executors.registry import ModelRegistry, ModelVersion, select_best, select_latest
 from executors.serving.kv_table import ROUTER_URL_KEY
 from executors.serving.limits import LimitError, Limits, limits_from
@@ -42,11 +51,13 @@ from executors.serving.routing import (
     Backend,
     DeployerTable,
     Endpoint,
+    RoutingError,
     RoutingTable,
     build_deployer_table,
     compile_table,
 )
-from sensors.spec import Axon, BackendModel, Deployer, Task
+from sensors.spec import Axon, BackendModel, Task
+from sensors.spec import Deployer as DeployerSpec
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +99,7 @@ class Choice:
     history: tuple[int, ...]
 
 
-def versions_kept(deployer: Deployer) -> int:
+def versions_kept(deployer: DeployerSpec) -> int:
     """How many versions per backend model the rolloutSpec can route to (at least 1)."""
     indices = [d.destination_index for r in deployer.rollout_spec for d in r.destinations]
     indices += [r.shadow.destination_index for r in deployer.rollout_spec if r.shadow]
@@ -174,7 +185,7 @@ def expand_replicas(
     return table.model_copy(update={"models": models})
 
 
-def server_limits(deployer: Deployer, choice: Choice) -> Limits:
+def server_limits(deployer: DeployerSpec, choice: Choice) -> Limits:
     """A backend model's server limits, from its deploy task's and the deployer's `env`.
 
     The model server reads them from its environment (`RANVIER_MAX_BODY_BYTES`, ...), where
@@ -200,12 +211,12 @@ def merge_part(
     return RoutingTable(revision=current.revision + 1, deployers=deployers)
 
 
-def deployer_spec(request: ActionRequest, axon: Axon) -> Deployer:
+def deployer_spec(request: ActionRequest, axon: Axon) -> DeployerSpec:
     """The deployer spec carried by the action, else the one of that name in the Axon."""
     raw = request.params.get("deployer")
     if raw is not None:
         try:
-            return Deployer.model_validate(raw)
+            return DeployerSpec.model_validate(raw)
         except ValidationError as exc:
             raise DeployError(f"deployer {request.task!r}: invalid spec: {exc}") from None
     for sensor in axon.spec.sensors:
@@ -220,7 +231,7 @@ async def choose_versions(
     registry: ModelRegistry,
     request: ActionRequest,
     axon: Axon,
-    deployer: Deployer,
+    deployer: DeployerSpec,
     before: Mapping[str, list[int]],
     *,
     require_model: bool = True,
@@ -274,7 +285,7 @@ def history_of(record: Mapping[str, Any] | None) -> dict[str, list[int]]:
 
 def deployment_record(
     request: ActionRequest,
-    deployer: Deployer,
+    deployer: DeployerSpec,
     table: DeployerTable,
     choices: Sequence[Choice],
     *,
@@ -358,7 +369,7 @@ class DeployPlan:
 
     request: ActionRequest
     axon: Axon
-    deployer: Deployer
+    deployer: DeployerSpec
     run_id: str
     choices: list[Choice]
     planned: DeployerTable
@@ -415,13 +426,17 @@ class Launcher(Protocol):
         """Stop what the new table no longer routes to; how many servers were stopped."""
         ...
 
+    def outputs(self) -> dict[str, Any]:
+        """Backend outputs of the deploy action, next to its URL and models."""
+        ...
+
 
 async def plan_deploy(
     bus: Bus,
     registry: ModelRegistry,
     request: ActionRequest,
     axon: Axon,
-    deployer: Deployer,
+    deployer: DeployerSpec,
     *,
     run_id: str,
     require_model: bool = True,
@@ -435,7 +450,7 @@ async def plan_deploy(
 
 
 def plan_of(
-    request: ActionRequest, axon: Axon, deployer: Deployer, run_id: str, choices: list[Choice]
+    request: ActionRequest, axon: Axon, deployer: DeployerSpec, run_id: str, choices: list[Choice]
 ) -> DeployPlan:
     """The plan for versions already chosen (a restart serves a record's versions again)."""
     pending = {
@@ -481,6 +496,101 @@ async def deploy(bus: Bus, plan: DeployPlan, launcher: Launcher) -> Deployed:
     return Deployed(table, record, url, summary)
 
 
+@dataclass(frozen=True)
+class DeployAction:
+    """One deployer action about to be deployed."""
+
+    request: ActionRequest
+    axon: Axon
+    deployer: DeployerSpec
+    run_id: str
+
+
+class LaunchFailed(Exception):
+    """The backend's run of a launch did not succeed: its outcome is the deploy action's."""
+
+    def __init__(self, outcome: RunOutcome) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+class Deployer(ABC):
+    """Runs deployer actions through the deploy flow; a backend supplies the launcher.
+
+    The runner drives it: `deploy` per deployer action, `undeploy_axon` when an Axon is
+    deleted, `shutdown` and `recover` with the executor.
+    """
+
+    require_model: ClassVar[bool] = True
+    """Whether a deploy task must name a model class (the local `ranvier serve` needs one)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.registry = ModelRegistry(BusKeyValue(bus, MODELS_BUCKET))
+        self._closed = False
+
+    async def deploy(
+        self,
+        request: ActionRequest,
+        axon: Axon,
+        axon_dir: Path,
+        on_running: OnStarted | None = None,
+        *,
+        run_id: str | None = None,
+    ) -> RunOutcome:
+        """Deploy as run `run_id`: Succeeded once it serves; never raises for a deployment
+        that cannot be done (the previous table then stays)."""
+        run_id = run_id or new_id()
+        if self._closed:
+            return RunOutcome(run_id, "Failed", "cancelled: executor shut down")
+        started = utcnow()
+        bound = log.bind(run_id=run_id, axon=request.axon, deployer=request.task)
+        async with self._deploying(request.namespace, request.axon):
+            try:
+                action = DeployAction(request, axon, deployer_spec(request, axon), run_id)
+                launcher = await self._begin(action, Path(axon_dir), on_running)
+                plan = await plan_deploy(
+                    self.bus,
+                    self.registry,
+                    request,
+                    axon,
+                    action.deployer,
+                    run_id=run_id,
+                    require_model=self.require_model,
+                )
+                done = await deploy(self.bus, plan, launcher)
+            except LaunchFailed as failed:
+                return failed.outcome
+            except (DeployError, RoutingError) as exc:
+                bound.info("deploy.failed", reason=str(exc))
+                return RunOutcome(run_id, "Failed", str(exc), started=started)
+        bound.info("deploy.succeeded", url=done.url)
+        outputs = {"url": done.url, "models": done.record["models"], **launcher.outputs()}
+        return RunOutcome(run_id, "Succeeded", done.summary, outputs=outputs, started=started)
+
+    def _deploying(self, namespace: str, axon: str) -> AbstractAsyncContextManager[object]:
+        """Held while an Axon's action deploys (nothing by default)."""
+        return contextlib.nullcontext()
+
+    @abstractmethod
+    async def _begin(
+        self, action: DeployAction, axon_dir: Path, on_running: OnStarted | None
+    ) -> Launcher:
+        """Start a deploy: the launcher of its servers."""
+
+    @abstractmethod
+    async def undeploy_axon(self, namespace: str, name: str) -> None:
+        """Stop everything deployed for an Axon (it was deleted)."""
+
+    @abstractmethod
+    async def shutdown(self) -> None:
+        """At executor shutdown: stop (or let go of) what this deployer runs."""
+
+    @abstractmethod
+    async def recover(self) -> Sequence[object]:
+        """At start-up: stop what a crashed executor left and serve its deployments again."""
+
+
 async def read_json(bus: Bus, key: str) -> dict[str, Any] | None:
     """A JSON record of the models bucket (None when absent or unreadable)."""
     found = await bus.kv_get(MODELS_BUCKET, key)
@@ -496,9 +606,12 @@ async def read_json(bus: Bus, key: str) -> dict[str, Any] | None:
 
 __all__ = [
     "Choice",
+    "DeployAction",
     "DeployError",
     "DeployPlan",
     "Deployed",
+    "Deployer",
+    "LaunchFailed",
     "Launcher",
     "Urls",
     "choose_version",

@@ -2,9 +2,9 @@
 
 The deploy itself (plan, launch, switch the table, record, retire) is `executors.deploy_flow`,
 the same on every backend; here is what it launches: `ranvier serve` processes for the routed
-versions, started and health-checked before the table switches. A server that does not come up
-stops every process this deploy started and leaves the previous table alone, so a broken model
-class never takes traffic away from a working one.
+versions (`executors.model_servers`), started and health-checked before the table switches.
+A server that does not come up stops every process this deploy started and leaves the previous
+table alone, so a broken model class never takes traffic away from a working one.
 
 Model servers are process trees in their own session (like the local backend's runs) and each
 is recorded in `<state-dir>/local-servers/<id>.json` (pid, kernel start time, boot id, owner),
@@ -23,20 +23,14 @@ versions are gone) is forgotten instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import json
 import os
-import re
 import socket
 import sys
-import tempfile
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import httpx
 import structlog
 from pydantic import ValidationError
 
@@ -44,18 +38,21 @@ from events.bus import Bus, BusError, kv_key
 from events.errors import RanvierError
 from events.model import ActionRequest, LifecycleData, format_time, new_id, utcnow
 from events.subjects import MODELS_BUCKET, token
-from executors.backends.base import Started, lifecycle
-from executors.backends.local import (
-    RunOutcome,
-    TaskSetupError,
-    checkout_dir,
+from executors.backends.base import OnStarted, lifecycle
+from executors.backends.local_setup import task_environment
+from executors.backends.processes import (
+    RecordFiles,
+    boot_id,
     group_members,
+    proc_start,
+    session_ids,
+    start_session,
     stop_tree,
-    task_environment,
-    task_source,
 )
 from executors.deploy_flow import (
     Choice,
+    DeployAction,
+    Deployer,
     DeployError,
     DeployPlan,
     Urls,
@@ -63,156 +60,41 @@ from executors.deploy_flow import (
     deploy_key,
     deployer_spec,
     history_of,
-    plan_deploy,
     plan_of,
     read_json,
     router_key,
     versions_kept,
     write_router_part,
 )
-from executors.kv import BusKeyValue
-from executors.registry import ModelRegistry
+from executors.model_servers import (
+    ServerLaunch,
+    ServerRecord,
+    await_healthy,
+    launch_spec,
+    serve_argv,
+    server_env,
+    working_dir,
+)
 from executors.serving.routing import (
     DeployerTable,
     RoutingError,
 )
 from sensors.axons import AxonStore, AxonStoreError
-from sensors.spec import Axon, Deployer, EnvVar, Task
+from sensors.spec import Axon, Task
+from sensors.spec import Deployer as DeployerSpec
 
 log = structlog.get_logger(__name__)
 
 SERVERS_DIR: Final = "local-servers"
 DEFAULT_START_TIMEOUT: Final = 120.0
 DEFAULT_GRACE: Final = 5.0
-_POLL: Final = 0.05
-_CAS_ATTEMPTS: Final = 20
-_LISTENING: Final = re.compile(rb"ranvier: listening on (http://\S+)")
-_LOG_HEAD: Final = 65536
 
 
-def working_dir(axon: Axon, task: Task, axon_dir: Path, workspace: Path) -> Path:
-    """Where a deploy task's class file is: the local backend's rule (`task_source`).
-
-    A git artifact is the checkout the trainer already cloned into the workspace.
-    """
-    try:
-        source = task_source(axon, task)
-    except TaskSetupError as exc:
-        raise DeployError(exc.message, hint=exc.hint) from None
-    artifact = source.artifact
-    if artifact is None:
-        base = axon_dir.resolve()
-    elif artifact.local is not None:
-        base = (axon_dir / artifact.local.path).resolve()
-    else:
-        base = checkout_dir(workspace, artifact)
-        if not base.is_dir():
-            raise DeployError(
-                f"git artifact {artifact.name!r} of task {task.name!r} is not checked out",
-                hint="run a task from it first (the trainer clones it)",
-            )
-    cwd = (base / source.subdir).resolve() if source.subdir else base
-    if not cwd.is_dir():
-        raise DeployError(
-            f"working directory {cwd} of task {task.name!r} does not exist",
-            hint="fix workingDir (relative to the artifact or the Axon file)",
-        )
-    return cwd
-
-
-def _env(items: Iterable[EnvVar] | object, where: str) -> dict[str, str]:
-    if not items:
-        return {}
-    out: dict[str, str] = {}
-    for item in items if isinstance(items, list) else []:
-        var = item if isinstance(item, EnvVar) else EnvVar.model_validate(item)
-        if var.value_from is not None:
-            raise DeployError(
-                f"{where}: env {var.name} takes its value from a Secret or ConfigMap",
-                hint="give it a value for local deploys",
-            )
-        out[var.name] = var.value or ""
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Processes
-
-
-def _proc_start(pid: int) -> int | None:
-    """The kernel's start time of `pid` (to tell it from a later process with the same pid)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
-def _last_line(path: Path, limit: int = 300) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
-            tail = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    line = lines[-1] if lines else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-@dataclass(frozen=True)
-class ServerRecord:
-    """A model server process, as written to disk so that nothing outlives its executor."""
-
-    id: str
-    namespace: str
-    axon: str
-    deployer: str
-    task: str
-    backend: str
-    version: str
-    replica: int
-    spec: str
-    pid: int
-    pgid: int
-    proc_start: int | None
-    boot_id: str | None
-    owner_pid: int
-    owner_start: int | None
-    log_path: str
-    model_path: str
-    started: str
-    url: str | None = None
-
-
+@dataclass
 @dataclass
 class _Server:
     record: ServerRecord
     proc: asyncio.subprocess.Process | None
-
-
-@dataclass(frozen=True)
-class _Launch:
-    """Everything needed to start the servers of one backend model version."""
-
-    backend: str
-    version: str
-    spec: str
-    argv: list[str]
-    cwd: Path
-    env: dict[str, str]
-    model_path: Path
-    replicas: int
-    task: str
 
 
 @dataclass(frozen=True)
@@ -230,7 +112,7 @@ class DeployStarted:
 class _Context:
     request: ActionRequest
     axon: Axon
-    deployer: Deployer
+    deployer: DeployerSpec
     run_id: str
     started: list[_Server] = field(default_factory=list)
 
@@ -239,7 +121,7 @@ class _Context:
 # The deployer
 
 
-class LocalDeployer:
+class LocalDeployer(Deployer):
     """Carries out deployer actions with model-server processes on this machine."""
 
     def __init__(
@@ -255,7 +137,7 @@ class LocalDeployer:
         base_env: Mapping[str, str] | None = None,
     ) -> None:
         """`drain`: seconds old servers keep answering after the table switched (in-flight)."""
-        self.bus = bus
+        super().__init__(bus)
         self.state_dir = Path(state_dir).resolve()
         self.host = host
         self.start_timeout = start_timeout
@@ -265,10 +147,11 @@ class LocalDeployer:
         # Servers inherit the executor's environment minus its credentials (as tasks do);
         # they get what they need per launch.
         self.base_env = task_environment(os.environ if base_env is None else base_env)
-        self.registry = ModelRegistry(BusKeyValue(bus, MODELS_BUCKET))
         self._servers: dict[str, _Server] = {}
+        self._records = RecordFiles(
+            self.servers_dir, ServerRecord, "deploy.server_record_unreadable"
+        )
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._closed = False
 
     @property
     def servers_dir(self) -> Path:
@@ -285,54 +168,18 @@ class LocalDeployer:
 
     # -- deploying ----------------------------------------------------------------------------
 
-    async def deploy(
-        self,
-        request: ActionRequest,
-        axon: Axon,
-        axon_dir: Path,
-        on_running: Callable[[Started], Awaitable[None]] | None = None,
-        *,
-        run_id: str | None = None,
-    ) -> RunOutcome:
-        """Deploy one deployer action; never raises for a deployment that cannot be done."""
-        run_id = run_id or new_id()
-        bound = log.bind(run_id=run_id, axon=request.axon, deployer=request.task)
-        if self._closed:
-            return RunOutcome(run_id, "Failed", "cancelled: executor shut down")
-        started_at = utcnow()
-        lock = self._locks.setdefault((request.namespace, request.axon), asyncio.Lock())
-        async with lock:
-            try:
-                deployer = deployer_spec(request, axon)
-                ctx = _Context(request, axon, deployer, run_id)
-                if on_running is not None:
-                    await on_running(DeployStarted(run_id))
-                plan = await plan_deploy(
-                    self.bus, self.registry, request, axon, deployer, run_id=run_id
-                )
-                outputs = await self._serve(ctx, plan, Path(axon_dir))
-            except (DeployError, RoutingError) as exc:
-                bound.info("deploy.failed", reason=str(exc))
-                return RunOutcome(run_id, "Failed", str(exc), started=started_at)
-        bound.info("deploy.succeeded", url=outputs.get("url"))
-        return RunOutcome(
-            run_id,
-            "Succeeded",
-            outputs["summary"],
-            outputs={k: v for k, v in outputs.items() if k != "summary"},
-            started=started_at,
-        )
+    def _deploying(self, namespace: str, axon: str) -> asyncio.Lock:
+        """One deploy, restore or undeploy of an Axon at a time."""
+        return self._locks.setdefault((namespace, axon), asyncio.Lock())
 
-    async def _serve(self, ctx: _Context, plan: DeployPlan, axon_dir: Path) -> dict[str, Any]:
-        """The deploy flow with this machine's model servers."""
-        launcher = _Processes(self, ctx, axon_dir)
-        done = await deploy(self.bus, plan, launcher)
-        return {
-            "summary": done.summary,
-            "url": done.url,
-            "models": done.record["models"],
-            "stopped": launcher.stopped,
-        }
+    async def _begin(
+        self, action: DeployAction, axon_dir: Path, on_running: OnStarted | None
+    ) -> _Processes:
+        """Report the deploy Running; its servers are `ranvier serve` processes."""
+        if on_running is not None:
+            await on_running(DeployStarted(action.run_id))
+        ctx = _Context(action.request, action.axon, action.deployer, action.run_id)
+        return _Processes(self, ctx, axon_dir)
 
     async def _recorded(self, ctx: _Context, history: Mapping[str, list[int]]) -> list[Choice]:
         """The versions a deployment record holds (newest first), to serve them again as they were.
@@ -367,8 +214,43 @@ class LocalDeployer:
                 choices.append(Choice(model.name, backend, deploy, version, tuple(versions[:keep])))
         return choices
 
-    async def _launch(self, ctx: _Context, choice: Choice, axon_dir: Path, version: int) -> _Launch:
-        request, axon = ctx.request, ctx.axon
+    async def _launch(
+        self, ctx: _Context, choice: Choice, axon_dir: Path, version: int
+    ) -> ServerLaunch:
+        """What to start for one version of a backend model (its servers share it)."""
+        request = ctx.request
+        model_path = await self._model_path(ctx, choice, version)
+        task = choice.deploy_task
+        assert task.deploy is not None  # checked by _choose
+        assert task.deploy.model
+        cwd = working_dir(ctx.axon, task, axon_dir, self.workspace(request.axon, request.namespace))
+        env = self._server_env(ctx, choice, task, model_path, version)
+        argv = serve_argv(
+            self.python,
+            task.deploy.model,
+            model_path=model_path,
+            host=self.host,
+            cwd=cwd,
+            version=version,
+        )
+        backend = choice.backend.name
+        return ServerLaunch(
+            backend=backend,
+            version=str(version),
+            spec=launch_spec(
+                request, ctx.deployer.name, backend=backend, argv=argv, cwd=cwd, env=env
+            ),
+            argv=argv,
+            cwd=cwd,
+            env=env,
+            model_path=model_path,
+            replicas=max(1, task.deploy.replicas),
+            task=task.name,
+        )
+
+    async def _model_path(self, ctx: _Context, choice: Choice, version: int) -> Path:
+        """The directory of a registered model version; DeployError if it is gone."""
+        request = ctx.request
         record = await self.registry.get(
             request.axon, choice.backend.trainer, version, namespace=request.namespace
         )
@@ -383,14 +265,18 @@ class LocalDeployer:
                 f"backend model {choice.backend.name!r}: version {version} directory "
                 f"{model_path} does not exist"
             )
-        task = choice.deploy_task
-        assert task.deploy is not None  # checked by _choose
-        assert task.deploy.model
-        cwd = working_dir(axon, task, axon_dir, self.workspace(request.axon, request.namespace))
+        return model_path
+
+    def _server_env(
+        self, ctx: _Context, choice: Choice, task: Task, model_path: Path, version: int
+    ) -> dict[str, str]:
+        """A server's environment: the executor's (no credentials), the task's and deployer's
+        variables, and what `ranvier serve` and the model class read."""
+        request = ctx.request
         env = dict(self.base_env)
         env["PYTHONUNBUFFERED"] = "1"
-        env.update(_env(task.body.env, f"task {task.name!r}"))
-        env.update(_env(ctx.deployer.env, f"deployer {ctx.deployer.name!r}"))
+        env.update(server_env(task.body.env, f"task {task.name!r}"))
+        env.update(server_env(ctx.deployer.env, f"deployer {ctx.deployer.name!r}"))
         env.update(
             MODEL_PATH=str(model_path),
             TASK_NAME=task.name,
@@ -400,49 +286,9 @@ class LocalDeployer:
             RANVIER_MODEL=choice.backend.name,
             RANVIER_VERSION=str(version),
         )
-        argv = [
-            self.python,
-            "-m",
-            "ranvier",
-            "serve",
-            task.deploy.model,
-            "--model-path",
-            str(model_path),
-            "--port",
-            "0",
-            "--host",
-            self.host,
-            "--workdir",
-            str(cwd),
-            "--model-version",
-            str(version),
-        ]
-        spec = hashlib.sha256(
-            json.dumps(
-                [
-                    request.namespace,
-                    request.axon,
-                    ctx.deployer.name,
-                    choice.backend.name,
-                    argv,
-                    str(cwd),
-                    sorted(env.items()),
-                ]
-            ).encode()
-        ).hexdigest()[:16]
-        return _Launch(
-            backend=choice.backend.name,
-            version=str(version),
-            spec=spec,
-            argv=argv,
-            cwd=cwd,
-            env=env,
-            model_path=model_path,
-            replicas=max(1, task.deploy.replicas),
-            task=task.name,
-        )
+        return env
 
-    async def _ensure(self, ctx: _Context, launch: _Launch) -> list[str]:
+    async def _ensure(self, ctx: _Context, launch: ServerLaunch) -> list[str]:
         """URLs of the launch's replicas: running ones are reused, missing ones started."""
         urls: list[str] = []
         for replica in range(launch.replicas):
@@ -463,7 +309,8 @@ class LocalDeployer:
             urls.append(running.record.url)
         return urls
 
-    async def _start(self, ctx: _Context, launch: _Launch, replica: int) -> _Server:
+    async def _start(self, ctx: _Context, launch: ServerLaunch, replica: int) -> _Server:
+        """Start one replica of a launch and return it once healthy (recorded on disk)."""
         request = ctx.request
         server_id = new_id()
         log_path = (
@@ -473,19 +320,10 @@ class LocalDeployer:
             / f"server-{token(launch.backend)}-v{token(launch.version)}-{server_id}.log"
         )
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("wb") as logfile:
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *launch.argv,
-                    cwd=launch.cwd,
-                    env=launch.env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=logfile,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise DeployError(f"cannot start model server: {exc}") from None
+        try:
+            proc = await start_session(launch.argv, launch.cwd, launch.env, log_path)
+        except OSError as exc:
+            raise DeployError(f"cannot start model server: {exc}") from None
         record = ServerRecord(
             id=server_id,
             namespace=request.namespace,
@@ -496,12 +334,7 @@ class LocalDeployer:
             version=launch.version,
             replica=replica,
             spec=launch.spec,
-            pid=proc.pid,
-            pgid=proc.pid,
-            proc_start=_proc_start(proc.pid),
-            boot_id=_boot_id(),
-            owner_pid=os.getpid(),
-            owner_start=_proc_start(os.getpid()),
+            **session_ids(proc.pid),
             log_path=str(log_path),
             model_path=str(launch.model_path),
             started=format_time(utcnow()),
@@ -509,7 +342,7 @@ class LocalDeployer:
         server = _Server(record, proc)
         self._servers[server_id] = server
         ctx.started.append(server)
-        self._write_record(record)
+        self._records.write(server_id, record)
         log.info(
             "deploy.server_started",
             axon=request.axon,
@@ -518,42 +351,11 @@ class LocalDeployer:
             pid=proc.pid,
             log=str(log_path),
         )
-        url = await self._await_healthy(proc, log_path, launch)
-        server.record = record = ServerRecord(**{**asdict(record), "url": url})
-        self._write_record(record)
-        return server
-
-    async def _await_healthy(
-        self, proc: asyncio.subprocess.Process, log_path: Path, launch: _Launch
-    ) -> str:
         what = f"model server {launch.backend} version {launch.version}"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout
-        url: str | None = None
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while True:
-                if proc.returncode is not None:
-                    last = _last_line(log_path)
-                    raise DeployError(
-                        f"{what} did not start: exited with code {proc.returncode}"
-                        + (f": {last}" if last else "")
-                    )
-                if url is None:
-                    url = _listening_url(log_path)
-                if url is not None:
-                    with contextlib.suppress(httpx.HTTPError):
-                        if (await client.get(f"{url}/health")).status_code == 200:
-                            return url
-                if loop.time() >= deadline:
-                    last = _last_line(log_path)
-                    raise DeployError(
-                        f"{what} not healthy after {self.start_timeout:g}s"
-                        + (f": {last}" if last else ""),
-                        hint="see its log " + str(log_path),
-                    )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_POLL):
-                        await asyncio.shield(proc.wait())
+        url = await await_healthy(proc, log_path, what, self.start_timeout)
+        server.record = record = ServerRecord(**{**asdict(record), "url": url})
+        self._records.write(server_id, record)
+        return server
 
     # -- KV -----------------------------------------------------------------------------------
 
@@ -581,7 +383,7 @@ class LocalDeployer:
             await stop_tree(record.pgid, self.grace, server.proc)
         finally:
             self._servers.pop(record.id, None)
-            (self.servers_dir / f"{token(record.id)}.json").unlink(missing_ok=True)
+            self._records.remove(record.id)
         log.info(
             "deploy.server_stopped",
             axon=record.axon,
@@ -596,8 +398,7 @@ class LocalDeployer:
 
     async def undeploy_axon(self, namespace: str, name: str) -> None:
         """Stop an Axon's model servers and remove its routes and deployment records."""
-        lock = self._locks.setdefault((namespace, name), asyncio.Lock())
-        async with lock:
+        async with self._deploying(namespace, name):
             mine = [
                 s
                 for s in self._servers.values()
@@ -657,8 +458,7 @@ class LocalDeployer:
         ns, name = str(record.get("namespace")), str(record.get("axon"))
         deployer_name = str(record.get("deployer"))
         bound = log.bind(axon=name, namespace=ns, deployer=deployer_name)
-        lock = self._locks.setdefault((ns, name), asyncio.Lock())
-        async with lock:
+        async with self._deploying(ns, name):
             if any(
                 (s.record.namespace, s.record.axon, s.record.deployer) == (ns, name, deployer_name)
                 for s in self._servers.values()
@@ -679,46 +479,32 @@ class LocalDeployer:
                 )
                 choices = await self._recorded(ctx, history_of(record))
                 plan = plan_of(request, ctx.axon, ctx.deployer, ctx.run_id, choices)
-                outputs = await self._serve(ctx, plan, stored.axon_dir or Path.cwd())
+                launcher = _Processes(self, ctx, stored.axon_dir or Path.cwd())
+                done = await deploy(self.bus, plan, launcher)
             except (DeployError, RoutingError, AxonStoreError, ValidationError) as exc:
                 bound.warning("deploy.not_restored", reason=str(exc))
                 await self._forget(ns, name, deployer_name)
                 return False
-        bound.info("deploy.restored", url=outputs.get("url"), models=outputs.get("models"))
+        bound.info("deploy.restored", url=done.url, models=done.record["models"])
         return True
 
     async def _stop_leftovers(self) -> tuple[list[ServerRecord], set[tuple[str, str, str]]]:
         """Stop servers whose executor is gone; (stopped, deployments a live executor serves)."""
         stopped: list[ServerRecord] = []
         busy: set[tuple[str, str, str]] = set()
-        if not self.servers_dir.is_dir():
-            return stopped, busy
-        boot = _boot_id()
-        for path in sorted(self.servers_dir.glob("*.json")):
-            try:
-                record = ServerRecord(**json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError, TypeError) as exc:
-                log.warning("deploy.server_record_unreadable", path=str(path), error=str(exc))
-                path.unlink(missing_ok=True)
-                continue
-            if record.id in self._servers or _owner_alive(record, boot):
+        boot = boot_id()
+        for path, record in self._records.read():
+            if record.id in self._servers or record.owner_alive(boot):
                 busy.add((record.namespace, record.axon, record.deployer))
                 continue
             if record.boot_id == boot and (
-                _proc_start(record.pid) == record.proc_start or group_members(record.pgid)
+                proc_start(record.pid) == record.proc_start or group_members(record.pgid)
             ):
                 await stop_tree(record.pgid, self.grace)
             path.unlink(missing_ok=True)
             stopped.append(record)
             log.info("deploy.server_recovered", axon=record.axon, pid=record.pid)
         return stopped, busy
-
-    def _write_record(self, record: ServerRecord) -> None:
-        self.servers_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".server.", dir=self.servers_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(asdict(record), out)
-        os.replace(tmp, self.servers_dir / f"{token(record.id)}.json")
 
 
 class _Processes:
@@ -728,7 +514,7 @@ class _Processes:
         self.deployer = deployer
         self.ctx = ctx
         self.axon_dir = axon_dir
-        self.launches: dict[tuple[str, str], _Launch] = {}
+        self.launches: dict[tuple[str, str], ServerLaunch] = {}
         self.stopped = 0
 
     async def launch(self, plan: DeployPlan) -> Urls:
@@ -766,6 +552,10 @@ class _Processes:
             "state_dir": str(self.deployer.state_dir),
         }
 
+    def outputs(self) -> dict[str, Any]:
+        """How many servers the deploy stopped (versions no longer routed)."""
+        return {"stopped": self.stopped}
+
     async def retire(self, plan: DeployPlan) -> int:
         """Stop this deployer's servers the new table does not route to, after a drain."""
         d, request = self.deployer, plan.request
@@ -783,29 +573,3 @@ class _Processes:
             await d._stop_all(stale, "no longer routed")
         self.stopped = len(stale)
         return self.stopped
-
-
-def _owner_alive(record: ServerRecord, boot: str | None) -> bool:
-    """True if another, still running executor started the server (it is not ours to stop)."""
-    if record.owner_pid == os.getpid() or record.boot_id != boot:
-        return False
-    start = _proc_start(record.owner_pid)
-    return start is not None and start == record.owner_start
-
-
-def _listening_url(log_path: Path) -> str | None:
-    try:
-        with log_path.open("rb") as f:
-            head = f.read(_LOG_HEAD)
-    except OSError:
-        return None
-    match = _LISTENING.search(head)
-    return match.group(1).decode() if match else None
-
-
-__all__ = [
-    "DeployStarted",
-    "LocalDeployer",
-    "ServerRecord",
-    "working_dir",
-]

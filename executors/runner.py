@@ -25,197 +25,45 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
 import structlog
 
 from events import subjects
 from events.aio import checkpoint
-from events.bus import OUTAGE_ERRORS, Bus, Received, Replayed, RevisionMismatch, kv_key
+from events.bus import Bus, Received, RevisionMismatch
 from events.errors import RanvierError
-from events.model import (
-    AXON,
-    ActionRequest,
-    AxonData,
-    EventError,
-    LifecycleData,
-    Phase,
-    format_time,
-    new_id,
-    utcnow,
-)
-from events.watchers.lifecycle import run_event_id
+from events.model import ActionRequest, EventError, LifecycleData, format_time, new_id, utcnow
+from executors.axon_watch import AxonWatch
 from executors.backends.base import Backend, Outcome, Started, lifecycle
+from executors.deploy_flow import Deployer
 from executors.hpo import Study, StudyError, StudyInterrupted, is_study
 from executors.kv import BusKeyValue, claim_key
 from executors.registry import ModelRegistry, ModelVersion
+from executors.task_runs import (
+    FINAL,
+    Reports,
+    RunnerError,
+    TaskRun,
+    lifecycle_event_id,
+    task_run_key,
+)
 from sensors.axons import AxonStore, AxonStoreError
 from sensors.spec import Axon
 
 log = structlog.get_logger(__name__)
 
-SOURCE: Final = "ranvier/executor"
 DEFAULT_DURABLE: Final = "ranvier-executor"
 DEFAULT_CONCURRENCY: Final = 16
 DEFAULT_ACK_WAIT: Final = 10.0
-FINAL: Final = ("Succeeded", "Failed")
-SAVE_RETRY_FOR: Final = 30.0
-RETRY_DELAY: Final = 0.5
 NO_DEPLOYER: Final = (
     "no deployer in this executor: deployer actions run where the serving role is "
     "(`ranvier up`, or `ranvier run --role executor` with the deployer available)"
 )
-
-
-class RunnerError(RanvierError, RuntimeError):
-    """The executor could not run an action (its Axon is missing, a record is corrupt)."""
-
-
-class Deployer(Protocol):
-    """Runs deployer actions: model servers behind the router (local processes or Kubernetes)."""
-
-    async def deploy(
-        self,
-        request: ActionRequest,
-        axon: Axon,
-        axon_dir: Path,
-        on_running: Callable[[Started], Awaitable[None]] | None = None,
-        *,
-        run_id: str | None = None,
-    ) -> Outcome:
-        """Deploy as run `run_id`; return once it is serving (Succeeded) or failed."""
-        ...
-
-    async def undeploy_axon(self, namespace: str, name: str) -> None:
-        """Stop everything deployed for an Axon (it was deleted)."""
-        ...
-
-    async def shutdown(self) -> None:
-        """Stop every model server this deployer started."""
-        ...
-
-    async def recover(self) -> Sequence[object]:
-        """At start-up: stop what a crashed executor left and serve its deployments again."""
-        ...
-
-
-# ---------------------------------------------------------------------------------------------
-# Keys and records (pure)
-
-
-def task_run_key(namespace: str, axon: str, task: str, run_id: str) -> str:
-    """`task.<ns>.<axon>.<task>.<run_id>`: a task run's record in `ranvier_runs`."""
-    return kv_key("task", namespace, axon, task, run_id)
-
-
-def lifecycle_event_id(run_id: str, phase: str) -> str:
-    """A deterministic event id per (run, phase): a re-report is a duplicate the stream drops.
-
-    The cluster lifecycle watcher gives its events the same ids (`run_event_id`).
-    """
-    return run_event_id(run_id, phase)
-
-
-@dataclass
-class TaskRun:
-    """A task run's record as `ranvier get` reads it (key: `task_run_key`)."""
-
-    id: str
-    task: str
-    kind: str
-    axon: str
-    namespace: str
-    phase: Phase
-    sensor: str
-    sensor_run_id: str
-    step: int
-    index: int
-    attempt: int
-    action_key: str
-    started: str | None = None
-    finished: str | None = None
-    message: str = ""
-    exit_code: int | None = None
-    version: int | None = None
-    log_path: str | None = None
-    outputs: dict[str, Any] = field(default_factory=dict)
-    executor: str = ""
-
-    @classmethod
-    def new(cls, request: ActionRequest, run_id: str, executor: str) -> TaskRun:
-        """The Pending record of a freshly claimed request."""
-        return cls(
-            id=run_id,
-            task=request.task,
-            kind=request.kind,
-            axon=request.axon,
-            namespace=request.namespace,
-            phase="Pending",
-            sensor=request.sensor,
-            sensor_run_id=request.sensor_run_id,
-            step=request.step,
-            index=request.index,
-            attempt=request.attempt,
-            action_key=request.idempotency_key,
-            executor=executor,
-        )
-
-    @property
-    def key(self) -> str:
-        """Its key in `ranvier_runs`."""
-        return task_run_key(self.namespace, self.axon, self.task, self.id)
-
-    def apply(self, data: LifecycleData) -> None:
-        """Take the phase, message, exit code and outputs of a lifecycle payload."""
-        now = format_time(utcnow())
-        self.phase = data.phase
-        if data.phase == "Running" and self.started is None:
-            self.started = now
-        if data.phase in FINAL:
-            self.finished = now
-            self.started = self.started or now
-            self.message = data.message
-            self.exit_code = data.exit_code
-        self.outputs = {**self.outputs, **data.outputs}
-        version = self.outputs.get("version")
-        self.version = version if isinstance(version, int) else self.version
-        logfile = self.outputs.get("log")
-        self.log_path = logfile if isinstance(logfile, str) else self.log_path
-
-    def lifecycle(self) -> LifecycleData:
-        """The lifecycle payload of the record's current phase (to report it again)."""
-        return LifecycleData(
-            axon=self.axon,
-            namespace=self.namespace,
-            task=self.task,
-            run_id=self.id,
-            phase=self.phase,
-            sensor=self.sensor,
-            sensor_run_id=self.sensor_run_id,
-            step=self.step,
-            index=self.index,
-            attempt=self.attempt,
-            action_key=self.action_key,
-            message=self.message,
-            exit_code=self.exit_code,
-            outputs=self.outputs,
-        )
-
-    def to_json(self) -> bytes:
-        """The stored form."""
-        return json.dumps(self.__dict__, separators=(",", ":")).encode("utf-8")
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> TaskRun:
-        """Parse a stored record; `RunnerError` if it is not one."""
-        try:
-            return cls(**json.loads(raw))
-        except (ValueError, TypeError) as exc:
-            raise RunnerError(f"corrupt task-run record: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -285,7 +133,8 @@ class ExecutorRunner:
         self.executor_id = f"{socket.gethostname()}/{os.getpid()}/{new_id()}"
         self._live: dict[str, _Live] = {}  # by action key
         self._tasks: set[asyncio.Task[None]] = set()
-        self._deleted: set[tuple[str, str]] = set()
+        self.axon_watch = AxonWatch(bus, self._axon_deleted)
+        self.reports = Reports(bus)
         self._ready = asyncio.Event()
         self.handled = 0
 
@@ -303,7 +152,7 @@ class ExecutorRunner:
     async def run(self) -> None:
         """Recover, then consume until cancelled; on cancellation, stop runs and report them."""
         await self.recover()
-        watcher = asyncio.create_task(self._watch_axons(), name="executor-axon-watch")
+        watcher = asyncio.create_task(self.axon_watch.run(), name="executor-axon-watch")
         consumer = await self.bus.consumer(
             subjects.ACTIONS_STREAM,
             self.durable,
@@ -360,8 +209,8 @@ class ExecutorRunner:
                 if record.phase in FINAL:
                     continue
                 record.apply(data)
-                await self._save(record)
-            await self._publish(data)
+                await self.reports.save(record)
+            await self.reports.publish(data)
             count += 1
             log.info("executor.recovered", run_id=data.run_id, task=data.task, reason=data.message)
         if self.deployer is not None:
@@ -416,7 +265,7 @@ class ExecutorRunner:
         request, record = live.request, live.record
         keepalive = asyncio.create_task(self._keepalive(live))
         try:
-            await self._report(record, record.lifecycle())
+            await self.reports.report(record, record.lifecycle())
             try:
                 outcome = await self._execute(live)
             except StudyInterrupted:  # shutting down: the next executor resumes the study
@@ -428,7 +277,7 @@ class ExecutorRunner:
             data = outcome.to_lifecycle(request).model_copy(update={"run_id": record.id})
             if request.kind == "trainer" and not data.outputs.get("study"):
                 await self._register_version(request, record.id, data)
-            await self._report(record, data)
+            await self.reports.report(record, data)
         finally:
             keepalive.cancel()
             self._live.pop(request.idempotency_key, None)
@@ -481,9 +330,9 @@ class ExecutorRunner:
                 update={"phase": "Failed", "message": message, "exit_code": None}
             )
             record.apply(data)
-            await self._save(record)
+            await self.reports.save(record)
         log.info("executor.duplicate", action_key=key, run_id=record.id, phase=record.phase)
-        await self._publish(record.lifecycle())
+        await self.reports.publish(record.lifecycle())
         await received.ack()
 
     async def _still_submitted(self, request: ActionRequest) -> LoadedAxon | None:
@@ -552,7 +401,7 @@ class ExecutorRunner:
             data = outcome.to_lifecycle(request).model_copy(update={"run_id": record.id})
             if request.kind == "trainer":
                 await self._register_version(request, record.id, data)
-            await self._report(record, data)
+            await self.reports.report(record, data)
         except RanvierError as exc:
             log.info("executor.adopt_failed", action_key=key, error=str(exc))
             return False
@@ -569,8 +418,8 @@ class ExecutorRunner:
 
         async def on_running(started: Started) -> None:
             data = started.to_lifecycle(request).model_copy(update={"run_id": record.id})
-            await self._report(record, data)
-            if (request.namespace, request.axon) in self._deleted:
+            await self.reports.report(record, data)
+            if self.axon_watch.is_deleted(request.namespace, request.axon):
                 asyncio.get_running_loop().create_task(
                     self.backend.cancel(started.run_id, "cancelled: axon deleted")
                 )
@@ -586,7 +435,7 @@ class ExecutorRunner:
                 record.id,
                 f"axon {request.namespace}/{request.axon} is not submitted",
             )
-        if loaded.deleted or (request.namespace, request.axon) in self._deleted:
+        if loaded.deleted or self.axon_watch.is_deleted(request.namespace, request.axon):
             return _failed(record.id, "cancelled: axon deleted")
         try:
             if is_study(loaded.axon, request):
@@ -646,101 +495,14 @@ class ExecutorRunner:
 
     # -- reporting ------------------------------------------------------------------------------
 
-    async def _report(self, record: TaskRun, data: LifecycleData) -> None:
-        """Record the phase, then publish it (a redelivery re-publishes what is recorded)."""
-        record.apply(data)
-        await self._save(record)
-        await self._publish(data)
-
-    async def _save(self, record: TaskRun) -> None:
-        """Write the run's record, again after an outage (a put is idempotent): a run that
-        finished while the server restarted must not be reported lost on redelivery."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SAVE_RETRY_FOR
-        while True:
-            try:
-                await self.bus.kv_put(subjects.RUNS_BUCKET, record.key, record.to_json())
-                return
-            except OUTAGE_ERRORS as exc:
-                if loop.time() >= deadline:
-                    raise
-                log.warning("executor.save_retried", run_id=record.id, error=str(exc) or repr(exc))
-                await asyncio.sleep(RETRY_DELAY)
-
-    async def _publish(self, data: LifecycleData) -> None:
-        event = data.to_event(source=SOURCE, id=lifecycle_event_id(data.run_id, data.phase))
-        await self.bus.publish(event)
-        log.info(
-            "executor.lifecycle",
-            axon=data.axon,
-            task=data.task,
-            run_id=data.run_id,
-            phase=data.phase,
-            message=data.message or None,
-        )
-
     # -- deleted Axons --------------------------------------------------------------------------
 
-    async def _watch_axons(self) -> None:
-        """Stop the live runs of an Axon when it is deleted (events after the start only).
-
-        A server restart forgets the ordered consumer under `follow`, so the follow is made
-        again after every reconnect, from the event after the last one seen.
-        """
-        since: int | None = None
-        while True:
-            checkpoint()
-            try:
-                if since is None:
-                    info = await self.bus.stream_info(subjects.EVENTS_STREAM)
-                    since = int(info.state.last_seq or 0) + 1
-                since = await self._follow_axons(since)
-            except OUTAGE_ERRORS as exc:
-                log.warning("executor.axon_watch_failed", error=str(exc) or repr(exc))
-                await asyncio.sleep(RETRY_DELAY)
-
-    async def _follow_axons(self, since: int) -> int:
-        """Handle Axon events from stream sequence `since` until the bus reconnects; returns
-        the sequence to follow from next."""
-        reconnected = asyncio.ensure_future(self.bus.next_reconnect())
-        follow = self.bus.follow(since=since, filter_subject=subjects.events_filter(None, "axon"))
-        item: asyncio.Future[Replayed] | None = None
-        try:
-            while True:
-                checkpoint()
-                item = asyncio.ensure_future(anext(follow))
-                await asyncio.wait({item, reconnected}, return_when=asyncio.FIRST_COMPLETED)
-                if not item.done():
-                    return since
-                since = item.result().seq + 1
-                await self._on_axon_event(item.result())
-        finally:
-            reconnected.cancel()
-            if item is not None and not item.done():
-                item.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await item
-            await follow.aclose()
-
-    async def _on_axon_event(self, item: Replayed) -> None:
-        if item.event.type != AXON:
-            return
-        try:
-            data = item.event.payload()
-        except EventError:
-            return
-        assert isinstance(data, AxonData)
-        where = (data.namespace, data.axon)
-        if data.action == "submitted":
-            self._deleted.discard(where)
-            return
-        self._deleted.add(where)
-        stopped = await self.backend.cancel_axon(
-            data.axon, data.namespace, "cancelled: axon deleted"
-        )
+    async def _axon_deleted(self, namespace: str, axon: str) -> None:
+        """Stop a deleted Axon's live runs and take down what it deployed."""
+        stopped = await self.backend.cancel_axon(axon, namespace, "cancelled: axon deleted")
         if self.deployer is not None:
-            await self.deployer.undeploy_axon(data.namespace, data.axon)
-        log.info("executor.axon_deleted", axon=data.axon, stopped=stopped)
+            await self.deployer.undeploy_axon(namespace, axon)
+        log.info("executor.axon_deleted", axon=axon, stopped=stopped)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The one small interface the runner drives a backend through (local or kubernetes).
 
 A backend runs one action to its end and reports how it went; it never talks to the bus. The
-runner turns what it returns into lifecycle events (`to_lifecycle`). Both
+runner turns what it returns (a `RunOutcome`, on every backend) into lifecycle events
+(`to_lifecycle`). Both
 `executors.backends.local.LocalBackend` and `executors.backends.kubernetes.KubernetesBackend`
 satisfy `Backend` structurally (mypy checks it in the tests).
 """
@@ -9,11 +10,15 @@ satisfy `Backend` structurally (mypy checks it in the tests).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from events.model import ActionRequest, LifecycleData, Phase
+from events.model import ActionRequest, LifecycleData, Phase, utcnow
 from sensors.spec import Axon
+
+OutcomePhase = Literal["Succeeded", "Failed"]
 
 
 def lifecycle(
@@ -44,6 +49,33 @@ def lifecycle(
     )
 
 
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: Succeeded or Failed, with a message, exit code and outputs."""
+
+    run_id: str
+    phase: OutcomePhase
+    message: str = ""
+    exit_code: int | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    started: datetime | None = None
+    finished: datetime = field(default_factory=utcnow)
+    log_path: Path | None = None
+    version: int | None = None
+    model_path: Path | None = None
+
+    def to_lifecycle(self, request: ActionRequest) -> LifecycleData:
+        """The Succeeded or Failed lifecycle payload."""
+        return lifecycle(
+            request,
+            self.run_id,
+            self.phase,
+            message=self.message,
+            exit_code=self.exit_code,
+            outputs=self.outputs,
+        )
+
+
 class Started(Protocol):
     """A run is up (process started, Job created): what the runner reports as Running."""
 
@@ -53,6 +85,10 @@ class Started(Protocol):
     def to_lifecycle(self, request: ActionRequest) -> LifecycleData:
         """The Running lifecycle payload."""
         ...
+
+
+OnStarted = Callable[[Started], Awaitable[None]]
+"""Awaited once a run is up (the runner reports it Running)."""
 
 
 class Outcome(Protocol):
