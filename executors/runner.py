@@ -42,7 +42,7 @@ from executors.axon_watch import AxonWatch
 from executors.backends.base import Backend, Outcome, Started, lifecycle
 from executors.deploy_flow import Deployer
 from executors.hpo import Study, StudyError, StudyInterrupted, is_study
-from executors.kv import BusKeyValue, claim_key
+from executors.kv import BusKeyValue, claim, claim_key
 from executors.registry import ModelRegistry, ModelVersion
 from executors.task_runs import (
     FINAL,
@@ -244,14 +244,8 @@ class ExecutorRunner:
             if wait > 0:
                 await received.nak(delay=wait)
                 return
-        run_id = new_id()
-        claim = {"run_id": run_id, "action_key": key, "executor": self.executor_id}
-        won = await self.bus.kv_create(
-            subjects.RUNS_BUCKET,
-            claim_key(key),
-            json.dumps({**claim, "claimed": format_time(utcnow())}).encode("utf-8"),
-        )
-        if won is None:
+        run_id = await claim(self.bus, key, self.executor_id)
+        if run_id is None:
             await self._already_claimed(request, received)
             return
         self.handled += 1
