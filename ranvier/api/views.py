@@ -283,15 +283,7 @@ def trace(
     task_runs = [
         {"task": t["name"], "kind": t["kind"], **r} for t in status["tasks"] for r in t["runs"]
     ]
-    versions = {
-        v.get("run_id"): {"task": m["task"], **v} for m in status["models"] for v in m["versions"]
-    }
-    deployments = status.get("deployments") or []
-    lifecycle_by_run: dict[str, list[Mapping[str, Any]]] = {}
-    for event in events.values():
-        if event.get("type") == "ranvier.lifecycle":
-            data = event.get("data") or {}
-            lifecycle_by_run.setdefault(str(data.get("run_id")), []).append(event)
+    lifecycle_by_run = _lifecycle_by_run(events)
     links: list[dict[str, Any]] = []
     todo = [run_id]
     seen: set[str] = set()
@@ -300,43 +292,81 @@ def trace(
         if current in seen or current not in sensor_runs:
             continue
         seen.add(current)
-        run = sensor_runs[current]
-        started = next(
-            (d for d in decisions if d.get("sensor_run_id") == current and d.get("fired")), None
-        )
-        cause = events.get(str(started.get("event_id"))) if started else None
-        tasks = []
-        for task_run in task_runs:
-            if task_run.get("sensor_run_id") != current:
-                continue
-            entry = {
-                k: task_run.get(k)
-                for k in ("task", "kind", "id", "phase", "started", "finished", "version")
-            }
-            version = versions.get(task_run["id"])
-            if version is not None:
-                entry["model"] = {
-                    k: version.get(k) for k in ("task", "version", "metrics", "created")
-                }
-            if task_run.get("kind") in ("deployer", "deploy") and deployments:
-                entry["deployment"] = deployments[0]
-            tasks.append(entry)
-            for lifecycle in lifecycle_by_run.get(task_run["id"], []):
-                for d in decisions:
-                    nxt = d.get("sensor_run_id")
-                    if d.get("event_id") == lifecycle.get("id") and d.get("fired") and nxt:
-                        todo.append(str(nxt))
-        links.append(
-            {
-                "sensor": run["sensor"],
-                "metric": _alert_value(events, cause, started) if started else None,
-                "run": {k: run.get(k) for k in ("id", "phase", "trigger", "started", "finished")},
-                "event": _event_view(cause) if cause else None,
-                "decision": dict(started) if started else None,
-                "tasks": tasks,
-            }
-        )
+        started = [t for t in task_runs if t.get("sensor_run_id") == current]
+        links.append(_trace_link(sensor_runs[current], started, status, decisions, events))
+        for task_run in started:
+            todo.extend(_fired_by(decisions, lifecycle_by_run.get(task_run["id"], [])))
     return links
+
+
+def _lifecycle_by_run(
+    events: Mapping[str, Mapping[str, Any]],
+) -> dict[str, list[Mapping[str, Any]]]:
+    """The lifecycle events by the id of the task run they report on."""
+    by_run: dict[str, list[Mapping[str, Any]]] = {}
+    for event in events.values():
+        if event.get("type") == "ranvier.lifecycle":
+            data = event.get("data") or {}
+            by_run.setdefault(str(data.get("run_id")), []).append(event)
+    return by_run
+
+
+def _fired_by(
+    decisions: Sequence[Mapping[str, Any]], lifecycles: Iterable[Mapping[str, Any]]
+) -> list[str]:
+    """The sensor runs that these lifecycle events fired, in decision order."""
+    fired = []
+    for lifecycle in lifecycles:
+        for d in decisions:
+            nxt = d.get("sensor_run_id")
+            if d.get("event_id") == lifecycle.get("id") and d.get("fired") and nxt:
+                fired.append(str(nxt))
+    return fired
+
+
+def _trace_link(
+    run: Mapping[str, Any],
+    task_runs: Sequence[Mapping[str, Any]],
+    status: Mapping[str, Any],
+    decisions: Sequence[Mapping[str, Any]],
+    events: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """One link of a trace: sensor run `run`, the decision and event that started it, and
+    the task runs it started (`task_runs`) with their model versions and deployment."""
+    started = next(
+        (d for d in decisions if d.get("sensor_run_id") == run["id"] and d.get("fired")), None
+    )
+    cause = events.get(str(started.get("event_id"))) if started else None
+    versions = {
+        v.get("run_id"): {"task": m["task"], **v} for m in status["models"] for v in m["versions"]
+    }
+    deployments = status.get("deployments") or []
+    return {
+        "sensor": run["sensor"],
+        "metric": _alert_value(events, cause, started) if started else None,
+        "run": {k: run.get(k) for k in ("id", "phase", "trigger", "started", "finished")},
+        "event": _event_view(cause) if cause else None,
+        "decision": dict(started) if started else None,
+        "tasks": [_trace_task(t, versions.get(t["id"]), deployments) for t in task_runs],
+    }
+
+
+def _trace_task(
+    task_run: Mapping[str, Any],
+    version: Mapping[str, Any] | None,
+    deployments: Sequence[Any],
+) -> dict[str, Any]:
+    """A task run in a trace link, with the model `version` it made and, for a deployer, the
+    Axon's deployment."""
+    entry = {
+        k: task_run.get(k)
+        for k in ("task", "kind", "id", "phase", "started", "finished", "version")
+    }
+    if version is not None:
+        entry["model"] = {k: version.get(k) for k in ("task", "version", "metrics", "created")}
+    if task_run.get("kind") in ("deployer", "deploy") and deployments:
+        entry["deployment"] = deployments[0]
+    return entry
 
 
 def _alert_value(

@@ -50,7 +50,13 @@ async def submit_axon(request: Request, bus: BusDep) -> JSONResponse:
         axon = load_axon_bytes(data, "request")
     except SpecError as exc:
         errors = [
-            {"line": i.line, "column": i.column, "path": i.path, "message": i.message, "text": str(i)}
+            {
+                "line": i.line,
+                "column": i.column,
+                "path": i.path,
+                "message": i.message,
+                "text": str(i),
+            }
             for i in exc.issues
         ]
         return problem(422, exc.message, errors=errors)

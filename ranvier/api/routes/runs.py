@@ -46,6 +46,7 @@ async def task_log(
     axon: Name,
     task: Name,
     run_id: Name,
+    *,
     bus: BusDep,
     follow: Annotated[bool, Query(description="Stream until the run ends.")] = False,
 ) -> StreamingResponse:
@@ -57,7 +58,8 @@ async def task_log(
     if not run.log_path:
         raise NotFoundError(f"run {run.id} of {task} has no log ({run.phase}: {run.message})")
     try:
-        source = Path(run.log_path).open("rb")  # noqa: ASYNC230  # a local file, read in pieces
+        path = Path(run.log_path)
+        source = path.open("rb")  # noqa: ASYNC230  # a local file, read in small pieces
     except OSError as exc:
         raise NotFoundError(f"the log of run {run.id} is unreadable: {exc.strerror}") from None
     return StreamingResponse(
