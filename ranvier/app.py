@@ -36,7 +36,7 @@ from executors.backends.local import LocalBackend
 from executors.deploy_flow import fixed_url
 from executors.deployer import LocalDeployer
 from executors.kv import BusKeyValue
-from executors.registry import ModelRegistry
+from executors.registry import ModelRegistry, ModelVersion
 from executors.runner import Deployer, ExecutorRunner, RunnerError, TaskRun, task_run_key
 from executors.serving.kv_table import ROUTER_URL_KEY, RouterRole
 from sensors.axons import AxonStore, StoredAxon
@@ -424,68 +424,85 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
     versions = await ModelRegistry(BusKeyValue(bus, subjects.MODELS_BUCKET)).versions(
         name, namespace=ns
     )
+    return {
+        "name": name,
+        "namespace": ns,
+        "generation": stored.generation,
+        "deleted": stored.deleted,
+        "sensors": _sensors_view([s.name for s in spec.sensors], sensor_runs),
+        "tasks": _tasks_view({t.name: t.kind for t in spec.tasks}, all_task_runs),
+        "models": _models_view(versions),
+        "studies": sorted(studies, key=lambda st: str(st.get("task"))),
+        "deployments": _deployments_view(deployments, router_url, name),
+    }
 
-    sensors = []
-    sensor_names = [s.name for s in spec.sensors]
-    sensor_names += sorted({r.sensor for r in sensor_runs} - set(sensor_names))
-    for sensor in sensor_names:
-        runs = sorted((r for r in sensor_runs if r.sensor == sensor), key=lambda r: r.started)
-        sensors.append(
-            {
-                "name": sensor,
-                "runs": [
-                    {
-                        "id": r.id,
-                        "phase": r.phase,
-                        "trigger": r.trigger,
-                        "started": r.started,
-                        "finished": r.finished,
-                        "reason": r.reason,
-                        "steps": [
-                            {
-                                "index": s.index,
-                                "kind": s.kind,
-                                "task": s.task,
-                                "phase": s.phase,
-                                "run_id": s.run_id,
-                            }
-                            for s in r.steps
-                        ],
-                    }
-                    for r in runs
-                ],
-            }
-        )
+
+def _sensors_view(declared: list[str], sensor_runs: list[SensorRunRecord]) -> list[dict[str, Any]]:
+    """Each sensor (the spec's, then those only runs name) with its runs, oldest first."""
+    names = declared + sorted({r.sensor for r in sensor_runs} - set(declared))
+    return [
+        {
+            "name": sensor,
+            "runs": [
+                _sensor_run_view(r)
+                for r in sorted(
+                    (r for r in sensor_runs if r.sensor == sensor), key=lambda r: r.started
+                )
+            ],
+        }
+        for sensor in names
+    ]
+
+
+def _sensor_run_view(run: SensorRunRecord) -> dict[str, Any]:
+    steps = [
+        {"index": s.index, "kind": s.kind, "task": s.task, "phase": s.phase, "run_id": s.run_id}
+        for s in run.steps
+    ]
+    return {
+        "id": run.id,
+        "phase": run.phase,
+        "trigger": run.trigger,
+        "started": run.started,
+        "finished": run.finished,
+        "reason": run.reason,
+        "steps": steps,
+    }
+
+
+def _tasks_view(kinds: dict[str, str], runs: list[TaskRun]) -> list[dict[str, Any]]:
+    """Each task (the spec's, then those only runs name) with its kind and runs."""
+    names = list(kinds) + sorted({r.task for r in runs} - set(kinds))
     tasks = []
-    kinds: dict[str, str] = {t.name: t.kind for t in spec.tasks}
-    task_names = list(kinds)
-    task_names += sorted({r.task for r in all_task_runs} - set(task_names))
-    for task in task_names:
-        of_task = [r for r in all_task_runs if r.task == task]
+    for task in names:
+        of_task = [r for r in runs if r.task == task]
         kind = kinds.get(task) or next((r.kind for r in of_task), "deployer")
-        tasks.append(
-            {
-                "name": task,
-                "kind": kind,
-                "runs": [
-                    {
-                        "id": r.id,
-                        "phase": r.phase,
-                        "started": r.started,
-                        "finished": r.finished,
-                        "message": r.message,
-                        "version": r.version,
-                        "exit_code": r.exit_code,
-                        "sensor": r.sensor,
-                        "sensor_run_id": r.sensor_run_id,
-                        "step": r.step,
-                        "attempt": r.attempt,
-                        "log_path": r.log_path,
-                    }
-                    for r in of_task
-                ],
-            }
-        )
+        tasks.append({"name": task, "kind": kind, "runs": [_task_run_view(r) for r in of_task]})
+    return tasks
+
+
+_TASK_RUN_FIELDS: Final = (
+    "id",
+    "phase",
+    "started",
+    "finished",
+    "message",
+    "version",
+    "exit_code",
+    "sensor",
+    "sensor_run_id",
+    "step",
+    "attempt",
+    "log_path",
+)
+
+
+def _task_run_view(run: TaskRun) -> dict[str, Any]:
+    return {field: getattr(run, field) for field in _TASK_RUN_FIELDS}
+
+
+def _models_view(versions: list[ModelVersion]) -> list[dict[str, Any]]:
+    """Model versions grouped by the task that trained them."""
     models: dict[str, list[dict[str, Any]]] = {}
     for v in versions:
         models.setdefault(v.task, []).append(
@@ -501,24 +518,21 @@ async def axon_status(bus: Bus, stored: StoredAxon) -> dict[str, Any]:
                 **({"params": v.params, "budget": v.budget, "trial": v.trial} if v.params else {}),
             }
         )
-    return {
-        "name": name,
-        "namespace": ns,
-        "generation": stored.generation,
-        "deleted": stored.deleted,
-        "sensors": sensors,
-        "tasks": tasks,
-        "models": [{"task": t, "versions": vs} for t, vs in models.items()],
-        "studies": sorted(studies, key=lambda st: str(st.get("task"))),
-        "deployments": [
-            {
-                **{k: d.get(k) for k in ("deployer", "url", "models", "updated")},
-                # the running router's URL: a restarted control plane's router has a new port
-                **({"url": fixed_url(router_url, name)} if router_url else {}),
-            }
-            for d in sorted(deployments, key=lambda d: str(d.get("deployer")))
-        ],
-    }
+    return [{"task": t, "versions": vs} for t, vs in models.items()]
+
+
+def _deployments_view(
+    deployments: list[dict[str, Any]], router_url: str | None, axon: str
+) -> list[dict[str, Any]]:
+    """Deployment records, with the running router's URL (a restarted control plane's router
+    has a new port)."""
+    return [
+        {
+            **{k: d.get(k) for k in ("deployer", "url", "models", "updated")},
+            **({"url": fixed_url(router_url, axon)} if router_url else {}),
+        }
+        for d in sorted(deployments, key=lambda d: str(d.get("deployer")))
+    ]
 
 
 async def bus_idle(bus: Bus) -> bool:
