@@ -20,7 +20,6 @@ from events.bus import OUTAGE_ERRORS, Bus, kv_key
 from events.errors import RanvierError
 from events.model import ActionRequest, LifecycleData, Phase, format_time, utcnow
 from events.watchers.lifecycle import run_event_id
-from executors.backends.base import lifecycle
 
 log = structlog.get_logger(__name__)
 
@@ -28,11 +27,6 @@ SOURCE: Final = "ranvier/executor"
 FINAL: Final = ("Succeeded", "Failed")
 SAVE_RETRY_FOR: Final = 30.0
 RETRY_DELAY: Final = 0.5
-_FROM_LIFECYCLE: Final = (
-    "task", "axon", "namespace", "phase", "sensor", "sensor_run_id", "step", "index", "attempt",
-    "action_key",
-)  # fmt: skip
-"""The fields a new task-run record takes from its Pending lifecycle."""
 
 
 class RunnerError(RanvierError, RuntimeError):
@@ -79,13 +73,21 @@ class TaskRun:
 
     @classmethod
     def new(cls, request: ActionRequest, run_id: str, executor: str) -> TaskRun:
-        """The Pending record of a freshly claimed request (what its Pending lifecycle says)."""
-        pending = lifecycle(request, run_id, "Pending")
+        """The Pending record of a freshly claimed request."""
         return cls(
             id=run_id,
+            task=request.task,
             kind=request.kind,
+            axon=request.axon,
+            namespace=request.namespace,
+            phase="Pending",
+            sensor=request.sensor,
+            sensor_run_id=request.sensor_run_id,
+            step=request.step,
+            index=request.index,
+            attempt=request.attempt,
+            action_key=request.idempotency_key,
             executor=executor,
-            **pending.model_dump(include=set(_FROM_LIFECYCLE)),
         )
 
     @property

@@ -146,20 +146,22 @@ class MemoryConsumer:
         return [MemoryDelivery(self, stored) for stored in found]
 
     def _ready(self, stream: _Stream) -> bool:
-        return any(
-            m.seq >= self.next_seq and subject_matches(m.subject, self.filter)
-            for m in stream.messages
-        )
+        return any(subject_matches(m.subject, self.filter) for m in self._unseen(stream))
 
     def _take(self, stream: _Stream, batch: int) -> list[Stored]:
-        found = [
-            m
-            for m in stream.messages
-            if m.seq >= self.next_seq and subject_matches(m.subject, self.filter)
-        ][:batch]
+        found: list[Stored] = []
+        for m in self._unseen(stream):
+            if subject_matches(m.subject, self.filter):
+                found.append(m)
+                if len(found) == batch:
+                    break
         if found:
             self.next_seq = found[-1].seq + 1
         return found
+
+    def _unseen(self, stream: _Stream) -> list[Stored]:
+        """The messages from `next_seq` on (a stream's sequence n is its message n - 1)."""
+        return stream.messages[max(self.next_seq, 1) - 1 :]
 
     async def settle(self, how: str, seq: int) -> None:
         """Ack (ack-all: up to `seq`) or term one message; journaled."""

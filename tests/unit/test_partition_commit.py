@@ -46,12 +46,14 @@ def stored_actions(bus: MemoryBus) -> list[str]:
     return [m.msg_id for m in bus.messages(ACTIONS)]
 
 
-def position(journal: list[tuple[str, str, int]], op: str, stream: str, start: int = 0) -> int:
-    """Index of the first `op` on `stream` at or after `start` (-1 if none)."""
-    for i in range(start, len(journal)):
-        if journal[i][:2] == (op, stream):
-            return i
-    return -1
+def position(journal: list[tuple[str, str, int]], op: str, stream: str) -> int:
+    """Index of the first `op` on `stream` in the journal (-1 if none)."""
+    return next((i for i, entry in enumerate(journal) if entry[:2] == (op, stream)), -1)
+
+
+def junk(data: bytes, msg_id: str) -> Outgoing:
+    """A message on an event subject that is not an event."""
+    return Outgoing(subjects.event_subject("pipe", "lifecycle", "Prep"), data, msg_id)
 
 
 @contextlib.asynccontextmanager
@@ -138,11 +140,6 @@ async def test_a_malformed_event_is_terminated_and_the_stream_flows() -> None:
     malformed = bus.messages(EVENTS)[1].seq
     assert ("term", EVENTS, malformed) in bus.journal
     assert len(stored_actions(bus)) == 1
-
-
-def junk(data: bytes, msg_id: str) -> Outgoing:
-    """A message on an event subject that is not an event."""
-    return Outgoing(subjects.event_subject("pipe", "lifecycle", "Prep"), data, msg_id)
 
 
 async def test_a_failed_publish_writes_no_state_and_acks_nothing() -> None:

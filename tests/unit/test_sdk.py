@@ -1,8 +1,8 @@
-"""The public SDK: what task and model code imports from `ranvier.sdk`."""
+"""The public SDK: what task and model code imports from `ranvier.sdk` (`hpo_params` is
+tested with the study, in test_hpo.py)."""
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -35,14 +35,3 @@ def test_a_trial_result_goes_under_the_loss_metric(
     sdk.report_metrics(train_mse=0.5)
     path = sdk.publish_result(0.25)
     assert json.loads(path.read_text()) == {"train_mse": 0.5, "val_mse": 0.25}
-
-
-def test_hpo_params_decode_and_refuse_garbage(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HPO_PARAMS", raising=False)
-    assert sdk.hpo_params() == {}
-    conf = {"config-id": "0_0_1", "budget": 3, "hpo-conf": {"lr": 0.1}}
-    monkeypatch.setenv("HPO_PARAMS", base64.b64encode(json.dumps(conf).encode()).decode())
-    assert sdk.hpo_params() == conf
-    monkeypatch.setenv("HPO_PARAMS", "not base64!")
-    with pytest.raises(sdk.MetricsError, match="HPO_PARAMS is not base64 JSON"):
-        sdk.hpo_params()
