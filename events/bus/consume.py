@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import time
 from collections.abc import (
     AsyncGenerator,
 )
@@ -23,9 +24,7 @@ from nats.js import api
 
 from events import subjects
 from events.aio import checkpoint
-from events.bus.core import (
-    BusError,
-)
+from events.bus.core import RETRYABLE, TOPOLOGY_PATIENCE, BusError, NoAnswerError
 from events.bus.publish import BusPublishing
 from events.model import Event, EventError
 
@@ -284,6 +283,27 @@ class BusConsuming(BusPublishing):
             filter_subject=filter_subject,
             **_deliver_policy(deliver_from),
         )
+        # A stream whose leader just died answers nothing until its servers have elected
+        # another (seconds): a process starting then waits rather than fails.
+        deadline = time.monotonic() + min(self.options.publish_retry_for, TOPOLOGY_PATIENCE)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._bind_or_add(stream, durable, config)
+                break
+            except RETRYABLE as exc:
+                if time.monotonic() >= deadline:
+                    raise NoAnswerError(
+                        f"JetStream does not answer for stream {stream!r} on {self.url}",
+                        hint="is a majority of the cluster's servers up?",
+                    ) from None
+                log.info("bus.consumer_retry", durable=durable, attempt=attempt, error=repr(exc))
+                await asyncio.sleep(min(0.2 * attempt, 1.0))
+        return Consumer(self.nc, stream=stream, durable=durable, registry=self._open_subs)
+
+    async def _bind_or_add(self, stream: str, durable: str, config: api.ConsumerConfig) -> None:
+        """Bind to durable consumer `durable` if it exists, else create it with `config`."""
         try:
             try:
                 await self.js.consumer_info(stream, durable)
@@ -291,11 +311,12 @@ class BusConsuming(BusPublishing):
                 if exc.err_code == 10059:  # the stream itself does not exist
                     raise
                 await self.js.add_consumer(stream, config)
+        except nats.js.errors.ServiceUnavailableError:
+            raise  # no leader yet: retried by the caller
         except nats.js.errors.NotFoundError:
             raise BusError(f"no stream named {stream!r} on {self.url}") from None
         except nats.js.errors.APIError as exc:
             raise BusError(f"cannot create consumer {durable!r}: {exc.description}") from None
-        return Consumer(self.nc, stream=stream, durable=durable, registry=self._open_subs)
 
     async def ack_floor(self, stream: str, durable: str) -> int | None:
         """The last stream sequence durable consumer `durable` has acked up to (0: none yet),

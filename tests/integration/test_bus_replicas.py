@@ -8,6 +8,8 @@ a clear error naming both numbers.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from structlog.testing import capture_logs
 
@@ -99,3 +101,28 @@ async def test_replicas_on_a_single_server_is_a_clear_error(make_nats_server: Ma
     assert "is not part of a cluster" in str(raised.value)
     assert raised.value.hint is not None
     assert "--replicas 1" in raised.value.hint
+
+
+async def test_a_consumer_made_while_its_stream_has_no_leader_waits_for_one(
+    nats_cluster: NatsCluster,
+) -> None:
+    """A process that starts while a stream has no leader (an executor binding its durable
+    consumer as the stream's leader dies) waits for the election instead of failing on the
+    server's silence. Two of three nodes down: no majority, so no leader until one is back."""
+    async with Bus.connect(
+        cluster_options(nats_cluster, request_timeout=1.0), limits=StreamLimits(replicas=3)
+    ) as bus:
+        await wait_current(bus, subjects.ACTIONS_STREAM, 3)
+        for node in (1, 2):
+            await asyncio.to_thread(nats_cluster.kill, node)
+        binding = asyncio.create_task(bus.consumer(subjects.ACTIONS_STREAM, "late-starter"))
+        await asyncio.sleep(4)  # four request timeouts
+        assert not binding.done(), "gave up while the stream had no leader"
+        await asyncio.to_thread(nats_cluster.restart, 1)
+        async with asyncio.timeout(30):
+            consumer = await binding
+        try:
+            assert await consumer.num_pending() == 0  # bound, and answering
+        finally:
+            await consumer.close()
+        await asyncio.to_thread(nats_cluster.restart, 2)
